@@ -1,0 +1,43 @@
+"""Command line: ``python -m tinygrad_meta <command> ...``.
+
+Each command lives in ``tinygrad_meta/cli/<command>.py`` and provides
+``register(subparsers)``, which adds its sub-parser and sets ``func`` to a function
+``run(args) -> int``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# the order commands are listed in --help
+COMMANDS = ["train", "eval", "info", "hyperopt", "explain"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tinygrad_meta",
+        description="tinygrad_meta: autograd to any order, and meta-learning on it.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"tinygrad_meta.cli.{name}_cmd")
+        except ModuleNotFoundError as error:
+            if error.name != f"tinygrad_meta.cli.{name}_cmd":
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

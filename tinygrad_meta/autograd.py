@@ -1,0 +1,225 @@
+"""The one graph core shared by ``Value`` (scalars) and ``Tensor`` (n-d arrays).
+
+A node is any object with these attributes:
+
+* ``requires_grad`` -- whether gradients flow into it;
+* ``_parents``      -- the tuple of nodes it was computed from (empty for a leaf);
+* ``_rule``         -- ``rule(node, g) -> tuple`` giving, for each parent, the
+  gradient contribution (or ``None``); ``None`` for a leaf;
+* ``grad``          -- where ``backward()`` accumulates a leaf's gradient;
+
+and the method ``_ones_like()`` (the seed gradient of a scalar output).
+
+Derivative rules are written in the node type's own differentiable ops. With
+``create_graph=False`` they run under ``no_grad`` and record nothing; with
+``create_graph=True`` they record a graph like any forward pass, so the result
+can be differentiated again, to any order.
+"""
+from __future__ import annotations
+
+import functools
+
+__all__ = ["grad", "backward", "no_grad", "enable_grad", "is_grad_enabled", "toposort"]
+
+
+class _GradMode:
+    """Process-wide switch read by every op before it records a graph edge."""
+    enabled = True
+
+
+def is_grad_enabled() -> bool:
+    """True when ops record the graph (the default)."""
+    return _GradMode.enabled
+
+
+class _SetGradMode:
+    """Context manager and decorator that sets grad mode and restores it on exit."""
+
+    def __init__(self, mode: bool):
+        self.mode = mode
+        self.previous = []
+
+    def __enter__(self):
+        self.previous.append(_GradMode.enabled)
+        _GradMode.enabled = self.mode
+        return self
+
+    def __exit__(self, *exc):
+        _GradMode.enabled = self.previous.pop()
+        return False
+
+    def __call__(self, function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            with _SetGradMode(self.mode):
+                return function(*args, **kwargs)
+        return wrapper
+
+
+def no_grad():
+    """Ops inside record no graph. Use as ``with no_grad():`` or as ``@no_grad()``.
+
+    >>> import tinygrad_meta as tgm
+    >>> x = tgm.Tensor([1.0], requires_grad=True)
+    >>> with tgm.no_grad():
+    ...     y = x * 2
+    >>> y.requires_grad
+    False
+    """
+    return _SetGradMode(False)
+
+
+def enable_grad():
+    """Turn graph recording back on inside a ``no_grad`` region."""
+    return _SetGradMode(True)
+
+
+def toposort(roots) -> list:
+    """Every node reachable from ``roots`` that requires grad, parents before children.
+
+    Iterative depth-first search, so a chain of any length works (no recursion limit).
+    """
+    order = []
+    visited = set()
+    for root in roots:
+        if id(root) in visited or not root.requires_grad:
+            continue
+        visited.add(id(root))
+        stack = [(root, iter(root._parents))]
+        while stack:
+            node, parents = stack[-1]
+            for parent in parents:
+                if parent.requires_grad and id(parent) not in visited:
+                    visited.add(id(parent))
+                    stack.append((parent, iter(parent._parents)))
+                    break
+            else:
+                stack.pop()
+                order.append(node)
+    return order
+
+
+def _seed_gradients(outputs, grad_outputs, caller):
+    """Pair each output with the gradient that starts the backward pass."""
+    if grad_outputs is None:
+        grad_outputs = [None] * len(outputs)
+    elif not isinstance(grad_outputs, (list, tuple)):
+        grad_outputs = [grad_outputs]
+    if len(grad_outputs) != len(outputs):
+        raise ValueError(f"{caller}: got {len(outputs)} outputs but {len(grad_outputs)} grad_outputs")
+    seeds = []
+    for index, (output, seed) in enumerate(zip(outputs, grad_outputs)):
+        if seed is None:
+            if getattr(output, "size", 1) != 1:
+                raise RuntimeError(
+                    f"{caller}: output {index} has shape {tuple(output.shape)}; a gradient can be "
+                    "created implicitly only for a scalar output, pass grad_outputs (or gradient=) "
+                    "with the output's shape")
+            seed = output._ones_like()
+        else:
+            seed = output._as_gradient(seed, caller)
+        seeds.append(seed)
+    return seeds
+
+
+def _run_backward(outputs, seeds, create_graph, capture=None):
+    """Walk the graph from ``outputs`` in reverse topological order.
+
+    Returns the dict ``id(node) -> (node, accumulated gradient)`` for the nodes in
+    ``capture`` (all leaves when ``capture`` is None).
+    """
+    order = toposort(outputs)
+    grads = {}
+    for output, seed in zip(outputs, seeds):
+        if output.requires_grad:
+            key = id(output)
+            grads[key] = grads[key] + seed if key in grads else seed
+    captured = {}
+    with _SetGradMode(create_graph):
+        for node in reversed(order):
+            key = id(node)
+            g = grads.pop(key, None)
+            if g is None:
+                continue
+            if capture is None:
+                if node._rule is None:
+                    captured[key] = (node, g)
+            elif key in capture:
+                captured[key] = (node, g)
+                if len(captured) == len(capture):
+                    break
+            if node._rule is None:
+                continue
+            contributions = node._rule(node, g)
+            for parent, contribution in zip(node._parents, contributions):
+                if contribution is None or not parent.requires_grad:
+                    continue
+                pkey = id(parent)
+                previous = grads.get(pkey)
+                grads[pkey] = contribution if previous is None else previous + contribution
+    return captured
+
+
+def grad(outputs, inputs, grad_outputs=None, create_graph=False, allow_unused=False):
+    """Gradients of ``outputs`` with respect to ``inputs``, like ``torch.autograd.grad``.
+
+    ``outputs``: a node (Tensor or Value) or a sequence of them. A non-scalar output
+    needs its ``grad_outputs`` entry (the vector in the vector-Jacobian product).
+    ``inputs``: a node or a sequence of nodes, each requiring grad.
+    ``create_graph``: record the backward pass so the result can be differentiated again.
+    ``allow_unused``: return None for an input the outputs do not depend on, instead of
+    raising.
+
+    Returns a tuple with one gradient per input, each shaped like its input.
+
+    >>> import tinygrad_meta as tgm
+    >>> x = tgm.Tensor(3.0, requires_grad=True)
+    >>> (dx,) = tgm.grad(x ** 3, [x], create_graph=True)
+    >>> (ddx,) = tgm.grad(dx, [x])
+    >>> float(dx.item()), float(ddx.item())
+    (27.0, 18.0)
+    """
+    outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    single_input = not isinstance(inputs, (list, tuple))
+    inputs = [inputs] if single_input else list(inputs)
+    if not inputs:
+        raise ValueError("grad: inputs is empty")
+    for index, node in enumerate(inputs):
+        if not getattr(node, "requires_grad", False):
+            raise RuntimeError(
+                f"grad: input {index} does not require grad; create it with requires_grad=True "
+                "or call .requires_grad_() on it")
+    for index, node in enumerate(outputs):
+        if not node.requires_grad:
+            raise RuntimeError(
+                f"grad: output {index} does not require grad and has no graph; it does not "
+                "depend on any input that requires grad (or was computed under no_grad)")
+    seeds = _seed_gradients(outputs, grad_outputs, "grad")
+    captured = _run_backward(outputs, seeds, create_graph, capture={id(node) for node in inputs})
+    results = []
+    for index, node in enumerate(inputs):
+        g = captured.get(id(node), (None, None))[1]
+        if g is None:
+            if not allow_unused:
+                raise RuntimeError(
+                    f"grad: input {index} was not used to compute the outputs; pass "
+                    "allow_unused=True to get None for it")
+        elif not create_graph:
+            g = g.detach()
+        results.append(g)
+    return tuple(results)
+
+
+def backward(output, gradient=None, create_graph=False):
+    """Accumulate d(output)/d(leaf) into ``leaf.grad`` for every leaf that requires grad."""
+    if not output.requires_grad:
+        raise RuntimeError(
+            "backward: the output does not require grad and has no graph; it does not depend "
+            "on any tensor created with requires_grad=True (or was computed under no_grad)")
+    seeds = _seed_gradients([output], None if gradient is None else [gradient], "backward")
+    captured = _run_backward([output], seeds, create_graph)
+    with _SetGradMode(create_graph):
+        for leaf, g in captured.values():
+            if not create_graph:
+                g = g.detach()
+            leaf.grad = g if leaf.grad is None else leaf.grad + g
