@@ -7,6 +7,7 @@ A node is any object with these attributes:
 * ``_rule``         -- ``rule(node, g) -> tuple`` giving, for each parent, the
   gradient contribution (or ``None``); ``None`` for a leaf;
 * ``grad``          -- where ``backward()`` accumulates a leaf's gradient;
+* ``_origin``       -- None, or the node whose backward rule recorded this one;
 
 and the method ``_ones_like()`` (the seed gradient of a scalar output).
 
@@ -23,8 +24,14 @@ __all__ = ["grad", "backward", "no_grad", "enable_grad", "is_grad_enabled", "top
 
 
 class _GradMode:
-    """Process-wide switch read by every op before it records a graph edge."""
+    """Process-wide state read by every op before it records a graph node.
+
+    ``enabled``: ops record the graph. ``origin``: while the backward rule of node N
+    runs with ``create_graph=True``, N; every node recorded then gets ``_origin = N``,
+    which is how ``viz`` tells the graph a backward pass recorded from the forward one.
+    """
     enabled = True
+    origin = None
 
 
 def is_grad_enabled() -> bool:
@@ -135,28 +142,36 @@ def _run_backward(outputs, seeds, create_graph, capture=None):
             key = id(output)
             grads[key] = grads[key] + seed if key in grads else seed
     captured = {}
-    with _SetGradMode(create_graph):
+    pop = grads.pop
+    previous_mode, previous_origin = _GradMode.enabled, _GradMode.origin
+    _GradMode.enabled = create_graph
+    try:
         for node in reversed(order):
             key = id(node)
-            g = grads.pop(key, None)
+            g = pop(key, None)
             if g is None:
                 continue
-            if capture is None:
-                if node._rule is None:
+            rule = node._rule
+            if rule is None:
+                if capture is None or key in capture:
                     captured[key] = (node, g)
-            elif key in capture:
+                continue
+            if capture is not None and key in capture:
                 captured[key] = (node, g)
                 if len(captured) == len(capture):
                     break
-            if node._rule is None:
-                continue
-            contributions = node._rule(node, g)
-            for parent, contribution in zip(node._parents, contributions):
+            if create_graph:
+                _GradMode.origin = node
+            for parent, contribution in zip(node._parents, rule(node, g)):
                 if contribution is None or not parent.requires_grad:
                     continue
                 pkey = id(parent)
-                previous = grads.get(pkey)
-                grads[pkey] = contribution if previous is None else previous + contribution
+                if pkey in grads:
+                    grads[pkey] = grads[pkey] + contribution
+                else:
+                    grads[pkey] = contribution
+    finally:
+        _GradMode.enabled, _GradMode.origin = previous_mode, previous_origin
     return captured
 
 

@@ -24,7 +24,7 @@ __all__ = ["Value"]
 class Value:
     """A scalar that records the ops that produced it."""
 
-    __slots__ = ("data", "grad", "requires_grad", "_parents", "_rule", "_op")
+    __slots__ = ("data", "grad", "requires_grad", "_parents", "_rule", "_op", "_origin", "__weakref__")
 
     def __init__(self, data, requires_grad=True, _parents=(), _rule=None, _op=""):
         self.data = float(data)
@@ -33,9 +33,10 @@ class Value:
         # a node records its parents only while grad mode is on and a parent needs them
         if _parents and _GradMode.enabled and any(p.requires_grad for p in _parents):
             self.requires_grad, self._parents, self._rule = True, _parents, _rule
+            self._origin = _GradMode.origin
         else:
             self.requires_grad = bool(requires_grad) and not _parents
-            self._parents, self._rule = (), None
+            self._parents, self._rule, self._origin = (), None, None
 
     def __repr__(self):
         return f"Value(data={self.data:.6g})"

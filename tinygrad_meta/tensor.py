@@ -46,11 +46,13 @@ def _make(data, backend, parents, rule, ctx=None):
                 out._parents = parents
                 out._rule = rule
                 out._ctx = ctx
+                out._origin = _GradMode.origin
                 return out
     out.requires_grad = False
     out._parents = ()
     out._rule = None
     out._ctx = None
+    out._origin = None
     return out
 
 
@@ -64,6 +66,7 @@ def _constant(data, backend):
     out._parents = ()
     out._rule = None
     out._ctx = None
+    out._origin = None
     return out
 
 
@@ -101,9 +104,9 @@ def _coerce(a, b, name):
 
 def unbroadcast(g, shape):
     """Sum ``g`` down to ``shape``: the adjoint of numpy broadcasting."""
-    shape = tuple(shape)
-    if g.shape == shape:
+    if g.data.shape == shape:
         return g
+    shape = tuple(shape)
     extra = g.ndim - len(shape)
     axes = tuple(range(extra)) + tuple(
         extra + i for i, n in enumerate(shape) if n == 1 and g.shape[extra + i] != 1)
@@ -138,26 +141,26 @@ def _keepdims_shape(shape, axes):
 
 def _add_rule(out, g):
     a, b = out._parents
-    return (unbroadcast(g, a.shape) if a.requires_grad else None,
-            unbroadcast(g, b.shape) if b.requires_grad else None)
+    return (unbroadcast(g, a.data.shape) if a.requires_grad else None,
+            unbroadcast(g, b.data.shape) if b.requires_grad else None)
 
 
 def _sub_rule(out, g):
     a, b = out._parents
-    return (unbroadcast(g, a.shape) if a.requires_grad else None,
-            unbroadcast(-g, b.shape) if b.requires_grad else None)
+    return (unbroadcast(g, a.data.shape) if a.requires_grad else None,
+            unbroadcast(-g, b.data.shape) if b.requires_grad else None)
 
 
 def _mul_rule(out, g):
     a, b = out._parents
-    return (unbroadcast(g * b, a.shape) if a.requires_grad else None,
-            unbroadcast(g * a, b.shape) if b.requires_grad else None)
+    return (unbroadcast(g * b, a.data.shape) if a.requires_grad else None,
+            unbroadcast(g * a, b.data.shape) if b.requires_grad else None)
 
 
 def _div_rule(out, g):
     a, b = out._parents
-    return (unbroadcast(g / b, a.shape) if a.requires_grad else None,
-            unbroadcast(-(g * out) / b, b.shape) if b.requires_grad else None)
+    return (unbroadcast(g / b, a.data.shape) if a.requires_grad else None,
+            unbroadcast(-(g * out) / b, b.data.shape) if b.requires_grad else None)
 
 
 def _pow_rule(out, g):
@@ -300,11 +303,25 @@ def _abs_rule(out, g):
 
 
 def _tanh_rule(out, g):
-    return (g * (1.0 - out * out),)
+    return (_tanh_grad(g, out),)
+
+
+def _tanh_grad_rule(node, gg):
+    # node = g * (1 - y*y) with parents (g, y)
+    g, y = node._parents
+    return (_tanh_grad(gg, y) if g.requires_grad else None,
+            gg * g * y * -2.0 if y.requires_grad else None)
 
 
 def _sigmoid_rule(out, g):
-    return (g * (out * (1.0 - out)),)
+    return (_sigmoid_grad(g, out),)
+
+
+def _sigmoid_grad_rule(node, gg):
+    # node = g * s * (1 - s) with parents (g, s)
+    g, s = node._parents
+    return (_sigmoid_grad(gg, s) if g.requires_grad else None,
+            gg * g * (1.0 - s * 2.0) if s.requires_grad else None)
 
 
 def _relu_rule(out, g):
@@ -324,15 +341,15 @@ def _where_rule(out, g):
     a, b = out._parents
     cond = out._ctx
     zero = 0.0
-    return (unbroadcast(where(cond, g, zero), a.shape) if a.requires_grad else None,
-            unbroadcast(where(cond, zero, g), b.shape) if b.requires_grad else None)
+    return (unbroadcast(where(cond, g, zero), a.data.shape) if a.requires_grad else None,
+            unbroadcast(where(cond, zero, g), b.data.shape) if b.requires_grad else None)
 
 
 def _pairwise_extremum_rule(out, g):
     a, b = out._parents
     weight_a = out._ctx
-    return (unbroadcast(g * weight_a, a.shape) if a.requires_grad else None,
-            unbroadcast(g * (1.0 - weight_a), b.shape) if b.requires_grad else None)
+    return (unbroadcast(g * weight_a, a.data.shape) if a.requires_grad else None,
+            unbroadcast(g * (1.0 - weight_a), b.data.shape) if b.requires_grad else None)
 
 
 def _astype_rule(out, g):
@@ -362,6 +379,18 @@ def _index_put(g, index, shape):
     else:
         data[index] = g.data
     return _make(data, g._be, (g,), _index_put_rule, index)
+
+
+def _tanh_grad(g, y):
+    """``g * (1 - y**2)``, tanh's backward fused into one node (itself differentiable)."""
+    y_data = y.data
+    return _make(g.data * (1 - y_data * y_data), g._be, (g, y), _tanh_grad_rule)
+
+
+def _sigmoid_grad(g, s):
+    """``g * s * (1 - s)``, sigmoid's backward fused into one node (itself differentiable)."""
+    s_data = s.data
+    return _make(g.data * (s_data * (1 - s_data)), g._be, (g, s), _sigmoid_grad_rule)
 
 
 def _relu_grad(g, x):
@@ -464,7 +493,8 @@ class Tensor:
     [[2.0, 4.0]]
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "_parents", "_rule", "_ctx", "_be", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "_parents", "_rule", "_ctx", "_be", "_origin",
+                 "__weakref__")
     __array_ufunc__ = None  # numpy defers to our reflected operators
     __hash__ = object.__hash__
 
@@ -492,6 +522,7 @@ class Tensor:
         self._parents = ()
         self._rule = None
         self._ctx = None
+        self._origin = None
         self.requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
@@ -622,56 +653,58 @@ class Tensor:
 
     # ---- arithmetic ----------------------------------------------------------
     def _binary(self, other, forward, rule, name):
-        other = _coerce(self, other, name)
+        if type(other) is not Tensor or other._be is not self._be or other.data.dtype is not self.data.dtype:
+            other = _coerce(self, other, name)
         try:
             data = forward(self.data, other.data)
         except ValueError:
             raise _shape_error(name, self.shape, other.shape) from None
         return _make(data, self._be, (self, other), rule)
 
+    # Python int/float operands skip the constant tensor: one node, and the rule needs no tensor
     def __add__(self, other):
-        if isinstance(other, (int, float)) and not isinstance(other, bool):
+        if type(other) is float or type(other) is int:
             return _make(self.data + other, self._be, (self,), _add_scalar_rule)
         return self._binary(other, operator.add, _add_rule, "add")
 
     __radd__ = __add__
 
     def __sub__(self, other):
-        if isinstance(other, (int, float)) and not isinstance(other, bool):
+        if type(other) is float or type(other) is int:
             return _make(self.data - other, self._be, (self,), _add_scalar_rule)
         return self._binary(other, operator.sub, _sub_rule, "sub")
 
     def __rsub__(self, other):
-        if isinstance(other, (int, float)):
-            return (-self).__add__(other)
+        if type(other) is float or type(other) is int:
+            return _make(other - self.data, self._be, (self,), _neg_rule)
         return _coerce(self, other, "sub")._binary(self, operator.sub, _sub_rule, "sub")
 
     def __mul__(self, other):
-        if isinstance(other, (int, float)) and not isinstance(other, bool):
+        if type(other) is float or type(other) is int:
             return _make(self.data * other, self._be, (self,), _mul_scalar_rule, other)
         return self._binary(other, operator.mul, _mul_rule, "mul")
 
     __rmul__ = __mul__
 
     def __truediv__(self, other):
-        if isinstance(other, (int, float)) and not isinstance(other, bool):
+        if type(other) is float or type(other) is int:
             return self.__mul__(1.0 / other)
         return self._binary(other, operator.truediv, _div_rule, "div")
 
     def __rtruediv__(self, other):
-        if isinstance(other, (int, float)):
+        if type(other) is float or type(other) is int:
             return _make(other / self.data, self._be, (self,), _rdiv_scalar_rule)
         return _coerce(self, other, "div")._binary(self, operator.truediv, _div_rule, "div")
 
     def __pow__(self, exponent):
-        if isinstance(exponent, (int, float)) and not isinstance(exponent, bool):
+        if type(exponent) is float or type(exponent) is int:
             if exponent == 1:
                 return self
             return _make(self.data ** exponent, self._be, (self,), _pow_scalar_rule, exponent)
         return self._binary(exponent, operator.pow, _pow_rule, "pow")
 
     def __rpow__(self, base):
-        if isinstance(base, (int, float)):
+        if type(base) is float or type(base) is int:
             if base <= 0:
                 raise ValueError(f"pow: a number base must be positive to differentiate, got {base}")
             return _make(base ** self.data, self._be, (self,), _rpow_scalar_rule, base)
