@@ -1,0 +1,461 @@
+"""Pictures of the graphs: the forward graph, the graph a backward pass recorded, and more.
+
+``to_dot(outputs)`` returns Graphviz DOT text for the graph behind one or more
+``Tensor``s or ``Value``s; ``draw(outputs, "graph.svg")`` writes it to disk and renders
+it with the ``dot`` program when that is installed.
+
+What the picture shows:
+
+* every node of the graph as a box: a ``Value``'s data and grad, a ``Tensor``'s shape
+  and dtype (and its numbers when it is tiny); leaves that require grad have a double
+  border, constants a dashed one, the outputs a bold one;
+* every recorded op as an ellipse feeding the box it produced;
+* the *order* of each node: 0 for nodes an ordinary forward pass recorded; for a node
+  recorded while the backward rule of node N ran with ``create_graph=True``, one more
+  than N's order. Nodes of order >= 1 sit in a coloured cluster labelled
+  "backward of <op of N>", one colour per order, so a gradient of a gradient shows the
+  forward graph, the graph its backward recorded, and the backward through that.
+
+>>> from tinygrad_meta import Value, grad
+>>> from tinygrad_meta.viz import to_dot
+>>> x = Value(0.7)
+>>> (dy,) = grad((x * x).tanh(), [x], create_graph=True)
+>>> text = to_dot(dy, names={"x": x})
+>>> text.startswith("digraph") and "backward of tanh" in text
+True
+"""
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import subprocess
+
+__all__ = ["to_dot", "draw", "graph_stats", "node_order", "op_name", "GraphvizNotFoundError"]
+
+# fill colour per order (0 = forward); cluster outlines use the darker partner
+_FILL = ["#dbe9f6", "#fde0c5", "#d4efd4", "#e6d7f2", "#f6d5dc"]
+_EDGE = ["#4a78a8", "#d9822b", "#3c9a3c", "#8a5cb8", "#c0506a"]
+_ORDINAL = {1: "1st", 2: "2nd", 3: "3rd"}
+
+
+class GraphvizNotFoundError(RuntimeError):
+    """The ``dot`` program is needed to render SVG/PNG but is not installed."""
+
+
+# ---- facts about one node ----------------------------------------------------------
+
+def op_name(node):
+    """The name of the op that produced ``node`` ("mul", "tanh", "*", ...), None for a leaf.
+
+    Tensor ops are named after their backward rule (``_mul_rule`` -> "mul"); Value ops
+    carry their symbol in ``_op``.
+    """
+    rule = getattr(node, "_rule", None)
+    if rule is None:
+        return None
+    symbol = getattr(node, "_op", "")
+    if symbol:
+        return symbol
+    name = getattr(rule, "__name__", type(rule).__name__).strip("_")
+    return name[:-len("_rule")] if name.endswith("_rule") else name
+
+
+def node_order(node):
+    """0 for a node recorded by a forward pass; 1 + the order of ``node._origin`` otherwise.
+
+    ``_origin`` is the node whose backward rule was running (with ``create_graph=True``)
+    when ``node`` was recorded.
+    """
+    order = 0
+    origin = getattr(node, "_origin", None)
+    while origin is not None:
+        order += 1
+        origin = getattr(origin, "_origin", None)
+    return order
+
+
+def _is_node(obj):
+    return hasattr(obj, "_parents") and hasattr(obj, "requires_grad")
+
+
+def _as_outputs(outputs, caller):
+    items = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    if not items:
+        raise ValueError(f"{caller}: outputs is empty; pass a Tensor, a Value or a list of them")
+    for index, item in enumerate(items):
+        if not _is_node(item):
+            raise TypeError(f"{caller}: output {index} is a {type(item).__name__}, not a Tensor or Value")
+    return items
+
+
+# ---- the graph as plain data -------------------------------------------------------
+
+def _collect(outputs):
+    """Every node reachable from ``outputs``, breadth first: nearest the outputs first.
+
+    Returns (nodes, index, first_child): the discovery order is what makes node ids
+    stable from run to run (``id()`` would not be).
+    """
+    nodes, index, first_child = [], {}, {}
+    queue = collections.deque()
+    for node in outputs:
+        if id(node) not in index:
+            index[id(node)] = len(nodes)
+            nodes.append(node)
+            queue.append(node)
+    while queue:
+        node = queue.popleft()
+        for parent in node._parents:
+            if id(parent) not in index:
+                index[id(parent)] = len(nodes)
+                first_child[id(parent)] = node
+                nodes.append(parent)
+                queue.append(parent)
+    return nodes, index, first_child
+
+
+def _kind(node):
+    if getattr(node, "_rule", None) is not None:
+        return "op"
+    return "leaf" if node.requires_grad else "const"
+
+
+def _placement(nodes, first_child):
+    """(order, origin) per node. A constant has no origin of its own (it records
+    nothing), so it is drawn with the first node that uses it: the ``1.0`` inside the
+    rule ``g * (1 - out*out)`` belongs to the backward cluster, not to the forward graph.
+    """
+    placement = {}
+    for node in nodes:
+        # a constant has no parents, so its first user is never a constant
+        owner = first_child.get(id(node), node) if _kind(node) == "const" else node
+        origin = getattr(owner, "_origin", None)
+        placement[id(node)] = (node_order(owner), origin)
+    return placement
+
+
+def _array_bytes(node, seen_buffers):
+    data = getattr(node, "data", None)
+    if not hasattr(data, "nbytes"):
+        return 8 if isinstance(data, float) else 0
+    base = data
+    while getattr(base, "base", None) is not None:
+        base = base.base
+    if id(base) in seen_buffers:
+        return 0
+    seen_buffers.add(id(base))
+    return int(getattr(base, "nbytes", data.nbytes))
+
+
+def graph_stats(outputs):
+    """Counts and sizes of the graph behind ``outputs``.
+
+    Returns a dict: ``nodes`` (all reachable), ``ops`` (recorded op nodes), ``leaves``
+    (leaves requiring grad), ``constants``, ``ops_by_order`` ({order: count of op
+    nodes}), and ``data_bytes`` (bytes of the distinct buffers the nodes hold: 8 per
+    ``Value``, the owning array's ``nbytes`` per Tensor buffer).
+
+    >>> from tinygrad_meta import Value
+    >>> x = Value(2.0)
+    >>> graph_stats(x * x + 1.0)["ops"]
+    2
+    """
+    outputs = _as_outputs(outputs, "graph_stats")
+    nodes, _, _ = _collect(outputs)
+    kinds = collections.Counter(_kind(node) for node in nodes)
+    by_order = collections.Counter(node_order(node) for node in nodes if _kind(node) == "op")
+    seen_buffers = set()
+    return {
+        "nodes": len(nodes),
+        "ops": kinds["op"],
+        "leaves": kinds["leaf"],
+        "constants": kinds["const"],
+        "ops_by_order": dict(sorted(by_order.items())),
+        "data_bytes": sum(_array_bytes(node, seen_buffers) for node in nodes),
+    }
+
+
+# ---- labels --------------------------------------------------------------------------
+
+def _quote(text):
+    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _number(x):
+    return f"{x:.4g}"
+
+
+def _describe(node, show_values):
+    """The lines of a value box: shape/dtype or data/grad."""
+    data = node.data
+    if isinstance(data, float):  # a Value
+        lines = [f"data {_number(data)}"]
+        g = getattr(node, "grad", None)
+        if g is not None:
+            lines.append(f"grad {_number(getattr(g, 'data', g))}")
+        return lines if show_values else ["scalar"]
+    shape = tuple(getattr(data, "shape", ()))
+    lines = [f"{shape} {getattr(data, 'dtype', '')}".strip()]
+    if show_values and getattr(data, "size", 0) <= 4:
+        import numpy as np
+        flat = np.asarray(node.numpy() if hasattr(node, "numpy") else data).ravel()
+        lines.append("[" + ", ".join(_number(float(v)) for v in flat) + "]")
+    return lines
+
+
+def _cluster_title(origin):
+    order = node_order(origin) + 1
+    title = f"backward of {op_name(origin)}"
+    if order == 1:
+        return title
+    chain, parent = [], getattr(origin, "_origin", None)
+    while parent is not None:
+        chain.append(f"backward of {op_name(parent)}")
+        parent = getattr(parent, "_origin", None)
+    return f"{_ORDINAL.get(order, f'{order}th')} order: {title} (recorded in {' < '.join(chain)})"
+
+
+# ---- DOT -----------------------------------------------------------------------------
+
+class _Unit:
+    """One box in the picture: a single node, or (collapsed) every node sharing a signature."""
+
+    def __init__(self, key, first):
+        self.key = key
+        self.members = []
+        self.first = first
+
+
+def to_dot(outputs, max_nodes=400, collapse=False, show_values=True, names=None,
+           rankdir="LR", title=None):
+    """Graphviz DOT text for the graph behind ``outputs``.
+
+    ``outputs``: a Tensor or Value, or a list of them (drawn together, shared nodes once).
+    ``max_nodes``: draw at most this many boxes, those nearest the outputs; the rest
+    become one note box saying how many were left out.
+    ``collapse``: ``True`` (or ``"shape"``) merges nodes that share order, backward
+    cluster, op name, shape and dtype into one box labelled "op ×count" (edges labelled
+    with counts); ``"op"`` merges by op name alone (shapes differ inside a box), which
+    keeps a whole MAML step to a few dozen boxes.
+    ``show_values``: print Value data/grad and tiny Tensors' numbers.
+    ``names``: {"x": node} labels for nodes of interest (a named node is never merged).
+    ``rankdir``: Graphviz layout direction ("LR" or "TB").
+    ``title``: a caption for the picture.
+
+    Node ids follow the breadth-first discovery order from the outputs, so the same
+    graph always gives the same text.
+
+    >>> from tinygrad_meta import Value
+    >>> x = Value(3.0)
+    >>> print(to_dot(x * x, names={"x": x}).splitlines()[0])
+    digraph tinygrad_meta {
+    """
+    outputs = _as_outputs(outputs, "to_dot")
+    if collapse not in (False, True, "shape", "op"):
+        raise ValueError(f"to_dot: collapse must be False, True (same as 'shape') or 'op', got {collapse!r}")
+    if not isinstance(max_nodes, int) or max_nodes < 1:
+        raise ValueError(f"to_dot: max_nodes must be a positive int, got {max_nodes!r}")
+    if rankdir not in ("LR", "RL", "TB", "BT"):
+        raise ValueError(f"to_dot: rankdir must be LR, RL, TB or BT, got {rankdir!r}")
+    named = {}
+    for name, node in (names or {}).items():
+        if not _is_node(node):
+            raise TypeError(f"to_dot: names[{name!r}] is a {type(node).__name__}, not a Tensor or Value")
+        named[id(node)] = str(name)
+
+    nodes, index, first_child = _collect(outputs)
+    placement = _placement(nodes, first_child)
+    output_ids = {id(node) for node in outputs}
+
+    # group nodes into units (one per node unless collapsing)
+    units, unit_of = [], {}
+    by_key = {}
+    for position, node in enumerate(nodes):
+        order, origin = placement[id(node)]
+        if collapse and id(node) not in named and id(node) not in output_ids:
+            data = node.data
+            cluster = (order, op_name(origin) if origin is not None else None)
+            key = (cluster, _kind(node), op_name(node))
+            if collapse != "op":
+                key += (tuple(getattr(data, "shape", ())), str(getattr(data, "dtype", "")))
+        else:
+            key = ("node", position)
+        unit = by_key.get(key)
+        if unit is None:
+            unit = by_key[key] = _Unit(key, position)
+            units.append(unit)
+        unit.members.append(node)
+        unit_of[id(node)] = unit
+
+    shown = units[:max_nodes]
+    shown_set = {id(unit) for unit in shown}
+    number = {id(unit): i for i, unit in enumerate(shown)}
+    hidden_nodes = sum(len(unit.members) for unit in units[max_nodes:])
+
+    lines = [
+        "digraph tinygrad_meta {",
+        f"  rankdir={rankdir};",
+        '  graph [fontname="Helvetica", fontsize=11, nodesep=0.25, ranksep=0.35];',
+        '  node [fontname="Helvetica", fontsize=10, style=filled, fillcolor="#ffffff"];',
+        '  edge [color="#555555", arrowsize=0.6, fontname="Helvetica", fontsize=9];',
+    ]
+    if title:
+        lines.append(f"  label={_quote(title)}; labelloc=t;")
+
+    # boxes, grouped by the cluster they belong to
+    clusters = collections.OrderedDict()
+    for unit in shown:
+        node = unit.members[0]
+        order, origin = placement[id(node)]
+        if collapse:
+            cluster_key = (order, op_name(origin)) if origin is not None else None
+        else:
+            cluster_key = id(origin) if origin is not None else None
+        clusters.setdefault(cluster_key, (order, origin, []))[2].append(unit)
+
+    def emit_unit(unit, indent):
+        node = unit.members[0]
+        i = number[id(unit)]
+        order, _ = placement[id(node)]
+        kind = _kind(node)
+        fill = _FILL[min(order, len(_FILL) - 1)]
+        count = len(unit.members)
+        label = []
+        if id(node) in named:
+            label.append(named[id(node)])
+        if kind == "leaf":
+            label.append("leaf" if count == 1 else f"leaf ×{count}")
+        elif kind == "const":
+            label.append("const" if count == 1 else f"const ×{count}")
+        if collapse and kind == "op":
+            label.append(f"{op_name(node)} ×{count}" if count > 1 else op_name(node))
+        if collapse == "op" and count > 1:
+            shapes = {tuple(getattr(member.data, "shape", ())) for member in unit.members}
+            label.append(f"{len(shapes)} shapes" if len(shapes) > 1 else _describe(node, False)[0])
+        else:
+            label.extend(_describe(node, show_values and count == 1))
+        if id(node) in output_ids:
+            label.insert(0, "output")
+        attrs = [f"label={_quote(chr(10).join(label))}", "shape=box", f'fillcolor="{fill}"']
+        styles = ["filled"]
+        if kind == "leaf":
+            attrs.append("peripheries=2")
+        elif kind == "const":
+            styles.append("dashed")
+        if id(node) in output_ids:
+            styles.append("bold")
+            attrs.append("penwidth=2")
+        attrs.append(f'style="{",".join(styles)}"')
+        out = [f"{indent}v{i} [{', '.join(attrs)}];"]
+        if kind == "op" and not collapse:
+            out.append(f'{indent}o{i} [label={_quote(op_name(node))}, shape=ellipse, '
+                       f'fillcolor="{fill}", style=filled];')
+            out.append(f"{indent}o{i} -> v{i};")
+        return out
+
+    cluster_number = 0
+    for cluster_key, (order, origin, members) in clusters.items():
+        if cluster_key is None:
+            for unit in members:
+                lines.extend(emit_unit(unit, "  "))
+            continue
+        if collapse:
+            title_text = f"backward of {cluster_key[1]}"
+            if order > 1:
+                title_text = f"{_ORDINAL.get(order, f'{order}th')} order: {title_text}"
+        else:
+            title_text = _cluster_title(origin)
+        color = _EDGE[min(order, len(_EDGE) - 1)]
+        lines.append(f"  subgraph cluster_{cluster_number} {{")
+        lines.append(f"    label={_quote(title_text)}; fontcolor=\"{color}\"; color=\"{color}\"; "
+                     f"style=\"rounded,dashed\";")
+        for unit in members:
+            lines.extend(emit_unit(unit, "    "))
+        lines.append("  }")
+        cluster_number += 1
+
+    # edges: parent box -> op ellipse (or collapsed box) of the child
+    edge_counts = collections.OrderedDict()
+    cut_targets = []
+    for unit in shown:
+        for child in unit.members:
+            for parent in child._parents:
+                target = number[id(unit)]
+                parent_unit = unit_of[id(parent)]
+                if id(parent_unit) in shown_set:
+                    edge = (number[id(parent_unit)], target)
+                    edge_counts[edge] = edge_counts.get(edge, 0) + 1
+                elif target not in cut_targets:
+                    cut_targets.append(target)
+    head = "v" if collapse else "o"
+    for (source, target), count in edge_counts.items():
+        if collapse:
+            extra = f" [label=\"×{count}\"]" if count > 1 else ""
+            lines.append(f"  v{source} -> v{target}{extra};")
+        else:
+            lines.extend([f"  v{source} -> {head}{target};"] * count)
+    if hidden_nodes:
+        lines.append(f"  cut [label={_quote(f'… {hidden_nodes} more nodes not drawn (max_nodes={max_nodes})')}, "
+                     'shape=note, fillcolor="#fff7c2"];')
+        for target in cut_targets:
+            lines.append(f"  cut -> {head}{target} [style=dotted];")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def draw(outputs, path, **options):
+    """Write the picture of the graph behind ``outputs``; returns the paths written.
+
+    ``path`` ending in ``.dot`` writes DOT only; ``.svg``, ``.png`` or ``.pdf`` writes
+    the ``.dot`` beside it and renders it with Graphviz's ``dot``; no extension means
+    ``.dot`` and ``.svg``. ``options`` go to ``to_dot``.
+
+    Raises ``GraphvizNotFoundError`` (after writing the ``.dot``) when ``dot`` is not
+    installed.
+
+    >>> from tinygrad_meta import Value
+    >>> import tempfile, os
+    >>> x = Value(1.5)
+    >>> written = draw(x.exp(), os.path.join(tempfile.mkdtemp(), "g.dot"))
+    >>> written[0].endswith("g.dot")
+    True
+    """
+    path = os.fspath(path)
+    root, ext = os.path.splitext(path)
+    ext = ext.lower()
+    if ext == ".dot":
+        formats = []
+    elif ext in (".svg", ".png", ".pdf"):
+        formats = [ext[1:]]
+    elif ext == "":
+        formats = ["svg"]
+    else:
+        raise ValueError(f"draw: cannot write {path!r}; use a .dot, .svg, .png or .pdf path")
+    text = to_dot(outputs, **options)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    dot_path = root + ".dot"
+    with open(dot_path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    written = [dot_path]
+    for fmt in formats:
+        target = f"{root}.{fmt}"
+        executable = shutil.which("dot")
+        if executable is None:
+            raise GraphvizNotFoundError(
+                f"draw: wrote {dot_path}, but {target} needs the Graphviz program 'dot', which is "
+                "not on PATH; install the Debian/Ubuntu package graphviz "
+                "(sudo apt-get install graphviz), or render it elsewhere with "
+                f"`dot -T{fmt} {dot_path} -o {target}`")
+        try:
+            subprocess.run([executable, f"-T{fmt}", dot_path, "-o", target],
+                           check=True, capture_output=True, text=True, timeout=300)
+        except subprocess.CalledProcessError as error:
+            raise RuntimeError(f"draw: dot failed on {dot_path}: {error.stderr.strip()}") from None
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(
+                f"draw: dot took over 300 s on {dot_path}; pass a smaller max_nodes or "
+                "collapse=True") from None
+        written.append(target)
+    return written
