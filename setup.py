@@ -6,6 +6,7 @@ import glob
 import os
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -31,6 +32,19 @@ def cython_extensions():
     return cythonize(extensions, language_level=3, quiet=True)
 
 
+class BuildPyWithCudaSources(build_py):
+    """Also copy kernels/cuda/*.cu into the built package (tinygrad_meta/cuda_kernels/):
+    an installed, non-editable package must find the CUDA sources that its cuda backend
+    compiles at run time (an editable install reads them from <repo>/kernels/cuda)."""
+
+    def run(self):
+        super().run()
+        target = os.path.join(self.build_lib, "tinygrad_meta", "cuda_kernels")
+        self.mkpath(target)
+        for source in sorted(glob.glob(os.path.join(HERE, "kernels", "cuda", "*.cu"))):
+            self.copy_file(source, target)
+
+
 setup(
     name="tinygrad-meta",
     version="0.1.0",
@@ -41,6 +55,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["tinygrad_meta", "tinygrad_meta.*"]),
     package_data={"tinygrad_meta": ["cuda_kernels/*.cu"]},
+    cmdclass={"build_py": BuildPyWithCudaSources},
     install_requires=["numpy>=1.23", "tqdm>=4.60"],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6.50"],
