@@ -422,3 +422,4 @@ class Adam(Optimizer):
         if missing:
             raise KeyError(f"Adam.load_state_dict: no m/v state for parameters {missing}")
         self.state = {"step": step, "m": m, "v": v}
+from .hypergradient_descent import SGDHD, AdamHD  # noqa: E402
