@@ -1,0 +1,603 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+# cython: language_level=3, embedsignature=True
+"""Packed, register-tiled matrix multiply for float32 and float64 (2-D and batched 3-D).
+
+The structure follows Goto & van de Geijn / BLIS:
+
+* the K x N operand is packed, a KC x NC block at a time, into NR-wide column panels,
+  and the M x K operand, an MC x KC block at a time, into MR-tall row panels, both
+  contiguous and zero-padded, so the inner loop only ever streams contiguous memory;
+* a micro-kernel keeps an MR x NR tile of C in local accumulators (the compiler keeps
+  them in vector registers: 12 x 2 vectors with AVX-512's 32 registers, 6 x 2 with
+  16) and runs K rank-1 updates on it;
+* loops order: jc (NC) > pc (KC) > pack B > ic (MC) > pack A > ir (MR) > jr (NR), so an
+  A micro-panel (MR x KC) stays in L1 while the packed B block (KC x NC) streams from L2.
+
+Any strides work, including transposed views and negative strides, because packing
+reads through element strides: a transposed operand costs nothing extra. Threads
+(OpenMP ``prange``) split the rows of C (and the batch) into independent slabs, each
+with its own packing buffers, and only run when the product is large enough to pay
+for them.
+
+Public entry point: :func:`matmul` (numpy semantics; anything it does not handle goes
+to ``numpy.matmul``). :func:`gemm` exposes explicit transpose flags for tests and
+benchmarks. ``BUILD_INFO`` says how the module was compiled.
+"""
+import numpy as np
+cimport numpy as cnp
+from cython.parallel cimport parallel, prange
+from libc.stdlib cimport free
+from libc.string cimport memset
+
+cnp.import_array()
+
+cdef extern from *:
+    """
+    #include <stdlib.h>
+    #include <string.h>
+    #include <stddef.h>
+    #ifdef _OPENMP
+    #include <omp.h>
+    #endif
+
+    /* Vector width of the target ISA: the micro-kernel tile is sized from it. */
+    #if defined(__AVX512F__)
+    #define TGM_VBYTES 64
+    #define TGM_MR 12
+    #elif defined(__AVX__)
+    #define TGM_VBYTES 32
+    #define TGM_MR 6
+    #else
+    #define TGM_VBYTES 16
+    #define TGM_MR 6
+    #endif
+    /* two vectors of C per row of the tile */
+    #define TGM_NV 2
+    #define TGM_NR_F32 (TGM_NV * TGM_VBYTES / 4)
+    #define TGM_NR_F64 (TGM_NV * TGM_VBYTES / 8)
+
+    #ifdef _OPENMP
+    #define TGM_OPENMP 1
+    static int tgm_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    #define TGM_OPENMP 0
+    static int tgm_max_threads(void) { return 1; }
+    #endif
+    #ifndef TGM_CFLAGS
+    #define TGM_CFLAGS "unknown"
+    #endif
+
+    static void *tgm_aligned_alloc(size_t nbytes) {
+        void *p = NULL;
+        if (nbytes == 0) nbytes = 64;
+        if (posix_memalign(&p, 64, nbytes) != 0) return NULL;
+        return p;
+    }
+
+    /* The micro-kernel: C[0:m, 0:n] (+)= sum_p pa[p, 0:MR]^T pb[p, 0:NR].
+       pa holds an MR-row panel k-major (pa[p*MR + i] = A[i, p]), pb an NR-column
+       panel k-major (pb[p*NR + j] = B[p, j]); both 64-byte aligned and zero-padded.
+       The accumulators are a fixed-size local array that gcc fully unrolls and keeps
+       in registers; "acc += a * b" contracts to FMA. */
+    #define TGM_DEFINE_UKERNEL(T, SFX, NR)                                            \\
+    typedef T tgm_v##SFX __attribute__((vector_size(TGM_VBYTES)));                  \\
+    enum { TGM_VL_##SFX = TGM_VBYTES / (int)sizeof(T) };                            \\
+    static inline void tgm_ukernel_##SFX(ptrdiff_t kc, const T *restrict pa,        \\
+            const T *restrict pb, T *restrict c, ptrdiff_t ldc, int accumulate,     \\
+            int m, int n) {                                                         \\
+        tgm_v##SFX acc[TGM_MR][TGM_NV];                                             \\
+        _Pragma("GCC unroll 16")                                                    \\
+        for (int i = 0; i < TGM_MR; i++) {                                          \\
+            _Pragma("GCC unroll 4")                                                 \\
+            for (int v = 0; v < TGM_NV; v++) acc[i][v] = (tgm_v##SFX){0};           \\
+        }                                                                           \\
+        for (ptrdiff_t p = 0; p < kc; p++) {                                        \\
+            tgm_v##SFX b[TGM_NV];                                                   \\
+            _Pragma("GCC unroll 4")                                                 \\
+            for (int v = 0; v < TGM_NV; v++)                                        \\
+                b[v] = *(const tgm_v##SFX *)(pb + v * TGM_VL_##SFX);                \\
+            _Pragma("GCC unroll 16")                                                \\
+            for (int i = 0; i < TGM_MR; i++) {                                      \\
+                tgm_v##SFX a = (tgm_v##SFX){0} + pa[i];                             \\
+                _Pragma("GCC unroll 4")                                             \\
+                for (int v = 0; v < TGM_NV; v++) acc[i][v] += a * b[v];             \\
+            }                                                                       \\
+            pa += TGM_MR;                                                           \\
+            pb += NR;                                                               \\
+        }                                                                           \\
+        if (m == TGM_MR && n == NR) {                                               \\
+            _Pragma("GCC unroll 16")                                                \\
+            for (int i = 0; i < TGM_MR; i++) {                                      \\
+                _Pragma("GCC unroll 4")                                             \\
+                for (int v = 0; v < TGM_NV; v++) {                                  \\
+                    T *dst = c + i * ldc + v * TGM_VL_##SFX;                        \\
+                    tgm_v##SFX out = acc[i][v];                                     \\
+                    if (accumulate) {                                               \\
+                        tgm_v##SFX old;                                             \\
+                        memcpy(&old, dst, sizeof(old));                             \\
+                        out += old;                                                 \\
+                    }                                                               \\
+                    memcpy(dst, &out, sizeof(out));                                 \\
+                }                                                                   \\
+            }                                                                       \\
+        } else {                                                                    \\
+            /* edge tile: spill and copy the valid m x n part */                    \\
+            T tile[TGM_MR * NR] __attribute__((aligned(64)));                       \\
+            memcpy(tile, acc, sizeof(tile));                                        \\
+            for (int i = 0; i < m; i++) {                                           \\
+                T *dst = c + i * ldc;                                               \\
+                const T *src = tile + i * NR;                                       \\
+                if (accumulate) for (int j = 0; j < n; j++) dst[j] += src[j];       \\
+                else for (int j = 0; j < n; j++) dst[j] = src[j];                   \\
+            }                                                                       \\
+        }                                                                           \\
+    }
+
+    TGM_DEFINE_UKERNEL(float, f32, TGM_NR_F32)
+    TGM_DEFINE_UKERNEL(double, f64, TGM_NR_F64)
+
+    /* Small-problem kernel with no packing: C = A @ B for row-contiguous B and C.
+       Each C row is built with axpy updates over B rows, which gcc vectorises along
+       N. Used where packing would cost more than it saves (tiny K or N). */
+    #define TGM_DEFINE_SMALL(T, SFX)                                                \\
+    static void tgm_small_##SFX(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,              \\
+            const T *a, ptrdiff_t sam, ptrdiff_t sak,                               \\
+            const T *b, ptrdiff_t sbk, T *restrict c) {                             \\
+        if (n == 1) {                                                               \\
+            /* matrix-vector: 8 independent partial sums hide the FMA latency */    \\
+            for (ptrdiff_t i = 0; i < m; i++) {                                     \\
+                const T *ai = a + i * sam;                                          \\
+                T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                \\
+                ptrdiff_t p = 0;                                                    \\
+                for (; p + 8 <= k; p += 8) {                                        \\
+                    _Pragma("GCC unroll 8")                                         \\
+                    for (int l = 0; l < 8; l++)                                     \\
+                        acc[l] += ai[(p + l) * sak] * b[(p + l) * sbk];             \\
+                }                                                                   \\
+                T s = ((acc[0] + acc[1]) + (acc[2] + acc[3]))                       \\
+                      + ((acc[4] + acc[5]) + (acc[6] + acc[7]));                    \\
+                for (; p < k; p++) s += ai[p * sak] * b[p * sbk];                   \\
+                c[i] = s;                                                           \\
+            }                                                                       \\
+            return;                                                                 \\
+        }                                                                           \\
+        for (ptrdiff_t i = 0; i < m; i++) {                                         \\
+            T *restrict ci = c + i * n;                                             \\
+            const T *ai = a + i * sam;                                              \\
+            T a0 = ai[0];                                                           \\
+            for (ptrdiff_t j = 0; j < n; j++) ci[j] = a0 * b[j];                    \\
+            for (ptrdiff_t p = 1; p < k; p++) {                                     \\
+                T ap = ai[p * sak];                                                 \\
+                const T *restrict bp = b + p * sbk;                                 \\
+                for (ptrdiff_t j = 0; j < n; j++) ci[j] += ap * bp[j];              \\
+            }                                                                       \\
+        }                                                                           \\
+    }
+    TGM_DEFINE_SMALL(float, f32)
+    TGM_DEFINE_SMALL(double, f64)
+    """
+    int TGM_MR
+    int TGM_NR_F32
+    int TGM_NR_F64
+    int TGM_VBYTES
+    int TGM_OPENMP
+    const char *TGM_CFLAGS
+    int tgm_max_threads() nogil
+    void *tgm_aligned_alloc(size_t nbytes) nogil
+    void tgm_ukernel_f32(Py_ssize_t kc, const float *pa, const float *pb, float *c,
+                         Py_ssize_t ldc, int accumulate, int m, int n) nogil
+    void tgm_ukernel_f64(Py_ssize_t kc, const double *pa, const double *pb, double *c,
+                         Py_ssize_t ldc, int accumulate, int m, int n) nogil
+    void tgm_small_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a,
+                       Py_ssize_t sam, Py_ssize_t sak, const float *b, Py_ssize_t sbk,
+                       float *c) nogil
+    void tgm_small_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double *a,
+                       Py_ssize_t sam, Py_ssize_t sak, const double *b, Py_ssize_t sbk,
+                       double *c) nogil
+
+ctypedef fused real:
+    float
+    double
+
+# Cache blocking. KC keeps an A micro-panel (MR x KC) within half of a 32 KiB L1;
+# KC x NC (the packed B block) fits a 1 MiB L2; MC only bounds the A buffer, since
+# A panels are streamed once per B block.
+cdef Py_ssize_t KC_F32 = 384
+cdef Py_ssize_t KC_F64 = 192
+cdef Py_ssize_t NC_BLOCK = 512
+cdef Py_ssize_t MC_BLOCK = 192
+
+# Threads run only when the product has at least this many multiply-adds: below it
+# the fork/join costs more than a second core saves (measured: ~2-5 us per region).
+cdef double THREAD_MIN_WORK = 96.0 * 96.0 * 96.0
+cdef int _num_threads = 0          # 0: use omp_get_max_threads()
+
+# Below this many multiply-adds and with narrow N or tiny K, the unpacked kernel wins.
+cdef double SMALL_MAX_WORK = 24.0 * 24.0 * 24.0
+
+MR = TGM_MR
+NR_F32 = TGM_NR_F32
+NR_F64 = TGM_NR_F64
+
+BUILD_INFO = {
+    "cflags": TGM_CFLAGS.decode("ascii"),
+    "openmp": bool(TGM_OPENMP),
+    "vector_bits": TGM_VBYTES * 8,
+    "micro_tile_f32": (TGM_MR, TGM_NR_F32),
+    "micro_tile_f64": (TGM_MR, TGM_NR_F64),
+    "max_threads": tgm_max_threads(),
+}
+
+
+def set_num_threads(int n):
+    """Use at most ``n`` OpenMP threads (n <= 0: the OpenMP default). Returns the old value."""
+    global _num_threads
+    old = _num_threads
+    _num_threads = n
+    return old
+
+
+def get_num_threads():
+    """The number of threads a large product runs on."""
+    return _num_threads if _num_threads > 0 else tgm_max_threads()
+
+
+cdef inline Py_ssize_t _min(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a < b else b
+
+
+cdef inline Py_ssize_t _round_up(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return (a + b - 1) // b * b
+
+
+cdef void _pack_a(real *dst, const real *a, Py_ssize_t mc, Py_ssize_t kc,
+                  Py_ssize_t sam, Py_ssize_t sak) noexcept nogil:
+    """Pack an mc x kc block of A (element strides sam, sak) into MR-row panels,
+    k-major inside a panel; rows past mc are zero."""
+    cdef Py_ssize_t ir, i, p, mr = TGM_MR, rows
+    cdef real *panel
+    cdef const real *src
+    ir = 0
+    while ir < mc:
+        panel = dst + ir * kc
+        rows = _min(mr, mc - ir)
+        if rows < mr:
+            memset(panel, 0, mr * kc * sizeof(real))
+        if sak == 1:
+            # rows of A are contiguous: read along k, write with stride MR
+            for i in range(rows):
+                src = a + (ir + i) * sam
+                for p in range(kc):
+                    panel[p * mr + i] = src[p]
+        else:
+            for p in range(kc):
+                src = a + ir * sam + p * sak
+                for i in range(rows):
+                    panel[p * mr + i] = src[i * sam]
+        ir += mr
+
+
+cdef void _pack_b(real *dst, const real *b, Py_ssize_t kc, Py_ssize_t nc,
+                  Py_ssize_t sbk, Py_ssize_t sbn, Py_ssize_t nr) noexcept nogil:
+    """Pack a kc x nc block of B (element strides sbk, sbn) into NR-column panels,
+    k-major inside a panel; columns past nc are zero."""
+    cdef Py_ssize_t jr, j, p, cols
+    cdef real *panel
+    cdef const real *src
+    jr = 0
+    while jr < nc:
+        panel = dst + jr * kc
+        cols = _min(nr, nc - jr)
+        if cols < nr:
+            memset(panel, 0, nr * kc * sizeof(real))
+        if sbn == 1:
+            for p in range(kc):
+                src = b + p * sbk + jr
+                for j in range(cols):
+                    panel[p * nr + j] = src[j]
+        else:
+            # B is column-contiguous (a transposed view): read along k
+            for j in range(cols):
+                src = b + (jr + j) * sbn
+                for p in range(kc):
+                    panel[p * nr + j] = src[p * sbk]
+        jr += nr
+
+
+cdef void _gemm_block(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                      const real *a, Py_ssize_t sam, Py_ssize_t sak,
+                      const real *b, Py_ssize_t sbk, Py_ssize_t sbn,
+                      real *c, Py_ssize_t ldc, real *pa, real *pb) noexcept nogil:
+    """C[m, n] = A[m, k] @ B[k, n] on one thread, with the given packing buffers
+    (pa: MC x KC, pb: KC x NC, rounded up to whole panels). Requires k >= 1."""
+    cdef Py_ssize_t nr, kc_max, jc, pc, ic, ir, jr, nc, kc, mc, mr = TGM_MR
+    cdef int accumulate
+    if real is float:
+        nr = TGM_NR_F32
+        kc_max = KC_F32
+    else:
+        nr = TGM_NR_F64
+        kc_max = KC_F64
+    jc = 0
+    while jc < n:
+        nc = _min(NC_BLOCK, n - jc)
+        pc = 0
+        while pc < k:
+            kc = _min(kc_max, k - pc)
+            accumulate = pc > 0
+            _pack_b(pb, b + pc * sbk + jc * sbn, kc, nc, sbk, sbn, nr)
+            ic = 0
+            while ic < m:
+                mc = _min(MC_BLOCK, m - ic)
+                _pack_a(pa, a + ic * sam + pc * sak, mc, kc, sam, sak)
+                ir = 0
+                while ir < mc:
+                    jr = 0
+                    while jr < nc:
+                        if real is float:
+                            tgm_ukernel_f32(kc, pa + ir * kc, pb + jr * kc,
+                                            c + (ic + ir) * ldc + jc + jr, ldc, accumulate,
+                                            <int>_min(mr, mc - ir), <int>_min(nr, nc - jr))
+                        else:
+                            tgm_ukernel_f64(kc, pa + ir * kc, pb + jr * kc,
+                                            c + (ic + ir) * ldc + jc + jr, ldc, accumulate,
+                                            <int>_min(mr, mc - ir), <int>_min(nr, nc - jr))
+                        jr += nr
+                    ir += mr
+                ic += MC_BLOCK
+            pc += kc_max
+        jc += NC_BLOCK
+
+
+cdef int _gemm_batched(Py_ssize_t batch, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                       const real *a, Py_ssize_t sab, Py_ssize_t sam, Py_ssize_t sak,
+                       const real *b, Py_ssize_t sbb, Py_ssize_t sbk, Py_ssize_t sbn,
+                       real *c) noexcept nogil:
+    """C[t] = A[t] @ B[t] for t < batch; C is C-contiguous (batch, m, n). Strides are
+    in elements and may be zero (broadcast) or negative. Returns -1 if out of memory."""
+    cdef Py_ssize_t nr, kc_max, pa_size, pb_size, slabs, slab_rows, items, item
+    cdef Py_ssize_t t, r0, rows
+    cdef int nthreads, failed = 0
+    cdef real *pa
+    cdef real *pb
+    cdef double work = <double>batch * m * n * k
+    if real is float:
+        nr = TGM_NR_F32
+        kc_max = KC_F32
+    else:
+        nr = TGM_NR_F64
+        kc_max = KC_F64
+
+    # Tiny K or N with row-contiguous B: packing would cost more than it saves.
+    if sbn == 1 and (work <= SMALL_MAX_WORK or n < nr // 2 or k < 4):
+        for t in range(batch):
+            if real is float:
+                tgm_small_f32(m, n, k, a + t * sab, sam, sak, b + t * sbb, sbk, c + t * m * n)
+            else:
+                tgm_small_f64(m, n, k, a + t * sab, sam, sak, b + t * sbb, sbk, c + t * m * n)
+        return 0
+
+    nthreads = _num_threads if _num_threads > 0 else tgm_max_threads()
+    if work < THREAD_MIN_WORK:
+        nthreads = 1
+    pa_size = _round_up(_min(MC_BLOCK, m), TGM_MR) * _min(kc_max, k)
+    pb_size = _round_up(_min(NC_BLOCK, n), nr) * _min(kc_max, k)
+
+    if nthreads <= 1:
+        pa = <real *>tgm_aligned_alloc(pa_size * sizeof(real))
+        pb = <real *>tgm_aligned_alloc(pb_size * sizeof(real))
+        if pa == NULL or pb == NULL:
+            free(pa)
+            free(pb)
+            return -1
+        for t in range(batch):
+            _gemm_block(m, n, k, a + t * sab, sam, sak, b + t * sbb, sbk, sbn,
+                        c + t * m * n, n, pa, pb)
+        free(pa)
+        free(pb)
+        return 0
+
+    # Work items: (batch entry, slab of rows). Split rows only when the batch alone
+    # cannot keep every thread busy; slabs are whole MR panels.
+    slabs = 1
+    if batch < nthreads:
+        slabs = _min((nthreads + batch - 1) // batch, (m + TGM_MR - 1) // TGM_MR)
+    slab_rows = _round_up((m + slabs - 1) // slabs, TGM_MR)
+    slabs = (m + slab_rows - 1) // slab_rows
+    items = batch * slabs
+    with parallel(num_threads=nthreads):
+        pa = <real *>tgm_aligned_alloc(pa_size * sizeof(real))
+        pb = <real *>tgm_aligned_alloc(pb_size * sizeof(real))
+        for item in prange(items, schedule="static"):
+            if pa == NULL or pb == NULL:
+                failed = 1
+            else:
+                t = item // slabs
+                r0 = (item % slabs) * slab_rows
+                rows = _min(slab_rows, m - r0)
+                _gemm_block(rows, n, k, a + t * sab + r0 * sam, sam, sak,
+                            b + t * sbb, sbk, sbn, c + t * m * n + r0 * n, n, pa, pb)
+        free(pa)
+        free(pb)
+    return -1 if failed else 0
+
+
+cdef int _run(cnp.ndarray out, Py_ssize_t batch, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+              cnp.ndarray a, Py_ssize_t sab, Py_ssize_t sam, Py_ssize_t sak,
+              cnp.ndarray b, Py_ssize_t sbb, Py_ssize_t sbk, Py_ssize_t sbn,
+              int is_f32) except -1:
+    """Run the kernel on raw arrays; strides in bytes, converted here to elements."""
+    cdef int rc
+    cdef char *pa = <char *>cnp.PyArray_DATA(a)
+    cdef char *pb = <char *>cnp.PyArray_DATA(b)
+    cdef char *pc = <char *>cnp.PyArray_DATA(out)
+    if is_f32:
+        with nogil:
+            rc = _gemm_batched[float](batch, m, n, k, <const float *>pa, sab // 4, sam // 4,
+                                      sak // 4, <const float *>pb, sbb // 4, sbk // 4,
+                                      sbn // 4, <float *>pc)
+    else:
+        with nogil:
+            rc = _gemm_batched[double](batch, m, n, k, <const double *>pa, sab // 8, sam // 8,
+                                       sak // 8, <const double *>pb, sbb // 8, sbk // 8,
+                                       sbn // 8, <double *>pc)
+    if rc != 0:
+        raise MemoryError("matmul: could not allocate packing buffers")
+    return 0
+
+
+cdef inline bint _strides_ok(cnp.ndarray x, Py_ssize_t itemsize) noexcept:
+    """Every stride is a whole number of elements (numpy allows odd byte strides)."""
+    cdef int d
+    cdef cnp.npy_intp *st = cnp.PyArray_STRIDES(x)
+    for d in range(cnp.PyArray_NDIM(x)):
+        if st[d] % itemsize != 0:
+            return False
+    return True
+
+
+_np_matmul = np.matmul
+
+# Auto mode: products with more multiply-adds than this go to numpy (per dtype);
+# set by the backend from measurements. +inf: always ours.
+cdef double _auto_max_work_f32 = 1e300
+cdef double _auto_max_work_f64 = 1e300
+cdef bint _auto = False
+cdef object _calibrate_hook = None
+
+
+def set_auto(bint enabled, double max_work_f32=1e300, double max_work_f64=1e300,
+             hook=None):
+    """Configure :func:`matmul`'s routing. ``enabled``: route by size (products over
+    ``max_work_*`` multiply-adds go to numpy); otherwise every supported product runs
+    here. ``hook``: called once, before the first routed product, to measure and set
+    the thresholds (it calls ``set_auto`` itself)."""
+    global _auto, _auto_max_work_f32, _auto_max_work_f64, _calibrate_hook
+    _auto = enabled
+    _auto_max_work_f32 = max_work_f32
+    _auto_max_work_f64 = max_work_f64
+    _calibrate_hook = hook
+
+
+def get_auto():
+    """(enabled, max_work_f32, max_work_f64, calibration pending)."""
+    return _auto, _auto_max_work_f32, _auto_max_work_f64, _calibrate_hook is not None
+
+
+def matmul(a, b):
+    """``numpy.matmul(a, b)``, running float32/float64 2-D and 3-D products here.
+
+    Takes two arrays; returns a new C-contiguous array like ``a @ b``. 2-D @ 2-D,
+    3-D @ 3-D (batch dims equal or 1), 3-D @ 2-D and 2-D @ 3-D of one float dtype
+    run on the packed kernel with any strides (transposed views are read in place);
+    everything else (1-D or >3-D operands, integer or mixed dtypes, mismatched
+    shapes, which then raise numpy's ValueError) goes to ``numpy.matmul``.
+
+    >>> import numpy as np
+    >>> matmul(np.ones((2, 3), np.float32), np.ones((3, 4), np.float32))[0, 0]
+    3.0
+    """
+    return _dispatch(a, b, _auto)
+
+
+cdef object _dispatch(object a, object b, bint routed):
+    """matmul's body; ``routed``: apply the auto-mode size threshold."""
+    global _calibrate_hook
+    cdef cnp.ndarray A, B, out
+    cdef int nda, ndb, ta
+    cdef Py_ssize_t itemsize, batch, m, n, k, ba, bb, sab, sam, sak, sbb, sbk, sbn
+    cdef cnp.npy_intp *da
+    cdef cnp.npy_intp *db
+    cdef cnp.npy_intp *sa
+    cdef cnp.npy_intp *sb
+    cdef cnp.npy_intp dims[3]
+    cdef double work
+    if type(a) is not cnp.ndarray or type(b) is not cnp.ndarray:
+        return _np_matmul(a, b)
+    A = <cnp.ndarray>a
+    B = <cnp.ndarray>b
+    ta = cnp.PyArray_TYPE(A)
+    if ta != cnp.PyArray_TYPE(B) or (ta != cnp.NPY_FLOAT32 and ta != cnp.NPY_FLOAT64):
+        return _np_matmul(a, b)
+    nda = cnp.PyArray_NDIM(A)
+    ndb = cnp.PyArray_NDIM(B)
+    if nda < 2 or ndb < 2 or nda > 3 or ndb > 3:
+        return _np_matmul(a, b)
+    da = cnp.PyArray_DIMS(A)
+    db = cnp.PyArray_DIMS(B)
+    sa = cnp.PyArray_STRIDES(A)
+    sb = cnp.PyArray_STRIDES(B)
+    itemsize = 4 if ta == cnp.NPY_FLOAT32 else 8
+    m = da[nda - 2]
+    k = da[nda - 1]
+    n = db[ndb - 1]
+    if db[ndb - 2] != k:
+        return _np_matmul(a, b)     # raises numpy's shape error
+    sam = sa[nda - 2]
+    sak = sa[nda - 1]
+    sbk = sb[ndb - 2]
+    sbn = sb[ndb - 1]
+    ba = da[0] if nda == 3 else 1
+    bb = db[0] if ndb == 3 else 1
+    sab = sa[0] if nda == 3 and ba != 1 else 0
+    sbb = sb[0] if ndb == 3 and bb != 1 else 0
+    if n == 1:
+        sbn = itemsize     # a single column: its stride is never used
+    if ba != bb and ba != 1 and bb != 1:
+        return _np_matmul(a, b)
+    batch = ba if ba > bb else bb
+    if ndb == 2 and nda == 3 and sab == m * sam:
+        # (T, M, K) @ (K, N) with uniformly strided rows is one (T*M, K) @ (K, N)
+        m = m * batch
+        batch = 1
+    work = <double>batch * m * n * k
+    if routed:
+        if _calibrate_hook is not None:
+            hook = _calibrate_hook
+            _calibrate_hook = None
+            hook()
+        if work > (_auto_max_work_f32 if itemsize == 4 else _auto_max_work_f64):
+            return _np_matmul(a, b)
+    if not (_strides_ok(A, itemsize) and _strides_ok(B, itemsize)):
+        return _np_matmul(a, b)
+    if nda == 3 or ndb == 3:
+        dims[0] = ba if ba > bb else bb
+        dims[1] = da[nda - 2]
+        dims[2] = n
+        out = cnp.PyArray_EMPTY(3, dims, ta, 0) if k > 0 else cnp.PyArray_ZEROS(3, dims, ta, 0)
+    else:
+        dims[0] = m
+        dims[1] = n
+        out = cnp.PyArray_EMPTY(2, dims, ta, 0) if k > 0 else cnp.PyArray_ZEROS(2, dims, ta, 0)
+    if m == 0 or n == 0 or k == 0 or batch == 0:
+        return out
+    _run(out, batch, m, n, k, A, sab, sam, sak, B, sbb, sbk, sbn, itemsize == 4)
+    return out
+
+
+def gemm(a, b, bint trans_a=False, bint trans_b=False):
+    """``op(a) @ op(b)`` with op = transpose of the last two axes where the flag is set.
+
+    Takes 2-D or 3-D float32/float64 arrays of one dtype; returns a new C-contiguous
+    array. The transposes are strides, never copies, so ``gemm(g, w, trans_b=True)``
+    is the backward ``g @ w.T`` read in place.
+
+    >>> import numpy as np
+    >>> gemm(np.ones((3, 2)), np.ones((3, 4)), trans_a=True).shape
+    (2, 4)
+    """
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.dtype != b.dtype or a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"gemm: need two float32 or two float64 arrays, got {a.dtype} and {b.dtype}")
+    if a.ndim not in (2, 3) or b.ndim not in (2, 3):
+        raise ValueError(f"gemm: operands must be 2-D or 3-D, got shapes {a.shape} and {b.shape}")
+    if trans_a:
+        a = a.swapaxes(-1, -2)
+    if trans_b:
+        b = b.swapaxes(-1, -2)
+    ka = a.shape[a.ndim - 1]
+    kb = b.shape[b.ndim - 2]
+    if ka != kb:
+        raise ValueError(f"gemm: shapes {a.shape} and {b.shape} don't align ({ka} != {kb})")
+    return _dispatch(a, b, False)

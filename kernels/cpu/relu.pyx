@@ -1,0 +1,186 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+# cython: language_level=3, embedsignature=True
+"""ReLU forward and its fused backward for float32 and float64, one pass each.
+
+* :func:`relu` is ``np.maximum(x, 0)``: written as ``x < 0 ? 0 : x`` so a NaN stays NaN
+  (the comparison is false for NaN), which the vectoriser turns into a compare+blend.
+* :func:`relu_backward` is ``g * (x > 0)`` in one pass with no boolean temporary; it
+  multiplies rather than selects so that ``inf * 0`` and ``nan * 0`` give NaN exactly
+  as numpy's expression does.
+
+Contiguous inputs are read in place (any shape, as a flat run); other layouts are
+copied to C order first. Threads (OpenMP ``prange``) only run above ``THREAD_MIN_SIZE``
+elements, where the work outweighs the fork/join. Other dtypes go to numpy.
+"""
+import numpy as np
+cimport numpy as cnp
+from cython.parallel cimport prange
+
+cnp.import_array()
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define TGM_RELU_OPENMP 1
+    static int tgm_relu_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    #define TGM_RELU_OPENMP 0
+    static int tgm_relu_max_threads(void) { return 1; }
+    #endif
+    #ifndef TGM_CFLAGS
+    #define TGM_CFLAGS "unknown"
+    #endif
+
+    #define TGM_DEFINE_RELU(T, SFX)                                                  \\
+    static void tgm_relu_##SFX(const T *restrict x, T *restrict y, ptrdiff_t n) {    \\
+        for (ptrdiff_t i = 0; i < n; i++) y[i] = x[i] < 0 ? (T)0 : x[i];             \\
+    }                                                                                \\
+    static void tgm_relu_bwd_##SFX(const T *restrict g, const T *restrict x,         \\
+                                   T *restrict out, ptrdiff_t n) {                   \\
+        for (ptrdiff_t i = 0; i < n; i++) out[i] = g[i] * (T)(x[i] > 0);             \\
+    }
+    TGM_DEFINE_RELU(float, f32)
+    TGM_DEFINE_RELU(double, f64)
+    """
+    int TGM_RELU_OPENMP
+    const char *TGM_CFLAGS
+    int tgm_relu_max_threads() nogil
+    void tgm_relu_f32(const float *x, float *y, Py_ssize_t n) nogil
+    void tgm_relu_f64(const double *x, double *y, Py_ssize_t n) nogil
+    void tgm_relu_bwd_f32(const float *g, const float *x, float *out, Py_ssize_t n) nogil
+    void tgm_relu_bwd_f64(const double *g, const double *x, double *out, Py_ssize_t n) nogil
+
+# Threads pay only for arrays well past L2: below this, one core streams faster than
+# two can be woken.
+cdef Py_ssize_t THREAD_MIN_SIZE = 1 << 20
+# Each thread takes chunks of this many elements (a multiple of every vector width).
+cdef Py_ssize_t CHUNK = 1 << 16
+cdef int _num_threads = 0
+
+BUILD_INFO = {
+    "cflags": TGM_CFLAGS.decode("ascii"),
+    "openmp": bool(TGM_RELU_OPENMP),
+    "max_threads": tgm_relu_max_threads(),
+    "thread_min_size": THREAD_MIN_SIZE,
+}
+
+
+def set_num_threads(int n):
+    """Use at most ``n`` OpenMP threads (n <= 0: the OpenMP default). Returns the old value."""
+    global _num_threads
+    old = _num_threads
+    _num_threads = n
+    return old
+
+
+cdef inline int _threads_for(Py_ssize_t n) noexcept nogil:
+    if n < THREAD_MIN_SIZE:
+        return 1
+    return _num_threads if _num_threads > 0 else tgm_relu_max_threads()
+
+
+cdef void _relu_run(const char *x, char *y, Py_ssize_t n, bint f32) noexcept nogil:
+    cdef Py_ssize_t c, lo, chunks
+    cdef int nt = _threads_for(n)
+    if nt <= 1:
+        if f32:
+            tgm_relu_f32(<const float *>x, <float *>y, n)
+        else:
+            tgm_relu_f64(<const double *>x, <double *>y, n)
+        return
+    chunks = (n + CHUNK - 1) // CHUNK
+    for c in prange(chunks, num_threads=nt, schedule="static"):
+        lo = c * CHUNK
+        if f32:
+            tgm_relu_f32(<const float *>x + lo, <float *>y + lo,
+                         CHUNK if lo + CHUNK <= n else n - lo)
+        else:
+            tgm_relu_f64(<const double *>x + lo, <double *>y + lo,
+                         CHUNK if lo + CHUNK <= n else n - lo)
+
+
+cdef void _relu_bwd_run(const char *g, const char *x, char *out, Py_ssize_t n,
+                        bint f32) noexcept nogil:
+    cdef Py_ssize_t c, lo, chunks
+    cdef int nt = _threads_for(n)
+    if nt <= 1:
+        if f32:
+            tgm_relu_bwd_f32(<const float *>g, <const float *>x, <float *>out, n)
+        else:
+            tgm_relu_bwd_f64(<const double *>g, <const double *>x, <double *>out, n)
+        return
+    chunks = (n + CHUNK - 1) // CHUNK
+    for c in prange(chunks, num_threads=nt, schedule="static"):
+        lo = c * CHUNK
+        if f32:
+            tgm_relu_bwd_f32(<const float *>g + lo, <const float *>x + lo, <float *>out + lo,
+                             CHUNK if lo + CHUNK <= n else n - lo)
+        else:
+            tgm_relu_bwd_f64(<const double *>g + lo, <const double *>x + lo,
+                             <double *>out + lo, CHUNK if lo + CHUNK <= n else n - lo)
+
+
+_np_maximum = np.maximum
+_np_ascontiguousarray = np.ascontiguousarray
+
+
+def relu(x):
+    """``max(x, 0)`` elementwise, NaN kept, like ``np.maximum(x, 0)``.
+
+    Takes an array of any shape; returns a new C-contiguous array of the same shape
+    and dtype. float32/float64 run here; other dtypes go to numpy.
+
+    >>> import numpy as np
+    >>> relu(np.array([-1.0, 2.0, np.nan])).tolist()
+    [0.0, 2.0, nan]
+    """
+    cdef cnp.ndarray X, Y
+    cdef int t
+    if type(x) is not cnp.ndarray:
+        return _np_maximum(x, 0)
+    X = <cnp.ndarray>x
+    t = cnp.PyArray_TYPE(X)
+    if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
+        return _np_maximum(x, 0)
+    if not cnp.PyArray_IS_C_CONTIGUOUS(X):
+        X = _np_ascontiguousarray(X)
+    Y = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(X), cnp.PyArray_DIMS(X), t, 0)
+    _relu_run(<const char *>cnp.PyArray_DATA(X), <char *>cnp.PyArray_DATA(Y),
+              cnp.PyArray_SIZE(X), t == cnp.NPY_FLOAT32)
+    return Y
+
+
+def relu_backward(g, x):
+    """The ReLU vector-Jacobian product ``g * (x > 0)``, fused into one pass.
+
+    Takes the upstream gradient ``g`` and the ReLU input ``x``; returns a new array
+    shaped and typed like ``g``. Same-shape float32/float64 pairs run here (non
+    contiguous ones are copied first); anything else is numpy's ``g * (x > 0)``.
+
+    >>> import numpy as np
+    >>> relu_backward(np.ones(3), np.array([-1.0, 0.0, 2.0])).tolist()
+    [0.0, 0.0, 1.0]
+    """
+    cdef cnp.ndarray G, X, Y
+    cdef int t, d, nd
+    if type(g) is not cnp.ndarray or type(x) is not cnp.ndarray:
+        return g * (x > 0)
+    G = <cnp.ndarray>g
+    X = <cnp.ndarray>x
+    t = cnp.PyArray_TYPE(G)
+    nd = cnp.PyArray_NDIM(G)
+    if (t != cnp.PyArray_TYPE(X) or (t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64)
+            or nd != cnp.PyArray_NDIM(X)):
+        return g * (x > 0)
+    for d in range(nd):
+        if cnp.PyArray_DIMS(G)[d] != cnp.PyArray_DIMS(X)[d]:
+            return g * (x > 0)
+    if not cnp.PyArray_IS_C_CONTIGUOUS(G):
+        G = _np_ascontiguousarray(G)
+    if not cnp.PyArray_IS_C_CONTIGUOUS(X):
+        X = _np_ascontiguousarray(X)
+    Y = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(G), t, 0)
+    _relu_bwd_run(<const char *>cnp.PyArray_DATA(G), <const char *>cnp.PyArray_DATA(X),
+                  <char *>cnp.PyArray_DATA(Y), cnp.PyArray_SIZE(G), t == cnp.NPY_FLOAT32)
+    return Y
