@@ -205,7 +205,7 @@ def _check_full(f, slots, out_arrays, eps, atol, rtol, label):
                 f"{label}: d(output {k}{list(_element(out_arrays[k].shape, out_flat))})/"
                 f"d(input {i}{list(_element(slot.array.shape, in_flat))}) "
                 f"(input {i} has shape {slot.array.shape}): analytic "
-                f"{analytic[i][out_row, in_flat]!r} vs numerical {numerical[out_row, in_flat]!r} "
+                f"{float(analytic[i][out_row, in_flat])!r} vs numerical {float(numerical[out_row, in_flat])!r} "
                 f"(atol={atol}, rtol={rtol}); {int((~ok).sum())} of {ok.size} Jacobian entries "
                 "disagree")
     return True
