@@ -1,0 +1,13 @@
+"""Gradient-based meta-learning: MAML (second and first order, ANIL), Meta-SGD, Reptile.
+
+Each algorithm offers the same training interface: ``meta_parameters()``,
+``meta_step(task_batch) -> (loss, grads)``, ``evaluate(task_batch, steps)``,
+``state_dict()`` / ``load_state_dict()``; ``tgm.optim`` steps the meta-parameters.
+"""
+from .maml import MAML, MetaLearner
+from .metasgd import MetaSGD
+from .reptile import Reptile
+
+ALGORITHMS = {"maml": MAML, "metasgd": MetaSGD, "reptile": Reptile}
+
+__all__ = ["MAML", "MetaSGD", "Reptile", "MetaLearner", "ALGORITHMS"]
