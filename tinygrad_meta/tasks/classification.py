@@ -3,7 +3,8 @@
 Two seeded generators, each returning a :class:`ClassificationData` with a train and a
 validation split drawn from the same distribution:
 
-* ``"spirals"``: ``classes`` interleaved 2-D spiral arms with Gaussian noise. The arms
+* ``"spirals"``: ``classes`` interleaved 2-D spiral arms with Gaussian noise; a point's
+  radius r ~ U[0.15, 1] sets its angle 2π·turns·r + 2π·label/classes. The arms
   wind around each other, so a linear model cannot separate them and a small MLP has
   to bend its decision boundary -- hyperparameters (learning rate, weight decay) matter.
 * ``"gaussians"``: a mixture of ``classes`` Gaussian blobs in ``features`` dimensions
@@ -52,11 +53,11 @@ class ClassificationData:
         return self.train_x.shape[1]
 
 
-def _spirals(rng, n, classes, noise):
+def _spirals(rng, n, classes, noise, turns):
     labels = rng.integers(0, classes, size=n)
     radius = rng.uniform(0.15, 1.0, size=n)
-    # each arm turns 1.5 times around the origin, arms offset by 2*pi/classes
-    angle = 3.0 * np.pi * radius + 2.0 * np.pi * labels / classes
+    # each arm winds `turns` times around the origin; arms are offset by 2*pi/classes
+    angle = 2.0 * np.pi * turns * radius + 2.0 * np.pi * labels / classes
     points = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
     points += noise * rng.standard_normal(points.shape)
     return points, labels
@@ -69,7 +70,7 @@ def _gaussians(rng, n, classes, features, noise, means):
 
 
 def make_classification(name="spirals", n_train=150, n_val=150, classes=3, features=2,
-                        noise=0.08, seed=0, dtype="float64") -> ClassificationData:
+                        noise=0.15, turns=0.75, seed=0, dtype="float64") -> ClassificationData:
     """Generate a seeded classification problem with train/validation splits.
 
     ``name``: "spirals" (2-D, ``features`` is ignored) or "gaussians".
@@ -88,8 +89,8 @@ def make_classification(name="spirals", n_train=150, n_val=150, classes=3, featu
         raise ValueError(f"make_classification: need at least 2 classes, got {classes}")
     rng = np.random.default_rng(seed)
     if name == "spirals":
-        train_x, train_y = _spirals(rng, n_train, classes, noise)
-        val_x, val_y = _spirals(rng, n_val, classes, noise)
+        train_x, train_y = _spirals(rng, n_train, classes, noise, turns)
+        val_x, val_y = _spirals(rng, n_val, classes, noise, turns)
     else:
         if features < 1:
             raise ValueError(f"make_classification: features must be >= 1, got {features}")
