@@ -48,7 +48,7 @@ DEFAULTS = {
     "task": "sinusoid",
     "shots": 10,
     "inner_lr": 0.01,
-    "inner_steps": 1,
+    "inner_steps": None,      # None: 1 for maml/fomaml/metasgd, 5 for reptile (1 step would be plain joint training)
     "meta_batch": 25,
     "meta_lr": None,          # None: 1e-3 (Adam) for maml/fomaml/metasgd, 0.1 (outer stepsize) for reptile
     "iters": 20000,
@@ -119,11 +119,13 @@ def make_config(overrides=None) -> dict:
     if unknown:
         raise ValueError(f"train: unknown settings {unknown}; known: {sorted(DEFAULTS)}")
     config = dict(DEFAULTS)
-    config.update({k: v for k, v in overrides.items() if v is not None or k in ("out", "meta_lr")})
+    config.update({k: v for k, v in overrides.items() if v is not None})
     if config["algo"] not in ALGORITHMS:
         raise ValueError(f"train: unknown algo {config['algo']!r}; choose one of {', '.join(ALGORITHMS)}")
     get_task(config["task"])  # raises for an unknown task
     _int_at_least(config, "shots", 1)
+    if config["inner_steps"] is None:
+        config["inner_steps"] = 5 if config["algo"] == "reptile" else 1
     _int_at_least(config, "inner_steps", 0 if config["algo"] != "reptile" else 1)
     _int_at_least(config, "meta_batch", 1)
     _int_at_least(config, "iters", 0)

@@ -24,7 +24,7 @@ def register(subparsers):
     parser.add_argument("--inner-lr", type=float, default=None,
                         help=f"inner-loop SGD learning rate alpha (default {DEFAULTS['inner_lr']})")
     parser.add_argument("--inner-steps", type=int, default=None,
-                        help=f"inner-loop steps (default {DEFAULTS['inner_steps']})")
+                        help="inner-loop steps (default 1; 5 for reptile)")
     parser.add_argument("--meta-batch", type=int, default=None,
                         help=f"tasks per meta-iteration (default {DEFAULTS['meta_batch']})")
     parser.add_argument("--meta-lr", type=float, default=None,
