@@ -84,9 +84,8 @@ def make_hyperparameters(steps, lr=0.1, weight_decay=None, momentum=None, init_s
     ``steps``: T, the length of the learning-rate schedule. ``lr``: a number (constant
     start) or a length-T sequence. ``weight_decay``: a number, or a dict group -> number;
     None leaves it out (no decay). ``momentum`` (in (0, 1)) and ``init_scale`` (> 0):
-    numbers or None. ``groups``: the group names weight decay is given for when it is
-    a single number (default: one shared value under the key ``"all"`` is NOT created;
-    a single number stays a single scalar applying to every parameter).
+    numbers or None. ``groups``: group names to give each its own copy of a single
+    ``weight_decay`` number (None: one scalar shared by every parameter).
     ``tune``: the kinds (names of ``HYPER_KINDS``) returned as Tensors requiring grad;
     the others are returned as fixed numpy values.
 
@@ -570,8 +569,10 @@ def implicit_hypergradient(train_loss, val_loss, params, hyperparams, damping=0.
     val_grads = grad(val, theta, allow_unused=True)
     b = [np.zeros(t.shape) if g is None else g.data for g, t in zip(val_grads, theta)]
 
-    fixed_hyper = unflatten_hyperparameters(
-        OrderedDict((k, v.detach()) for k, v in flat.items()))
+    # the same structure as given, detached: H is taken at fixed hyperparameters
+    fixed_hyper = OrderedDict(
+        (k, OrderedDict((g, t.detach()) for g, t in v.items()) if isinstance(v, dict) else v.detach())
+        for k, v in hyperparams.items())
 
     def train_of_theta(*tensors):
         return _scalar(train_loss(as_dict(list(tensors)), fixed_hyper), "train_loss", caller)
@@ -626,14 +627,17 @@ def implicit_hypergradient(train_loss, val_loss, params, hyperparams, damping=0.
         term = (g * Tensor(vec, dtype=t.dtype)).sum()
         dot = term if dot is None else dot + term
     mixed = grad(dot, [flat[k] for k in keys], allow_unused=True) if dot is not None else [None] * len(keys)
-    hypergrads = OrderedDict()
+    flat_grads = OrderedDict()
     for key, m in zip(keys, mixed):
         if m is None:
             raise ValueError(f"{caller}: hyperparameter {key!r} does not affect the training "
                              "gradient, so it cannot move the optimum or the validation loss")
-        hypergrads[key] = -np.array(m.numpy())
-    return ImplicitResult(unflatten_hyperparameters(hypergrads), float(val.item()), iterations,
-                          residual, converged)
+        flat_grads[key] = -np.array(m.numpy())
+    # shaped like the input: nested groups stay nested, flat keys stay flat
+    hypergrads = OrderedDict(
+        (k, OrderedDict((g, flat_grads[f"{k}/{g}"]) for g in v) if isinstance(v, dict) else flat_grads[k])
+        for k, v in hyperparams.items())
+    return ImplicitResult(hypergrads, float(val.item()), iterations, residual, converged)
 
 
 def _hvp_list(f, theta, vector):
@@ -654,11 +658,10 @@ class HyperOptimizer:
     ``groups``, ``betas``, ``eps``, ``nesterov``, ``dtype``: as for
     :func:`unrolled_hypergradient`. ``hyperparams``: the raw dict; its Tensor entries are
     the leaves Adam updates in place (``self.hyperparams`` always holds the current
-    values). ``meta_lr``: Adam's step size in the raw (log / logit) space, so 0.05 is a
-    5% multiplicative change of a learning rate per outer step. ``clip``: the largest
-    absolute raw step ... no: the hypergradient is clipped to this max-abs value before
-    Adam sees it (None: no clipping), which guards against the rare exploding
-    hypergradient of a chaotic unroll.
+    values). ``meta_lr``: Adam's step size in the raw (log / logit) space, so 0.05 is
+    about a 5% multiplicative change of a learning rate per outer step. ``clip``: when
+    set, each hypergradient entry is clipped to [-clip, clip] before Adam sees it, a
+    guard against the exploding hypergradients of a chaotic (too long, too fast) unroll.
 
     ``history``: dict of lists, one entry per outer step: ``"val_loss"`` (before the
     update), ``"hypergrad_norm"``, ``"seconds"``, and ``"lr"`` (the schedule before the
