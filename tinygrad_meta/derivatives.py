@@ -16,6 +16,8 @@ __all__ = ["hvp", "jvp", "jacobian", "hessian", "vjp"]
 
 def _as_list(inputs, name):
     single = isinstance(inputs, Tensor)
+    if not single and not isinstance(inputs, (list, tuple)):
+        raise TypeError(f"{name}: inputs must be a Tensor or a list of Tensors, got {type(inputs).__name__}")
     items = [inputs] if single else list(inputs)
     if not items or not all(isinstance(t, Tensor) for t in items):
         raise TypeError(f"{name}: inputs must be a Tensor or a list of Tensors")
@@ -23,8 +25,10 @@ def _as_list(inputs, name):
 
 
 def _fresh_inputs(items):
-    """Leaves we own: detached copies of the inputs that require grad."""
-    return [t.detach().requires_grad_(True) for t in items]
+    """Inputs to differentiate with respect to: a tensor that already requires grad is used
+    as it is, so with ``create_graph=True`` the result stays differentiable with respect to
+    the caller's tensors (hvp inside a meta-gradient); others become detached leaves."""
+    return [t if t.requires_grad else t.detach().requires_grad_(True) for t in items]
 
 
 def _check_like(vectors, items, name):

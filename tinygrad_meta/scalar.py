@@ -15,6 +15,7 @@ differentiated again, to any order.
 from __future__ import annotations
 
 import math
+import numbers
 
 from .autograd import _GradMode, backward as _backward
 
@@ -121,7 +122,11 @@ class Value:
 
 
 def _lift(x):
-    return x if isinstance(x, Value) else Value(x, requires_grad=False)
+    if isinstance(x, Value):
+        return x
+    if not isinstance(x, numbers.Real):
+        raise TypeError(f"cannot combine a Value with a {type(x).__name__}; Values mix only with numbers")
+    return Value(x, requires_grad=False)
 
 
 # ---- derivative rules: rule(out, g) -> gradient per parent, written in Value ops ----

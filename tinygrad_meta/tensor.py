@@ -121,7 +121,7 @@ def _normalize_axis(axis, ndim, name):
     axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
     normalized = []
     for ax in axes:
-        if not -ndim <= ax < max(ndim, 1) or (ndim == 0 and ax not in (0, -1)):
+        if not -ndim <= ax < ndim:  # like numpy: a 0-d tensor has no axis to name
             raise ValueError(f"{name}: axis {ax} is out of range for a tensor with {ndim} dims")
         normalized.append(ax % ndim if ndim else 0)
     if len(set(normalized)) != len(normalized):
@@ -560,6 +560,8 @@ class Tensor:
     @property
     def mT(self):
         """Swap the last two axes (the matrix transpose of a batch)."""
+        if self.ndim < 2:
+            raise ValueError(f"mT: needs a tensor with at least 2 dims, got shape {self.shape}")
         return _swap_last(self)
 
     def __len__(self):
@@ -813,6 +815,9 @@ class Tensor:
         return self.T if not axes else self.permute(*axes)
 
     def swapaxes(self, axis1, axis2):
+        for ax in (axis1, axis2):
+            if not -self.ndim <= ax < self.ndim:
+                raise ValueError(f"swapaxes: axis {ax} is out of range for shape {self.shape}")
         axes = list(range(self.ndim))
         axes[axis1], axes[axis2] = axes[axis2], axes[axis1]
         return self.permute(*axes)
@@ -893,6 +898,8 @@ def _filled(shape, value, dtype, device, requires_grad):
     backend = get_backend(device)
     dtype = DEFAULT_DTYPE if dtype is None else _resolve_dtype(dtype)
     shape = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
+    if any(n < 0 for n in shape):
+        raise ValueError(f"negative dimension in shape {shape}")
     out = _constant(backend.xp.full(shape, value, dtype=dtype), backend)
     return out.requires_grad_(True) if requires_grad else out
 
