@@ -105,6 +105,9 @@ def cross_entropy(logits, labels):
     """
     logits = _tensor(logits, "cross_entropy")
     xp = logits._be.xp
+    if isinstance(labels, Tensor) and labels._be is not logits._be:
+        raise RuntimeError(f"cross_entropy: labels are on {labels.device} but logits on "
+                           f"{logits.device}; move them with .to(device)")
     labels = labels.data if isinstance(labels, Tensor) else logits._be.asarray(labels)
     if labels.dtype.kind not in "iu":
         raise TypeError(f"cross_entropy: labels must be integers, got dtype {labels.dtype}")

@@ -437,6 +437,9 @@ def where(condition, a, b):
         raise TypeError("where: a or b must be a Tensor")
     a = _coerce(anchor, a, "where")
     b = _coerce(anchor, b, "where")
+    if isinstance(condition, Tensor) and condition._be is not anchor._be:
+        raise RuntimeError(f"where: condition is on {condition.device} but the values are on "
+                           f"{anchor.device}; move it with .to(device)")
     cond = condition.data if isinstance(condition, Tensor) else anchor._be.asarray(condition)
     cond = cond.astype(bool, copy=False)
     try:
@@ -735,7 +738,12 @@ class Tensor:
 
     # comparisons give boolean tensors, outside the graph
     def _compare(self, other, op):
-        other = other.data if isinstance(other, Tensor) else other
+        if isinstance(other, Tensor):
+            if other._be is not self._be:
+                raise RuntimeError(
+                    f"compare: tensors are on different devices ({self.device} and {other.device}); "
+                    "move one with .to(device)")
+            other = other.data
         return _constant(op(self.data, other), self._be)
 
     def __lt__(self, other):
