@@ -177,12 +177,13 @@ def train_pretrained_baseline(config, run_dir=None, log=print, **settings):
 # ----------------------------------------------------------------------------------
 
 def evaluate_run(run_dir, num_tasks=600, shots=EVAL_SHOTS, steps=EVAL_STEPS, baseline=True,
-                 plot=True, device=None, log=print, algorithm=None, config=None):
+                 plot=True, device=None, log=print, algorithm=None, config=None, baseline_iters=None):
     """Evaluate the checkpoint in ``run_dir``; returns a report dict (also saved as eval.json).
 
     In: a run folder; ``num_tasks`` fresh tasks per K; ``shots`` the K values; ``steps``
     the step counts to report; ``baseline`` whether to add the pretrained baseline;
-    ``plot`` whether to save ``eval_plot.png`` (needs matplotlib).
+    ``plot`` whether to save ``eval_plot.png`` (needs matplotlib); ``baseline_iters``
+    the baseline's regression steps (default: the run's config, else 5000).
     Out: ``{"rows": [{"model", "shots", "steps": {s: [mean, ci]}}...], ...}``.
     """
     from .train import load_run
@@ -198,7 +199,9 @@ def evaluate_run(run_dir, num_tasks=600, shots=EVAL_SHOTS, steps=EVAL_STEPS, bas
     models = [(config["algo"], algorithm.model, adapted_mse)]
     pretrained = None
     if baseline:
-        pretrained = train_pretrained_baseline(config, run_dir, log=log)
+        if baseline_iters is None:
+            baseline_iters = config.get("baseline_iters", PRETRAIN_DEFAULTS["iters"])
+        pretrained = train_pretrained_baseline(config, run_dir, log=log, iters=baseline_iters)
     rows = []
     batches = {}
     for k in shots:

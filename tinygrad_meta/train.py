@@ -60,6 +60,7 @@ DEFAULTS = {
     "checkpoint_every": 1000,
     "eval_every": 1000,
     "eval_tasks": 600,        # tasks per K in the final evaluation table; 0 skips it
+    "baseline_iters": 5000,   # regression steps of the "pretrained on all tasks" baseline
 }
 
 # Settings that define what is being trained: resuming with a different value would
@@ -133,6 +134,7 @@ def make_config(overrides=None) -> dict:
     _int_at_least(config, "checkpoint_every", 1)
     _int_at_least(config, "eval_every", 0)
     _int_at_least(config, "eval_tasks", 0)
+    _int_at_least(config, "baseline_iters", 0)
     if config["meta_lr"] is None:
         config["meta_lr"] = 0.1 if config["algo"] == "reptile" else 1e-3
     _positive_float(config, "meta_lr")

@@ -25,6 +25,8 @@ def register(subparsers):
     parser.add_argument("--tasks", type=int, default=600, help="fresh tasks per K (default 600)")
     parser.add_argument("--shots", default="5,10,20", help="K values, comma-separated (default 5,10,20)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the pretrained baseline")
+    parser.add_argument("--baseline-iters", type=int, default=None,
+                        help="regression steps of the pretrained baseline (default: the run's, 5000)")
     parser.add_argument("--no-plot", action="store_true", help="do not save the plot")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the run's)")
     parser.set_defaults(func=run)
@@ -39,7 +41,8 @@ def run(args) -> int:
         if not os.path.isdir(args.run_dir):
             raise FileNotFoundError(f"run folder {args.run_dir} does not exist")
         report = evaluate_run(args.run_dir, num_tasks=args.tasks, shots=_shots(args.shots),
-                              baseline=not args.no_baseline, plot=not args.no_plot, device=args.device)
+                              baseline=not args.no_baseline, plot=not args.no_plot, device=args.device,
+                              baseline_iters=args.baseline_iters)
     except (ValueError, TypeError, FileNotFoundError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

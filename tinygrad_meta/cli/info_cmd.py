@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import importlib.util
 import platform
 import sys
 
@@ -15,13 +17,25 @@ def register(subparsers):
 
 
 def _optional_version(name):
+    # read the installed metadata instead of importing: importing torch or matplotlib
+    # just to print a version takes seconds
     try:
-        module = importlib.import_module(name)
-    except ImportError:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    if importlib.util.find_spec(name) is None:
         return "not installed"
+    return "installed (version unknown)"
+
+
+def _cupy_version():
+    if importlib.util.find_spec("cupy") is None:
+        return "not installed"
+    try:
+        import cupy
     except Exception as error:  # a broken install should be reported, not crash info
         return f"installed but fails to import ({type(error).__name__}: {error})"
-    return getattr(module, "__version__", "installed")
+    return cupy.__version__
 
 
 def cuda_status():
@@ -66,8 +80,10 @@ def info_lines():
         lines.append("cpu kernels: " + ", ".join(f"{k}={v}" for k, v in kernels.items()))
     except Exception as error:
         lines.append(f"cpu kernels: unavailable ({type(error).__name__}: {error})")
-    for name in ("cython", "tqdm", "matplotlib", "cupy", "torch"):
+    for name in ("cython", "tqdm", "matplotlib", "torch"):
         lines.append(f"{name}: {_optional_version(name)}")
+    # cupy ships as cupy-cuda11x / cupy-cuda12x, so ask the module itself
+    lines.append(f"cupy: {_cupy_version()}")
     available, description = cuda_status()
     lines.append(f"cuda: {description}")
     lines.append("devices: cpu" + (", cuda" if available else ""))

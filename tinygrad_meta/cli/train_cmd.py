@@ -44,9 +44,12 @@ def register(subparsers):
                         help=f"iterations between validation prints, 0 for none (default {DEFAULTS['eval_every']})")
     parser.add_argument("--eval-tasks", type=int, default=None,
                         help=f"tasks per K in the final table, 0 to skip it (default {DEFAULTS['eval_tasks']})")
+    parser.add_argument("--baseline-iters", type=int, default=None,
+                        help=f"regression steps of the pretrained baseline (default {DEFAULTS['baseline_iters']})")
     parser.add_argument("--resume", metavar="DIR", default=None, help="continue the run in DIR")
     parser.add_argument("--force", action="store_true", help="overwrite a different run in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-plot", action="store_true", help="do not save the evaluation plot")
     parser.set_defaults(func=run)
 
 
@@ -68,7 +71,7 @@ def run(args) -> int:
     num_tasks = result.config["eval_tasks"]
     if num_tasks:
         report = evaluate_run(result.out, num_tasks=max(num_tasks, 2), algorithm=result.algorithm,
-                              config=result.config)
+                              config=result.config, plot=not args.no_plot)
         report_iteration = result.iteration
         print()
         print(format_table(dict(report, iteration=report_iteration)))

@@ -1,0 +1,221 @@
+"""The command line: train / eval / info, exact kill-and-resume, and clear errors."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tinygrad_meta.__main__ import main
+from tinygrad_meta.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from tinygrad_meta.evaluate import adapt_curve, adapted_mse
+from tinygrad_meta.tasks.sinusoid import STREAM_EVAL, evaluation_batch, task_rng
+from tinygrad_meta.train import load_run, train
+
+# small and fast: these tests check behaviour, not learning quality
+TINY = ["--hidden", "8", "--meta-batch", "3", "--shots", "4", "--no-progress", "--no-plot",
+        "--eval-every", "0"]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _quiet(*args):
+    pass
+
+
+@pytest.mark.parametrize("algo", ["maml", "fomaml", "metasgd", "reptile"])
+def test_train_smoke_for_each_algorithm_prints_the_table(algo, tmp_path, capsys):
+    out = tmp_path / algo
+    code = main(["train", "--algo", algo, "--iters", "6", "--out", str(out), "--eval-tasks", "4",
+                 "--baseline-iters", "3", "--checkpoint-every", "4", *TINY])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    checkpoint = load_checkpoint(out)
+    assert checkpoint.iteration == 6 and checkpoint.config["algo"] == algo
+    assert all(np.isfinite(v).all() for v in checkpoint.params.values())
+    for k in (5, 10, 20):
+        assert f"\n {k:>2}  {algo:<11}" in captured.out
+        assert f"\n {k:>2}  pretrained " in captured.out
+    if algo == "metasgd":
+        assert any(name.startswith("lr.") for name in checkpoint.params)
+        assert "learned per-parameter rates" in captured.out
+
+
+def test_training_is_deterministic_and_lowers_the_validation_loss(tmp_path):
+    settings = {"hidden": [16], "meta_batch": 5, "iters": 120, "eval_every": 60, "eval_tasks": 0,
+                "checkpoint_every": 1000}
+    first = train(dict(settings, out=str(tmp_path / "a")), progress=False, log=_quiet)
+    second = train(dict(settings, out=str(tmp_path / "b")), progress=False, log=_quiet)
+    a, b = load_checkpoint(first.out).params, load_checkpoint(second.out).params
+    assert all(np.array_equal(a[name], b[name]) for name in a)
+    # MAML's validation MSE after 120 Adam steps is below its starting 0-step level
+    start = adapted_mse(load_run(first.out)[1], _eval_tasks(), steps=[0])[0].mean()
+    assert first.history[-1]["val_mse"] < start
+
+
+def _eval_tasks(num=20, shots=5):
+    return evaluation_batch(num, shots, task_rng(0, shots, STREAM_EVAL))[0]
+
+
+def test_batched_evaluation_matches_the_meta_learners_own_per_task_evaluation(tmp_path):
+    result = train({"hidden": [16], "meta_batch": 4, "iters": 20, "eval_every": 0, "eval_tasks": 0,
+                    "out": str(tmp_path / "run")}, progress=False, log=_quiet)
+    algorithm = result.algorithm
+    batch = _eval_tasks()
+    ours = adapted_mse(algorithm, batch, steps=(0, 1, 5))
+    algorithm.vectorize = False  # the looped, one-task-at-a-time reference
+    reference = algorithm.evaluate(batch, steps=(0, 1, 5))
+    for step in (0, 1, 5):
+        np.testing.assert_allclose(ours[step], reference[step], rtol=1e-4, atol=1e-6)
+
+
+def test_adapting_with_a_zero_learning_rate_changes_nothing(tmp_path):
+    result = train({"hidden": [8], "iters": 1, "eval_every": 0, "eval_tasks": 0,
+                    "out": str(tmp_path / "run")}, progress=False, log=_quiet)
+    model = result.algorithm.model
+    curves = adapt_curve(model, model.state_dict(), _eval_tasks(), steps=(0, 3), lr=0.0)
+    np.testing.assert_array_equal(curves[0], curves[3])
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "tinygrad_meta", "train", *args]
+
+
+def test_kill_9_and_resume_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path):
+    iters = 1500
+    flags = ["--iters", str(iters), "--checkpoint-every", "10", "--eval-tasks", "0", *TINY]
+    # the uninterrupted reference, in this process
+    reference = train({"iters": iters, "checkpoint_every": 10, "eval_tasks": 0, "hidden": [8],
+                       "meta_batch": 3, "shots": 4, "eval_every": 0, "out": str(tmp_path / "ref")},
+                      progress=False, log=_quiet)
+    interrupted = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    process = subprocess.Popen(_cli(*flags, "--out", str(interrupted)), cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    killed_at = None
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            path = interrupted / CHECKPOINT_NAME
+            if path.exists():
+                killed_at = load_checkpoint(path).iteration
+                if killed_at >= 20:
+                    os.kill(process.pid, signal.SIGKILL)
+                    break
+            time.sleep(0.005)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    at_kill = load_checkpoint(interrupted).iteration
+    assert 20 <= at_kill < iters
+    resumed = subprocess.run(_cli("--resume", str(interrupted), "--no-progress", "--no-plot"), cwd=REPO,
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {interrupted} at iteration {at_kill}" in resumed.stdout
+    final, expected = load_checkpoint(interrupted), load_checkpoint(reference.out)
+    assert final.iteration == expected.iteration == iters
+    for name, value in expected.params.items():
+        assert np.array_equal(final.params[name], value), f"parameter {name} differs after resume"
+    for key, value in expected.optimizer_state.items():
+        assert np.array_equal(final.optimizer_state[key], value), f"optimizer state {key} differs"
+
+
+def test_resume_can_extend_a_finished_run(tmp_path):
+    out = str(tmp_path / "run")
+    base = {"hidden": [8], "meta_batch": 3, "eval_every": 0, "eval_tasks": 0, "out": out}
+    train(dict(base, iters=8), progress=False, log=_quiet)
+    extended = train({"iters": 15}, resume=out, progress=False, log=_quiet)
+    straight = train(dict(base, iters=15, out=str(tmp_path / "straight")), progress=False, log=_quiet)
+    a, b = load_checkpoint(extended.out).params, load_checkpoint(straight.out).params
+    assert extended.iteration == 15 and all(np.array_equal(a[n], b[n]) for n in a)
+
+
+# ---- bad input ---------------------------------------------------------------------
+
+def _error(capsys, argv):
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 2
+    return captured.err
+
+
+def test_unknown_algo_is_rejected(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--algo", "mamll"])
+    assert "invalid choice: 'mamll'" in capsys.readouterr().err
+
+
+def test_unknown_task_and_bad_shots_are_named(capsys, tmp_path):
+    assert "unknown task 'sinusiod'" in _error(capsys, ["train", "--task", "sinusiod", "--out", str(tmp_path)])
+    assert "shots K must be at least 1, got 0" in _error(capsys, ["train", "--shots", "0", "--out", str(tmp_path)])
+    assert not (tmp_path / CHECKPOINT_NAME).exists()
+
+
+def test_resume_of_a_missing_folder_is_named(capsys, tmp_path):
+    err = _error(capsys, ["train", "--resume", str(tmp_path / "nope")])
+    assert "run folder" in err and "nope does not exist" in err
+
+
+def test_resume_of_a_corrupt_checkpoint_fails_and_leaves_it_alone(capsys, tmp_path):
+    out = str(tmp_path / "run")
+    train({"hidden": [8], "iters": 2, "eval_every": 0, "eval_tasks": 0, "out": out}, progress=False, log=_quiet)
+    path = os.path.join(out, CHECKPOINT_NAME)
+    data = open(path, "rb").read()
+    with open(path, "wb") as handle:
+        handle.write(data[: len(data) // 3])  # truncated, as by a full disk
+    assert "corrupt or truncated" in _error(capsys, ["train", "--resume", out, *TINY])
+    assert open(path, "rb").read() == data[: len(data) // 3]
+    assert "corrupt or truncated" in _error(capsys, ["eval", out, "--tasks", "3"])
+
+
+def test_resume_with_conflicting_settings_is_refused(capsys, tmp_path):
+    out = str(tmp_path / "run")
+    train({"hidden": [8], "iters": 2, "eval_every": 0, "eval_tasks": 0, "out": out}, progress=False, log=_quiet)
+    before = open(os.path.join(out, CHECKPOINT_NAME), "rb").read()
+    err = _error(capsys, ["train", "--resume", out, "--shots", "5", "--inner-lr", "0.1"])
+    assert "different config" in err and "shots: checkpoint has 10, requested 5" in err
+    assert "inner_lr: checkpoint has 0.01, requested 0.1" in err
+    assert open(os.path.join(out, CHECKPOINT_NAME), "rb").read() == before
+
+
+def test_a_new_run_will_not_overwrite_a_different_one(capsys, tmp_path):
+    out = str(tmp_path / "run")
+    train({"hidden": [8], "iters": 2, "eval_every": 0, "eval_tasks": 0, "out": out}, progress=False, log=_quiet)
+    assert "already holds a checkpoint of a different run" in _error(
+        capsys, ["train", "--out", out, "--algo", "fomaml", "--iters", "2", "--eval-tasks", "0", *TINY])
+    assert load_checkpoint(out).config["algo"] == "maml"
+
+
+def test_eval_prints_the_table_and_rejects_a_missing_folder(capsys, tmp_path):
+    out = str(tmp_path / "run")
+    train({"hidden": [8], "iters": 3, "eval_every": 0, "eval_tasks": 0, "out": out}, progress=False, log=_quiet)
+    assert main(["eval", out, "--tasks", "5", "--shots", "5,10", "--baseline-iters", "4", "--no-plot"]) == 0
+    printed = capsys.readouterr().out
+    assert "mean ± 95% CI over 5 tasks" in printed and "checkpoint at iteration 3" in printed
+    assert "  5  maml" in printed and " 10  pretrained" in printed and " 20  " not in printed
+    assert os.path.exists(os.path.join(out, "eval.json")) and os.path.exists(os.path.join(out, "pretrained.npz"))
+    assert "does not exist" in _error(capsys, ["eval", str(tmp_path / "missing")])
+    assert "need at least 2 tasks" in _error(capsys, ["eval", out, "--tasks", "1", "--no-plot"])
+
+
+def test_eval_plot_is_saved_or_skipped_with_a_message(capsys, tmp_path):
+    out = str(tmp_path / "run")
+    train({"hidden": [8], "iters": 2, "eval_every": 0, "eval_tasks": 0, "out": out}, progress=False, log=_quiet)
+    assert main(["eval", out, "--tasks", "3", "--shots", "5", "--baseline-iters", "2"]) == 0
+    printed = capsys.readouterr().out
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "matplotlib is not installed: skipped the plot" in printed
+    else:
+        assert os.path.getsize(os.path.join(out, "eval_plot.png")) > 1000
+
+
+def test_info_reports_versions_kernels_and_devices(capsys):
+    assert main(["info"]) == 0
+    printed = capsys.readouterr().out
+    for key in ("python:", "numpy:", "tinygrad_meta:", "cpu kernels:", "cupy:", "cuda:", "devices: cpu"):
+        assert key in printed
