@@ -1,7 +1,6 @@
 """Hyperparameter meta-optimization: unrolled and implicit hypergradients, the outer loop,
 online hypergradient descent (SGDHD / AdamHD) and the ``hyperopt`` command."""
 import os
-import warnings
 
 import numpy as np
 import pytest

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 import time
 import warnings
 from collections import OrderedDict
