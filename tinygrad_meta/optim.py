@@ -322,7 +322,7 @@ class Optimizer:
         if value.shape != p.shape:
             raise ValueError(f"{type(self).__name__}.load_state_dict: {prefix}.{name} has shape "
                              f"{value.shape}, the parameter has shape {p.shape}")
-        return Tensor(value.astype(p.dtype), device=p.device)
+        return Tensor(value.astype(p.dtype), dtype=p.dtype, device=p.device)
 
     def __repr__(self):
         hypers = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._hyper_names)

@@ -1,0 +1,260 @@
+"""MAML meta-iteration speed (and memory) on the sinusoid setting, side by side with PyTorch.
+
+Setting (MAML paper, section 5.1): MLP [1, 40, 40, 1] with ReLU, K = 10 support and 10
+query points per task, meta-batch 25, 1 inner SGD step with lr 0.01, outer Adam 1e-3.
+One meta-iteration = meta-loss, meta-gradient and the outer Adam step.
+
+We time second and first order, vectorised (all tasks in one batched computation) and
+looped (a Python loop over tasks). When torch is importable (and ``--no-torch`` is not
+given) the same step runs in PyTorch eager (per-task loop with torch.autograd.grad) and
+with torch.func (grad inside vmap), and the ratios ours / theirs are printed. The
+configurations are timed round-robin, several rounds, so that load on a shared machine
+hits them alike; each number is the median over all timed iterations after warm-up.
+
+    python benchmarks/maml.py                 # speed table, with torch when installed
+    python benchmarks/maml.py --no-torch      # ours only; this process never imports torch
+    python benchmarks/maml.py --memory        # peak memory vs inner steps; RSS over iterations
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+import tinygrad_meta as tgm  # noqa: E402
+from tinygrad_meta.meta import MAML  # noqa: E402
+from tinygrad_meta.optim import Adam  # noqa: E402
+from tinygrad_meta.tasks.sinusoid import sample_batch  # noqa: E402
+
+SIZES = [1, 40, 40, 1]
+INNER_LR = 0.01
+META_LR = 1e-3
+
+
+def make_batches(count, tasks, shots, seed=0):
+    rng = np.random.default_rng(seed)
+    return [tuple(np.asarray(a, dtype=np.float32) for a in sample_batch(tasks, shots, rng))
+            for _ in range(count)]
+
+
+# ----------------------------------------------------------------------------------
+# ours
+# ----------------------------------------------------------------------------------
+
+def ours_step_fn(first_order, vectorize, inner_steps=1, seed=0):
+    model = tgm.nn.MLP(SIZES, rng=np.random.default_rng(seed))
+    maml = MAML(model, inner_lr=INNER_LR, inner_steps=inner_steps, first_order=first_order,
+                vectorize=vectorize)
+    optimizer = Adam(maml.meta_parameters(), lr=META_LR)
+
+    def step(batch):
+        loss, grads = maml.meta_step(batch)
+        optimizer.step(grads)
+        return loss
+    return step
+
+
+# ----------------------------------------------------------------------------------
+# PyTorch, the same step
+# ----------------------------------------------------------------------------------
+
+def torch_step_fns(first_order, seed=0):
+    import torch
+    from torch.func import functional_call, grad, vmap
+
+    rng = np.random.default_rng(seed)
+    reference = tgm.nn.MLP(SIZES, rng=rng)
+    layers = []
+    for i in range(len(SIZES) - 1):
+        linear = torch.nn.Linear(SIZES[i], SIZES[i + 1])
+        with torch.no_grad():  # same initial values as ours; our weight is (in, out)
+            linear.weight.copy_(torch.from_numpy(reference.parameters()[f"layers.{i}.weight"].numpy().T))
+            linear.bias.copy_(torch.from_numpy(reference.parameters()[f"layers.{i}.bias"].numpy()))
+        layers.append(linear)
+        if i < len(SIZES) - 2:
+            layers.append(torch.nn.ReLU())
+
+    def loss_of(model, params, x, y):
+        return torch.nn.functional.mse_loss(functional_call(model, params, (x,)), y)
+
+    eager_model = torch.nn.Sequential(*layers)
+    eager_opt = torch.optim.Adam(eager_model.parameters(), lr=META_LR)
+
+    def eager_step(batch):
+        sx, sy, qx, qy = (torch.from_numpy(a) for a in batch)
+        params = dict(eager_model.named_parameters())
+        eager_opt.zero_grad()
+        total = 0.0
+        for t in range(sx.shape[0]):
+            inner = loss_of(eager_model, params, sx[t], sy[t])
+            grads = torch.autograd.grad(inner, list(params.values()), create_graph=not first_order)
+            fast = {name: p - INNER_LR * g for (name, p), g in zip(params.items(), grads)}
+            total = total + loss_of(eager_model, fast, qx[t], qy[t])
+        loss = total / sx.shape[0]
+        loss.backward()
+        eager_opt.step()
+        return float(loss.detach())
+
+    import copy
+    vmap_model = copy.deepcopy(eager_model)
+    vmap_opt = torch.optim.Adam(vmap_model.parameters(), lr=META_LR)
+
+    def task_loss(params, sx, sy, qx, qy):
+        g = grad(lambda p: loss_of(vmap_model, p, sx, sy))(params)
+        if first_order:
+            g = {k: v.detach() for k, v in g.items()}
+        fast = {k: params[k] - INNER_LR * g[k] for k in params}
+        return loss_of(vmap_model, fast, qx, qy)
+
+    batched = vmap(task_loss, in_dims=(None, 0, 0, 0, 0))
+
+    def vmap_step(batch):
+        sx, sy, qx, qy = (torch.from_numpy(a) for a in batch)
+        params = dict(vmap_model.named_parameters())
+        vmap_opt.zero_grad()
+        loss = batched(params, sx, sy, qx, qy).mean()
+        loss.backward()
+        vmap_opt.step()
+        return float(loss.detach())
+
+    return eager_step, vmap_step
+
+
+# ----------------------------------------------------------------------------------
+# timing
+# ----------------------------------------------------------------------------------
+
+def time_round_robin(steps, batches, warmup, iters, rounds):
+    """Median seconds per call for each named step; configurations alternate per round."""
+    samples = {name: [] for name in steps}
+    for name, step in steps.items():
+        for i in range(warmup):
+            step(batches[i % len(batches)])
+    per_round = max(1, iters // rounds)
+    for r in range(rounds):
+        for name, step in steps.items():
+            for i in range(per_round):
+                batch = batches[(r * per_round + i) % len(batches)]
+                start = time.perf_counter()
+                step(batch)
+                samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def speed(args):
+    batches = make_batches(16, args.meta_batch, args.shots)
+    steps = {}
+    for order in ("second", "first"):
+        for mode in ("vectorised", "looped"):
+            steps[f"ours {order}-order {mode}"] = ours_step_fn(order == "first", mode == "vectorised")
+    with_torch = not args.no_torch
+    if with_torch:
+        try:
+            import torch
+        except ImportError:
+            with_torch = False
+            print("torch is not installed: timing ours only")
+    if with_torch:
+        if args.torch_threads:
+            torch.set_num_threads(args.torch_threads)
+        for order in ("second", "first"):
+            eager, vmapped = torch_step_fns(order == "first")
+            steps[f"torch {order}-order eager loop"] = eager
+            steps[f"torch {order}-order func.vmap"] = vmapped
+    if with_torch:
+        # the same computation: the first meta-loss agrees (same weights, same batch)
+        first_ours = ours_step_fn(False, True)(batches[0])
+        first_torch = torch_step_fns(False)[0](batches[0])
+        print(f"check: first second-order meta-loss ours {first_ours:.6f}, torch {first_torch:.6f}")
+    results = time_round_robin(steps, batches, args.warmup, args.iters, args.rounds)
+    print(f"MAML sinusoid: MLP {SIZES}, ReLU, K={args.shots}, meta-batch {args.meta_batch}, "
+          f"1 inner step, outer Adam; median of {args.iters} iterations after {args.warmup} warm-up")
+    print(f"torch imported in this process: {'torch' in sys.modules}"
+          + (f" (torch {sys.modules['torch'].__version__}, {sys.modules['torch'].get_num_threads()} "
+             "threads)" if 'torch' in sys.modules else ""))
+    print(f"{'configuration':42s} {'ms/iter':>9s}")
+    for name, seconds in results.items():
+        print(f"{name:42s} {seconds * 1e3:9.3f}")
+    if with_torch:
+        print()
+        for order in ("second", "first"):
+            vec = results[f"ours {order}-order vectorised"]
+            loop = results[f"ours {order}-order looped"]
+            vmapped = results[f"torch {order}-order func.vmap"]
+            eager = results[f"torch {order}-order eager loop"]
+            target_vec, target_loop = ("  (target <= 0.35)", "  (target <= 0.60)") \
+                if order == "second" else ("", "")
+            print(f"{order}-order: ours vectorised / torch.func.vmap = {vec / vmapped:.3f}{target_vec}")
+            print(f"{order}-order: ours looped / torch eager loop    = {loop / eager:.3f}{target_loop}")
+
+
+# ----------------------------------------------------------------------------------
+# memory
+# ----------------------------------------------------------------------------------
+
+def _rss_mib():
+    with open("/proc/self/statm") as handle:
+        pages = int(handle.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def memory(args):
+    import tracemalloc
+
+    batches = make_batches(4, args.meta_batch, args.shots)
+    print("peak traced memory of one second-order vectorised meta-iteration (tracemalloc):")
+    for inner_steps in (1, 5, 10):
+        step = ours_step_fn(False, True, inner_steps=inner_steps)
+        step(batches[0])  # warm-up: lazy imports and caches are not the step's memory
+        tracemalloc.start()
+        tracemalloc.reset_peak()
+        step(batches[1])
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        print(f"  inner steps {inner_steps:2d}: peak {peak / 2 ** 20:7.2f} MiB")
+    if not os.path.exists("/proc/self/statm"):
+        print("resident memory: /proc/self/statm not available on this system; skipped")
+        return
+    step = ours_step_fn(False, True)
+    every = max(1, args.memory_iters // 10)
+    print(f"resident memory over {args.memory_iters} second-order vectorised meta-iterations:")
+    first = None
+    for i in range(args.memory_iters + 1):
+        if i % every == 0:
+            rss = _rss_mib()
+            first = rss if first is None else first
+            print(f"  iteration {i:6d}: RSS {rss:8.2f} MiB")
+        if i < args.memory_iters:
+            step(batches[i % len(batches)])
+    print(f"  growth after warm-up: {_rss_mib() - first:+.2f} MiB")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--iters", type=int, default=200, help="timed iterations per configuration")
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=5, help="round-robin rounds (noise control)")
+    parser.add_argument("--meta-batch", type=int, default=25)
+    parser.add_argument("--shots", type=int, default=10)
+    parser.add_argument("--no-torch", action="store_true", help="never import torch")
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="torch.set_num_threads (0: torch's default)")
+    parser.add_argument("--memory", action="store_true", help="memory report instead of speed")
+    parser.add_argument("--memory-iters", type=int, default=10000)
+    args = parser.parse_args(argv)
+    if args.memory:
+        memory(args)
+    else:
+        speed(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
