@@ -154,6 +154,12 @@ def test_unknown_task_and_bad_shots_are_named(capsys, tmp_path):
     assert not (tmp_path / CHECKPOINT_NAME).exists()
 
 
+def test_an_unusable_device_is_named_before_anything_is_written(capsys, tmp_path):
+    err = _error(capsys, ["train", "--device", "tpu", "--out", str(tmp_path / "run")])
+    assert "device 'tpu' is not usable" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_of_a_missing_folder_is_named(capsys, tmp_path):
     err = _error(capsys, ["train", "--resume", str(tmp_path / "nope")])
     assert "run folder" in err and "nope does not exist" in err

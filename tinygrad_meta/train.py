@@ -224,9 +224,19 @@ def load_run(run_dir, device=None):
     config = make_config({k: v for k, v in checkpoint.config.items() if k in DEFAULTS})
     if device is not None:
         config["device"] = device
+    check_device(config["device"])
     algorithm = build_algorithm(config, build_model(config))
     _load_parameters(algorithm, checkpoint.params, checkpoint.path)
     return config, algorithm, checkpoint
+
+
+def check_device(device):
+    """Raise a ValueError saying why ``device`` cannot be used (no CuPy, no GPU, a typo)."""
+    from .backends import get_backend
+    try:
+        get_backend(device)
+    except (ImportError, RuntimeError, ValueError) as error:
+        raise ValueError(f"device {device!r} is not usable: {error}") from None
 
 
 def _to_device(batch, device):
@@ -340,6 +350,7 @@ def train(overrides=None, resume=None, force=False, progress=True, log=print) ->
     else:
         config = make_config(overrides)
     task = get_task(config["task"])
+    check_device(config["device"])
     os.makedirs(config["out"], exist_ok=True)
     if checkpoint is None:
         note = _check_fresh_folder(config, force)
