@@ -142,7 +142,10 @@ def _mul_rule(out, g):
 
 def _pow_rule(out, g):
     a, b = out._parents
-    ga = g * b * a ** (b - 1.0) if a.requires_grad else None
+    ga = None
+    if a.requires_grad:
+        # a constant exponent 0 has derivative 0 everywhere; a ** -1 would fail at a = 0
+        ga = g * 0.0 if b.data == 0 and not b.requires_grad else g * b * a ** (b - 1.0)
     gb = g * out * a.log() if b.requires_grad else None
     return ga, gb
 

@@ -186,6 +186,8 @@ def _pow_scalar_rule(out, g):
     p = out._ctx
     if p == 2:
         return (g * (a * 2.0),)
+    if p == 0:  # x**0 is constant; a ** -1 would turn 0 * inf into nan at x = 0
+        return (g * 0.0,)
     return (g * (a ** (p - 1) * p),)
 
 
