@@ -246,7 +246,7 @@ class CUDABackend:
 
     def to_numpy(self, array):
         """A CuPy array -> a numpy array on the host (a copy)."""
-        if isinstance(array, np.ndarray):
+        if isinstance(array, (np.ndarray, np.generic)):  # already on the host
             return array
         return self.xp.asnumpy(array)
 
