@@ -127,7 +127,11 @@ def test_resume_can_extend_a_finished_run(tmp_path):
     out = str(tmp_path / "run")
     base = {"hidden": [8], "meta_batch": 3, "eval_every": 0, "eval_tasks": 0, "out": out}
     train(dict(base, iters=8), progress=False, log=_quiet)
+    # what a kill -9 in the middle of a checkpoint write leaves behind
+    with open(os.path.join(out, ".tmp-half-written.npz"), "wb") as handle:
+        handle.write(b"PK\x03\x04 partial")
     extended = train({"iters": 15}, resume=out, progress=False, log=_quiet)
+    assert not os.path.exists(os.path.join(out, ".tmp-half-written.npz"))
     straight = train(dict(base, iters=15, out=str(tmp_path / "straight")), progress=False, log=_quiet)
     a, b = load_checkpoint(extended.out).params, load_checkpoint(straight.out).params
     assert extended.iteration == 15 and all(np.array_equal(a[n], b[n]) for n in a)

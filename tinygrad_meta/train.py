@@ -356,6 +356,7 @@ def train(overrides=None, resume=None, force=False, progress=True, log=print) ->
         note = _check_fresh_folder(config, force)
         if note:
             log(note)
+    _remove_stale_temporaries(config["out"], log)
 
     model = build_model(config)
     algorithm = build_algorithm(config, model)
@@ -449,6 +450,18 @@ def _restore_algorithm_rng(algorithm, rng_state, config, iteration):
             "resuming would sample different tasks than the original run")
     if "algorithm_rng" in rng_state and isinstance(getattr(algorithm, "rng", None), np.random.Generator):
         algorithm.rng = restore_generator(rng_state["algorithm_rng"])
+
+
+def _remove_stale_temporaries(folder, log):
+    # a run killed while writing a checkpoint leaves its temporary file behind (the
+    # checkpoint itself is intact: the rename never happened); one run owns its folder
+    for name in os.listdir(folder):
+        if name.startswith(".tmp-") and name.endswith(".npz"):
+            try:
+                os.unlink(os.path.join(folder, name))
+                log(f"removed {name}, left by an interrupted checkpoint write")
+            except OSError:
+                pass
 
 
 def _write_metrics(path, history):
