@@ -229,3 +229,12 @@ def test_info_reports_versions_kernels_and_devices(capsys):
     printed = capsys.readouterr().out
     for key in ("python:", "numpy:", "tinygrad_meta:", "cpu kernels:", "cupy:", "cuda:", "devices: cpu"):
         assert key in printed
+
+
+def test_progress_falls_back_to_plain_lines_without_tqdm(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # makes "from tqdm import tqdm" raise ImportError
+    lines = []
+    train({"hidden": [8], "iters": 3, "eval_every": 2, "eval_tasks": 0, "out": str(tmp_path / "run")},
+          progress=True, log=lines.append)
+    assert any(line.startswith("iteration 2: meta-loss") for line in lines)
+    assert any(line.startswith("iteration 3/3  meta-loss") for line in lines)
