@@ -40,18 +40,26 @@ cdef extern from *:
     #include <omp.h>
     #endif
 
-    /* Vector width of the target ISA: the micro-kernel tile is sized from it. */
+    /* Vector width of the target ISA: the micro-kernel tile is sized from it so that the
+       MR x NV accumulators plus NV B vectors and one broadcast fit the register file
+       (32 vector registers with AVX-512, 16 below). -DTGM_MR=... overrides. */
     #if defined(__AVX512F__)
     #define TGM_VBYTES 64
+    #ifndef TGM_MR
     #define TGM_MR 12
+    #endif
     #elif defined(__AVX__)
     #define TGM_VBYTES 32
-    #define TGM_MR 6
-    #else
-    #define TGM_VBYTES 16
+    #ifndef TGM_MR
     #define TGM_MR 6
     #endif
-    /* two vectors of C per row of the tile */
+    #else
+    #define TGM_VBYTES 16
+    #ifndef TGM_MR
+    #define TGM_MR 6
+    #endif
+    #endif
+    /* two vectors of C per tile row */
     #define TGM_NV 2
     #define TGM_NR_F32 (TGM_NV * TGM_VBYTES / 4)
     #define TGM_NR_F64 (TGM_NV * TGM_VBYTES / 8)
@@ -66,6 +74,7 @@ cdef extern from *:
     #ifndef TGM_CFLAGS
     #define TGM_CFLAGS "unknown"
     #endif
+    #define TGM_INLINE static inline __attribute__((always_inline))
 
     static void *tgm_aligned_alloc(size_t nbytes) {
         void *p = NULL;
@@ -74,107 +83,205 @@ cdef extern from *:
         return p;
     }
 
-    /* The micro-kernel: C[0:m, 0:n] (+)= sum_p pa[p, 0:MR]^T pb[p, 0:NR].
-       pa holds an MR-row panel k-major (pa[p*MR + i] = A[i, p]), pb an NR-column
-       panel k-major (pb[p*NR + j] = B[p, j]); both 64-byte aligned and zero-padded.
-       The accumulators are a fixed-size local array that gcc fully unrolls and keeps
-       in registers; "acc += a * b" contracts to FMA. */
-    #define TGM_DEFINE_UKERNEL(T, SFX, NR)                                            \\
-    typedef T tgm_v##SFX __attribute__((vector_size(TGM_VBYTES)));                  \\
-    enum { TGM_VL_##SFX = TGM_VBYTES / (int)sizeof(T) };                            \\
-    static inline void tgm_ukernel_##SFX(ptrdiff_t kc, const T *restrict pa,        \\
-            const T *restrict pb, T *restrict c, ptrdiff_t ldc, int accumulate,     \\
-            int m, int n) {                                                         \\
-        tgm_v##SFX acc[TGM_MR][TGM_NV];                                             \\
-        _Pragma("GCC unroll 16")                                                    \\
-        for (int i = 0; i < TGM_MR; i++) {                                          \\
-            _Pragma("GCC unroll 4")                                                 \\
-            for (int v = 0; v < TGM_NV; v++) acc[i][v] = (tgm_v##SFX){0};           \\
-        }                                                                           \\
-        for (ptrdiff_t p = 0; p < kc; p++) {                                        \\
-            tgm_v##SFX b[TGM_NV];                                                   \\
-            _Pragma("GCC unroll 4")                                                 \\
-            for (int v = 0; v < TGM_NV; v++)                                        \\
-                b[v] = *(const tgm_v##SFX *)(pb + v * TGM_VL_##SFX);                \\
-            _Pragma("GCC unroll 16")                                                \\
-            for (int i = 0; i < TGM_MR; i++) {                                      \\
-                tgm_v##SFX a = (tgm_v##SFX){0} + pa[i];                             \\
-                _Pragma("GCC unroll 4")                                             \\
-                for (int v = 0; v < TGM_NV; v++) acc[i][v] += a * b[v];             \\
-            }                                                                       \\
-            pa += TGM_MR;                                                           \\
-            pb += NR;                                                               \\
-        }                                                                           \\
-        if (m == TGM_MR && n == NR) {                                               \\
-            _Pragma("GCC unroll 16")                                                \\
-            for (int i = 0; i < TGM_MR; i++) {                                      \\
-                _Pragma("GCC unroll 4")                                             \\
-                for (int v = 0; v < TGM_NV; v++) {                                  \\
-                    T *dst = c + i * ldc + v * TGM_VL_##SFX;                        \\
-                    tgm_v##SFX out = acc[i][v];                                     \\
-                    if (accumulate) {                                               \\
-                        tgm_v##SFX old;                                             \\
-                        memcpy(&old, dst, sizeof(old));                             \\
-                        out += old;                                                 \\
-                    }                                                               \\
-                    memcpy(dst, &out, sizeof(out));                                 \\
-                }                                                                   \\
-            }                                                                       \\
-        } else {                                                                    \\
-            /* edge tile: spill and copy the valid m x n part */                    \\
-            T tile[TGM_MR * NR] __attribute__((aligned(64)));                       \\
-            memcpy(tile, acc, sizeof(tile));                                        \\
-            for (int i = 0; i < m; i++) {                                           \\
-                T *dst = c + i * ldc;                                               \\
-                const T *src = tile + i * NR;                                       \\
-                if (accumulate) for (int j = 0; j < n; j++) dst[j] += src[j];       \\
-                else for (int j = 0; j < n; j++) dst[j] = src[j];                   \\
-            }                                                                       \\
-        }                                                                           \\
+    /* One register tile: C[0:m, 0:n] (+)= A[0:MRV, 0:kc] @ Bpanel[0:kc, 0:NVV*VL].
+       A is read through strides (rsa between rows, csa between k steps): a packed panel
+       (rsa = 1, csa = MR) or the caller's matrix itself. The B panel is packed k-major
+       with ldb elements per k step, 64-byte aligned and zero-padded past n. The
+       accumulators are a fixed-size local array that gcc unrolls into registers;
+       "acc += a * b" contracts to FMA. m <= MRV and n <= NVV*VL say which part of the
+       tile is real (edge tiles are spilled and copied). */
+    #define TGM_DEFINE_TILE(T, SFX, MRV, NVV)                                            \\
+    TGM_INLINE void tgm_tile_##SFX##_##MRV##x##NVV(                                      \\
+            ptrdiff_t kc, const T *restrict a, ptrdiff_t rsa, ptrdiff_t csa,            \\
+            const T *restrict pb, ptrdiff_t ldb, T *restrict c, ptrdiff_t ldc,          \\
+            int accumulate, int m, int n) {                                             \\
+        enum { VL = TGM_VBYTES / (int)sizeof(T) };                                      \\
+        tgm_v##SFX acc[MRV][NVV];                                                       \\
+        _Pragma("GCC unroll 16")                                                        \\
+        for (int i = 0; i < MRV; i++) {                                                 \\
+            _Pragma("GCC unroll 4")                                                     \\
+            for (int v = 0; v < NVV; v++) acc[i][v] = (tgm_v##SFX){0};                  \\
+        }                                                                               \\
+        for (ptrdiff_t p = 0; p < kc; p++) {                                            \\
+            tgm_v##SFX b[NVV];                                                          \\
+            _Pragma("GCC unroll 4")                                                     \\
+            for (int v = 0; v < NVV; v++) b[v] = *(const tgm_v##SFX *)(pb + v * VL);    \\
+            _Pragma("GCC unroll 16")                                                    \\
+            for (int i = 0; i < MRV; i++) {                                             \\
+                /* x - 0 folds to a plain broadcast (x + 0 would not: -0 + 0 = +0) */   \\
+                tgm_v##SFX ai = a[i * rsa] - (tgm_v##SFX){0};                           \\
+                _Pragma("GCC unroll 4")                                                 \\
+                for (int v = 0; v < NVV; v++) acc[i][v] += ai * b[v];                   \\
+            }                                                                           \\
+            a += csa;                                                                   \\
+            pb += ldb;                                                                  \\
+        }                                                                               \\
+        if (m == MRV && n == NVV * VL) {                                                \\
+            _Pragma("GCC unroll 16")                                                    \\
+            for (int i = 0; i < MRV; i++) {                                             \\
+                _Pragma("GCC unroll 4")                                                 \\
+                for (int v = 0; v < NVV; v++) {                                         \\
+                    T *dst = c + i * ldc + v * VL;                                      \\
+                    tgm_v##SFX out = acc[i][v];                                         \\
+                    if (accumulate) {                                                   \\
+                        tgm_v##SFX old;                                                 \\
+                        memcpy(&old, dst, sizeof(old));                                 \\
+                        out += old;                                                     \\
+                    }                                                                   \\
+                    memcpy(dst, &out, sizeof(out));                                     \\
+                }                                                                       \\
+            }                                                                           \\
+        } else {                                                                        \\
+            T tile[MRV * NVV * VL] __attribute__((aligned(64)));                        \\
+            memcpy(tile, acc, sizeof(tile));                                            \\
+            for (int i = 0; i < m; i++) {                                               \\
+                T *dst = c + i * ldc;                                                   \\
+                const T *src = tile + i * NVV * VL;                                     \\
+                if (accumulate) for (int j = 0; j < n; j++) dst[j] += src[j];           \\
+                else for (int j = 0; j < n; j++) dst[j] = src[j];                       \\
+            }                                                                           \\
+        }                                                                               \\
     }
 
-    TGM_DEFINE_UKERNEL(float, f32, TGM_NR_F32)
-    TGM_DEFINE_UKERNEL(double, f64, TGM_NR_F64)
+    /* The loops around the tiles for one mc x nc block of C (the BLIS macro-kernel):
+       full MR-row panels run the MR x 2 tile (or MR x 1 where at most one vector of
+       columns is left); the last, partial panel is covered by 8/4/2/1-row tiles so that
+       no more than one row-tile of padding is ever computed. panel_stride: elements
+       between consecutive MR-row panels of A. */
+    #define TGM_DEFINE_MACRO(T, SFX)                                                     \\
+    TGM_INLINE void tgm_rows_##SFX(int rows, ptrdiff_t kc, const T *a, ptrdiff_t rsa,   \\
+            ptrdiff_t csa, const T *pb, ptrdiff_t ldb, T *c, ptrdiff_t ldc,             \\
+            int accumulate, int n, int nv) {                                            \\
+        int i = 0;                                                                      \\
+        while (i < rows) {                                                              \\
+            int left = rows - i;                                                        \\
+            const T *ai = a + i * rsa;                                                  \\
+            T *ci = c + i * ldc;                                                        \\
+            if (TGM_MR > 8 && left >= 8) {                                              \\
+                if (nv == 2) tgm_tile_##SFX##_8x2(kc, ai, rsa, csa, pb, ldb, ci, ldc, accumulate, 8, n); \\
+                else tgm_tile_##SFX##_8x1(kc, ai, rsa, csa, pb, ldb, ci, ldc, accumulate, 8, n); \\
+                i += 8;                                                                 \\
+            } else if (left >= 4) {                                                     \\
+                if (nv == 2) tgm_tile_##SFX##_4x2(kc, ai, rsa, csa, pb, ldb, ci, ldc, accumulate, 4, n); \\
+                else tgm_tile_##SFX##_4x1(kc, ai, rsa, csa, pb, ldb, ci, ldc, accumulate, 4, n); \\
+                i += 4;                                                                 \\
+            } else if (left >= 2) {                                                     \\
+                if (nv == 2) tgm_tile_##SFX##_2x2(kc, ai, rsa, csa, pb, ldb, ci, ldc, accumulate, 2, n); \\
+                else tgm_tile_##SFX##_2x1(kc, ai, rsa, csa, pb, ldb, ci, ldc, accumulate, 2, n); \\
+                i += 2;                                                                 \\
+            } else {                                                                    \\
+                if (nv == 2) tgm_tile_##SFX##_1x2(kc, ai, rsa, csa, pb, ldb, ci, ldc, accumulate, 1, n); \\
+                else tgm_tile_##SFX##_1x1(kc, ai, rsa, csa, pb, ldb, ci, ldc, accumulate, 1, n); \\
+                i += 1;                                                                 \\
+            }                                                                           \\
+        }                                                                               \\
+    }                                                                                   \\
+    TGM_INLINE void tgm_block_##SFX(ptrdiff_t mc, ptrdiff_t nc, ptrdiff_t kc,           \\
+            const T *a, ptrdiff_t rsa, ptrdiff_t csa, ptrdiff_t panel_stride,           \\
+            const T *pb, T *c, ptrdiff_t ldc, int accumulate) {                         \\
+        enum { VL = TGM_VBYTES / (int)sizeof(T), NR = TGM_NV * VL };                    \\
+        for (ptrdiff_t ir = 0; ir < mc; ir += TGM_MR) {                                 \\
+            const T *ap = a + (ir / TGM_MR) * panel_stride;                             \\
+            int mrem = (int)(mc - ir < TGM_MR ? mc - ir : TGM_MR);                      \\
+            for (ptrdiff_t jr = 0; jr < nc; jr += NR) {                                 \\
+                const T *bp = pb + jr * kc;                                             \\
+                int nrem = (int)(nc - jr < NR ? nc - jr : NR);                          \\
+                T *cp = c + ir * ldc + jr;                                              \\
+                int nv = nrem > VL ? 2 : 1;                                             \\
+                if (mrem == TGM_MR) {                                                   \\
+                    if (nv == 2) tgm_tile_##SFX##_main2(kc, ap, rsa, csa, bp, NR, cp, ldc, accumulate, TGM_MR, nrem); \\
+                    else tgm_tile_##SFX##_main1(kc, ap, rsa, csa, bp, NR, cp, ldc, accumulate, TGM_MR, nrem); \\
+                } else {                                                                \\
+                    tgm_rows_##SFX(mrem, kc, ap, rsa, csa, bp, NR, cp, ldc, accumulate, nrem, nv); \\
+                }                                                                       \\
+            }                                                                           \\
+        }                                                                               \\
+    }                                                                                   \\
+    /* A packed into MR-row panels (constant strides let gcc use immediate offsets) */  \\
+    static void tgm_block_packed_##SFX(ptrdiff_t mc, ptrdiff_t nc, ptrdiff_t kc,        \\
+            const T *pa, const T *pb, T *c, ptrdiff_t ldc, int accumulate) {            \\
+        tgm_block_##SFX(mc, nc, kc, pa, 1, TGM_MR, TGM_MR * kc, pb, c, ldc, accumulate); \\
+    }                                                                                   \\
+    /* A read in place through its strides (small problems: no packing) */             \\
+    static void tgm_block_direct_##SFX(ptrdiff_t mc, ptrdiff_t nc, ptrdiff_t kc,        \\
+            const T *a, ptrdiff_t sam, ptrdiff_t sak, const T *pb, T *c, ptrdiff_t ldc, \\
+            int accumulate) {                                                           \\
+        tgm_block_##SFX(mc, nc, kc, a, sam, sak, TGM_MR * sam, pb, c, ldc, accumulate); \\
+    }
 
-    /* Small-problem kernel with no packing: C = A @ B for row-contiguous B and C.
-       Each C row is built with axpy updates over B rows, which gcc vectorises along
-       N. Used where packing would cost more than it saves (tiny K or N). */
-    #define TGM_DEFINE_SMALL(T, SFX)                                                \\
-    static void tgm_small_##SFX(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,              \\
-            const T *a, ptrdiff_t sam, ptrdiff_t sak,                               \\
-            const T *b, ptrdiff_t sbk, T *restrict c) {                             \\
-        if (n == 1) {                                                               \\
-            /* matrix-vector: 8 independent partial sums hide the FMA latency */    \\
-            for (ptrdiff_t i = 0; i < m; i++) {                                     \\
-                const T *ai = a + i * sam;                                          \\
-                T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                \\
-                ptrdiff_t p = 0;                                                    \\
-                for (; p + 8 <= k; p += 8) {                                        \\
-                    _Pragma("GCC unroll 8")                                         \\
-                    for (int l = 0; l < 8; l++)                                     \\
-                        acc[l] += ai[(p + l) * sak] * b[(p + l) * sbk];             \\
-                }                                                                   \\
-                T s = ((acc[0] + acc[1]) + (acc[2] + acc[3]))                       \\
-                      + ((acc[4] + acc[5]) + (acc[6] + acc[7]));                    \\
-                for (; p < k; p++) s += ai[p * sak] * b[p * sbk];                   \\
-                c[i] = s;                                                           \\
-            }                                                                       \\
-            return;                                                                 \\
-        }                                                                           \\
-        for (ptrdiff_t i = 0; i < m; i++) {                                         \\
-            T *restrict ci = c + i * n;                                             \\
-            const T *ai = a + i * sam;                                              \\
-            T a0 = ai[0];                                                           \\
-            for (ptrdiff_t j = 0; j < n; j++) ci[j] = a0 * b[j];                    \\
-            for (ptrdiff_t p = 1; p < k; p++) {                                     \\
-                T ap = ai[p * sak];                                                 \\
-                const T *restrict bp = b + p * sbk;                                 \\
-                for (ptrdiff_t j = 0; j < n; j++) ci[j] += ap * bp[j];              \\
-            }                                                                       \\
-        }                                                                           \\
+    typedef float tgm_vf32 __attribute__((vector_size(TGM_VBYTES)));
+    typedef double tgm_vf64 __attribute__((vector_size(TGM_VBYTES)));
+
+    #if TGM_MR == 12
+    #define TGM_DEFINE_ALL_TILES(T, SFX)                                                  \\
+        TGM_DEFINE_TILE(T, SFX, 12, 2) TGM_DEFINE_TILE(T, SFX, 12, 1)
+    #define tgm_tile_f32_main2 tgm_tile_f32_12x2
+    #define tgm_tile_f32_main1 tgm_tile_f32_12x1
+    #define tgm_tile_f64_main2 tgm_tile_f64_12x2
+    #define tgm_tile_f64_main1 tgm_tile_f64_12x1
+    #elif TGM_MR == 6
+    #define TGM_DEFINE_ALL_TILES(T, SFX)                                                  \\
+        TGM_DEFINE_TILE(T, SFX, 6, 2) TGM_DEFINE_TILE(T, SFX, 6, 1)
+    #define tgm_tile_f32_main2 tgm_tile_f32_6x2
+    #define tgm_tile_f32_main1 tgm_tile_f32_6x1
+    #define tgm_tile_f64_main2 tgm_tile_f64_6x2
+    #define tgm_tile_f64_main1 tgm_tile_f64_6x1
+    #else
+    #error "TGM_MR must be 12 or 6"
+    #endif
+
+    #define TGM_DEFINE_EDGE_TILES(T, SFX)                                                 \\
+        TGM_DEFINE_TILE(T, SFX, 8, 2) TGM_DEFINE_TILE(T, SFX, 8, 1)                      \\
+        TGM_DEFINE_TILE(T, SFX, 4, 2) TGM_DEFINE_TILE(T, SFX, 4, 1)                      \\
+        TGM_DEFINE_TILE(T, SFX, 2, 2) TGM_DEFINE_TILE(T, SFX, 2, 1)                      \\
+        TGM_DEFINE_TILE(T, SFX, 1, 2) TGM_DEFINE_TILE(T, SFX, 1, 1)
+
+    TGM_DEFINE_ALL_TILES(float, f32)
+    TGM_DEFINE_EDGE_TILES(float, f32)
+    TGM_DEFINE_ALL_TILES(double, f64)
+    TGM_DEFINE_EDGE_TILES(double, f64)
+    TGM_DEFINE_MACRO(float, f32)
+    TGM_DEFINE_MACRO(double, f64)
+
+    /* Degenerate shapes without packing: n == 1 (matrix-vector) and tiny k or n, for
+       row-contiguous B and C. */
+    #define TGM_DEFINE_SMALL(T, SFX)                                                     \\
+    static void tgm_small_##SFX(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,                   \\
+            const T *a, ptrdiff_t sam, ptrdiff_t sak,                                    \\
+            const T *b, ptrdiff_t sbk, T *restrict c) {                                  \\
+        if (n == 1) {                                                                    \\
+            /* matrix-vector: 8 independent partial sums hide the FMA latency */         \\
+            for (ptrdiff_t i = 0; i < m; i++) {                                          \\
+                const T *ai = a + i * sam;                                               \\
+                T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                     \\
+                ptrdiff_t p = 0;                                                         \\
+                for (; p + 8 <= k; p += 8) {                                             \\
+                    _Pragma("GCC unroll 8")                                              \\
+                    for (int l = 0; l < 8; l++)                                          \\
+                        acc[l] += ai[(p + l) * sak] * b[(p + l) * sbk];                  \\
+                }                                                                        \\
+                T s = ((acc[0] + acc[1]) + (acc[2] + acc[3]))                            \\
+                      + ((acc[4] + acc[5]) + (acc[6] + acc[7]));                         \\
+                for (; p < k; p++) s += ai[p * sak] * b[p * sbk];                        \\
+                c[i] = s;                                                                \\
+            }                                                                            \\
+            return;                                                                      \\
+        }                                                                                \\
+        for (ptrdiff_t i = 0; i < m; i++) {                                              \\
+            T *restrict ci = c + i * n;                                                  \\
+            const T *ai = a + i * sam;                                                   \\
+            T a0 = ai[0];                                                                \\
+            for (ptrdiff_t j = 0; j < n; j++) ci[j] = a0 * b[j];                         \\
+            for (ptrdiff_t p = 1; p < k; p++) {                                          \\
+                T ap = ai[p * sak];                                                      \\
+                const T *restrict bp = b + p * sbk;                                      \\
+                for (ptrdiff_t j = 0; j < n; j++) ci[j] += ap * bp[j];                   \\
+            }                                                                            \\
+        }                                                                                \\
     }
     TGM_DEFINE_SMALL(float, f32)
     TGM_DEFINE_SMALL(double, f64)
+
     """
     int TGM_MR
     int TGM_NR_F32
@@ -184,10 +291,16 @@ cdef extern from *:
     const char *TGM_CFLAGS
     int tgm_max_threads() nogil
     void *tgm_aligned_alloc(size_t nbytes) nogil
-    void tgm_ukernel_f32(Py_ssize_t kc, const float *pa, const float *pb, float *c,
-                         Py_ssize_t ldc, int accumulate, int m, int n) nogil
-    void tgm_ukernel_f64(Py_ssize_t kc, const double *pa, const double *pb, double *c,
-                         Py_ssize_t ldc, int accumulate, int m, int n) nogil
+    void tgm_block_packed_f32(Py_ssize_t mc, Py_ssize_t nc, Py_ssize_t kc, const float *pa,
+                              const float *pb, float *c, Py_ssize_t ldc, int accumulate) nogil
+    void tgm_block_packed_f64(Py_ssize_t mc, Py_ssize_t nc, Py_ssize_t kc, const double *pa,
+                              const double *pb, double *c, Py_ssize_t ldc, int accumulate) nogil
+    void tgm_block_direct_f32(Py_ssize_t mc, Py_ssize_t nc, Py_ssize_t kc, const float *a,
+                              Py_ssize_t sam, Py_ssize_t sak, const float *pb, float *c,
+                              Py_ssize_t ldc, int accumulate) nogil
+    void tgm_block_direct_f64(Py_ssize_t mc, Py_ssize_t nc, Py_ssize_t kc, const double *a,
+                              Py_ssize_t sam, Py_ssize_t sak, const double *pb, double *c,
+                              Py_ssize_t ldc, int accumulate) nogil
     void tgm_small_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a,
                        Py_ssize_t sam, Py_ssize_t sak, const float *b, Py_ssize_t sbk,
                        float *c) nogil
@@ -212,8 +325,10 @@ cdef Py_ssize_t MC_BLOCK = 192
 cdef double THREAD_MIN_WORK = 96.0 * 96.0 * 96.0
 cdef int _num_threads = 0          # 0: use omp_get_max_threads()
 
-# Below this many multiply-adds and with narrow N or tiny K, the unpacked kernel wins.
-cdef double SMALL_MAX_WORK = 24.0 * 24.0 * 24.0
+# Products whose A has at most this many elements (and K <= KC, N <= NC) read A in
+# place instead of packing it: A then sits in L1/L2 and packing would cost more than
+# the strided broadcasts it saves.
+cdef Py_ssize_t DIRECT_MAX_A = 64 * 64
 
 MR = TGM_MR
 NR_F32 = TGM_NR_F32
@@ -227,6 +342,22 @@ BUILD_INFO = {
     "micro_tile_f64": (TGM_MR, TGM_NR_F64),
     "max_threads": tgm_max_threads(),
 }
+
+
+def set_blocking(Py_ssize_t kc_f32=0, Py_ssize_t kc_f64=0, Py_ssize_t nc=0, Py_ssize_t mc=0):
+    """Override the cache-block sizes (0 keeps a value); returns the old
+    (kc_f32, kc_f64, nc, mc). For tuning experiments on a new machine."""
+    global KC_F32, KC_F64, NC_BLOCK, MC_BLOCK
+    old = (KC_F32, KC_F64, NC_BLOCK, MC_BLOCK)
+    if kc_f32 > 0:
+        KC_F32 = kc_f32
+    if kc_f64 > 0:
+        KC_F64 = kc_f64
+    if nc > 0:
+        NC_BLOCK = _round_up(nc, TGM_NR_F32)
+    if mc > 0:
+        MC_BLOCK = _round_up(mc, TGM_MR)
+    return old
 
 
 def set_num_threads(int n):
@@ -310,7 +441,7 @@ cdef void _gemm_block(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                       real *c, Py_ssize_t ldc, real *pa, real *pb) noexcept nogil:
     """C[m, n] = A[m, k] @ B[k, n] on one thread, with the given packing buffers
     (pa: MC x KC, pb: KC x NC, rounded up to whole panels). Requires k >= 1."""
-    cdef Py_ssize_t nr, kc_max, jc, pc, ic, ir, jr, nc, kc, mc, mr = TGM_MR
+    cdef Py_ssize_t nr, kc_max, jc, pc, ic, nc, kc, mc
     cdef int accumulate
     if real is float:
         nr = TGM_NR_F32
@@ -330,20 +461,10 @@ cdef void _gemm_block(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
             while ic < m:
                 mc = _min(MC_BLOCK, m - ic)
                 _pack_a(pa, a + ic * sam + pc * sak, mc, kc, sam, sak)
-                ir = 0
-                while ir < mc:
-                    jr = 0
-                    while jr < nc:
-                        if real is float:
-                            tgm_ukernel_f32(kc, pa + ir * kc, pb + jr * kc,
-                                            c + (ic + ir) * ldc + jc + jr, ldc, accumulate,
-                                            <int>_min(mr, mc - ir), <int>_min(nr, nc - jr))
-                        else:
-                            tgm_ukernel_f64(kc, pa + ir * kc, pb + jr * kc,
-                                            c + (ic + ir) * ldc + jc + jr, ldc, accumulate,
-                                            <int>_min(mr, mc - ir), <int>_min(nr, nc - jr))
-                        jr += nr
-                    ir += mr
+                if real is float:
+                    tgm_block_packed_f32(mc, nc, kc, pa, pb, c + ic * ldc + jc, ldc, accumulate)
+                else:
+                    tgm_block_packed_f64(mc, nc, kc, pa, pb, c + ic * ldc + jc, ldc, accumulate)
                 ic += MC_BLOCK
             pc += kc_max
         jc += NC_BLOCK
@@ -368,13 +489,29 @@ cdef int _gemm_batched(Py_ssize_t batch, Py_ssize_t m, Py_ssize_t n, Py_ssize_t 
         nr = TGM_NR_F64
         kc_max = KC_F64
 
-    # Tiny K or N with row-contiguous B: packing would cost more than it saves.
-    if sbn == 1 and (work <= SMALL_MAX_WORK or n < nr // 2 or k < 4):
+    # Degenerate shapes (matrix-vector, tiny K or N) with row-contiguous B: the
+    # unpacked loops beat any tiling.
+    if sbn == 1 and (n == 1 or k <= 2 or n <= 4):
         for t in range(batch):
             if real is float:
                 tgm_small_f32(m, n, k, a + t * sab, sam, sak, b + t * sbb, sbk, c + t * m * n)
             else:
                 tgm_small_f64(m, n, k, a + t * sab, sam, sak, b + t * sbb, sbk, c + t * m * n)
+        return 0
+
+    # Small products (the MAML scale): pack only B, whole, and read A in place.
+    if k <= kc_max and n <= NC_BLOCK and m * k <= DIRECT_MAX_A and work < THREAD_MIN_WORK:
+        pb = <real *>tgm_aligned_alloc(_round_up(n, nr) * k * sizeof(real))
+        if pb == NULL:
+            return -1
+        for t in range(batch):
+            if t == 0 or sbb != 0:      # a broadcast B is packed once
+                _pack_b(pb, b + t * sbb, k, n, sbk, sbn, nr)
+            if real is float:
+                tgm_block_direct_f32(m, n, k, a + t * sab, sam, sak, pb, c + t * m * n, n, 0)
+            else:
+                tgm_block_direct_f64(m, n, k, a + t * sab, sam, sak, pb, c + t * m * n, n, 0)
+        free(pb)
         return 0
 
     nthreads = _num_threads if _num_threads > 0 else tgm_max_threads()

@@ -124,6 +124,36 @@ cdef void _relu_bwd_run(const char *g, const char *x, char *out, Py_ssize_t n,
 _np_maximum = np.maximum
 _np_ascontiguousarray = np.ascontiguousarray
 
+# Auto mode: arrays with more elements than this go to numpy; set by the backend from
+# measurements (hook: called once before the first routed call to measure).
+cdef bint _auto = False
+cdef double _auto_max_size = 1e300
+cdef object _calibrate_hook = None
+
+
+def set_auto(bint enabled, double max_size=1e300, hook=None):
+    """Configure routing: when ``enabled``, arrays over ``max_size`` elements go to
+    numpy; ``hook`` (called once, before the first routed call) may measure and call
+    ``set_auto`` itself."""
+    global _auto, _auto_max_size, _calibrate_hook
+    _auto = enabled
+    _auto_max_size = max_size
+    _calibrate_hook = hook
+
+
+def get_auto():
+    """(enabled, max_size, calibration pending)."""
+    return _auto, _auto_max_size, _calibrate_hook is not None
+
+
+cdef bint _route_to_numpy(Py_ssize_t size) except -1:
+    global _calibrate_hook
+    if _calibrate_hook is not None:
+        hook = _calibrate_hook
+        _calibrate_hook = None
+        hook()
+    return size > _auto_max_size
+
 
 def relu(x):
     """``max(x, 0)`` elementwise, NaN kept, like ``np.maximum(x, 0)``.
@@ -143,6 +173,8 @@ def relu(x):
     t = cnp.PyArray_TYPE(X)
     if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
         return _np_maximum(x, 0)
+    if _auto and _route_to_numpy(cnp.PyArray_SIZE(X)):
+        return _np_maximum(x, 0, dtype=X.dtype)
     if not cnp.PyArray_IS_C_CONTIGUOUS(X):
         X = _np_ascontiguousarray(X)
     Y = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(X), cnp.PyArray_DIMS(X), t, 0)
@@ -176,6 +208,8 @@ def relu_backward(g, x):
     for d in range(nd):
         if cnp.PyArray_DIMS(G)[d] != cnp.PyArray_DIMS(X)[d]:
             return g * (x > 0)
+    if _auto and _route_to_numpy(cnp.PyArray_SIZE(G)):
+        return g * (x > 0)
     if not cnp.PyArray_IS_C_CONTIGUOUS(G):
         G = _np_ascontiguousarray(G)
     if not cnp.PyArray_IS_C_CONTIGUOUS(X):

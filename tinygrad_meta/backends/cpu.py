@@ -1,9 +1,37 @@
-"""The CPU backend: numpy arrays, with matmul and ReLU through our compiled kernels."""
+"""The CPU backend: numpy arrays, with matmul and ReLU through our compiled kernels.
+
+Which implementation runs is chosen by ``TGM_CPU_KERNELS`` (read at import) or
+:func:`set_kernels`:
+
+* ``cython`` -- every float32/float64 2-D or 3-D matmul and every float ReLU runs on
+  the kernels in ``kernels/cpu`` (other cases keep numpy semantics through numpy);
+* ``numpy``  -- ``numpy.matmul`` / ``numpy.maximum`` only;
+* ``auto`` (default) -- ours up to a size measured on this machine at the first call
+  (about 0.1 s, once per process), numpy above it where BLAS is faster.
+
+If the extension is missing or fails its import-time self-check, importing warns once,
+:func:`kernel_info` reports why, and numpy runs. The routing itself lives inside the
+compiled ``matmul``/``relu`` functions, so a call costs one C function call on top of
+the arithmetic.
+"""
 from __future__ import annotations
+
+import os
+import time
+import warnings
 
 import numpy as np
 
-__all__ = ["BACKEND", "CPUBackend", "kernel_info"]
+__all__ = ["BACKEND", "CPUBackend", "kernel_info", "set_kernels", "get_kernels", "MODES"]
+
+MODES = ("cython", "numpy", "auto")
+
+try:
+    from .. import _cpu_matmul, _cpu_relu
+    _IMPORT_ERROR = None
+except ImportError as error:  # the build failed or was never run
+    _cpu_matmul = _cpu_relu = None
+    _IMPORT_ERROR = f"{type(error).__name__}: {error}"
 
 
 def _relu(x):
@@ -14,8 +42,48 @@ def _relu_backward(g, x):
     return g * (x > 0)
 
 
+def _self_check():
+    """Compare the compiled kernels with numpy on a few small cases (~100 us).
+    Returns None when they agree, else a message naming the first disagreement."""
+    rng = np.random.default_rng(0)
+    for dtype, rtol in ((np.float32, 1e-4), (np.float64, 1e-12)):
+        a = rng.standard_normal((13, 37)).astype(dtype)
+        b = rng.standard_normal((37, 41)).astype(dtype)
+        cases = {
+            "A @ B": (a, b),
+            "A @ B.T (transposed view)": (a, np.ascontiguousarray(b.T).T),
+            "batched (3, 13, 37) @ (3, 37, 41)": (np.stack([a] * 3), np.stack([b] * 3)),
+        }
+        for name, (x, y) in cases.items():
+            got = _cpu_matmul.gemm(x, y)
+            want = np.matmul(x.astype(np.float64), y.astype(np.float64))
+            if got.shape != want.shape or not np.allclose(got, want, rtol=rtol, atol=rtol * 37):
+                return f"matmul {name} {np.dtype(dtype).name} disagrees with numpy"
+        x = np.array([-1.0, 0.0, 2.0, np.nan, -np.inf, np.inf], dtype=dtype)
+        if not np.array_equal(_cpu_relu.relu(x), np.maximum(x, 0), equal_nan=True):
+            return f"relu {np.dtype(dtype).name} disagrees with numpy"
+        g = np.array([1.0, 2.0, 3.0, 4.0, 5.0, np.inf], dtype=dtype)
+        if not np.array_equal(_cpu_relu.relu_backward(g, x), g * (x > 0), equal_nan=True):
+            return f"relu_backward {np.dtype(dtype).name} disagrees with numpy"
+    return None
+
+
+if _cpu_matmul is not None:
+    _problem = _self_check()
+    if _problem is not None:
+        _IMPORT_ERROR = f"self-check failed: {_problem}"
+        _cpu_matmul = _cpu_relu = None
+
+if _IMPORT_ERROR is not None:
+    warnings.warn(
+        f"tinygrad_meta: compiled CPU kernels unavailable ({_IMPORT_ERROR}); matmul and relu "
+        "run on numpy. Build them with `pip install -e . --no-build-isolation`.",
+        RuntimeWarning, stacklevel=2)
+
+
 class CPUBackend:
-    """numpy arrays on the host."""
+    """numpy arrays on the host; ``matmul``/``relu``/``relu_backward`` are set by
+    :func:`set_kernels` to our kernels or numpy's."""
     name = "cpu"
     xp = np
 
@@ -38,7 +106,173 @@ class CPUBackend:
 
 BACKEND = CPUBackend()
 
+_mode = "numpy"
+# Filled by _calibrate(): the measurements behind auto mode's crossover.
+_crossover = None
+
+# Square matmul sizes and ReLU lengths probed by the auto-mode calibration: from the
+# MAML scale up to where threads and BLAS blocking are in play.
+_MATMUL_PROBES = (16, 48, 128, 256)
+_RELU_PROBES = (1_000, 100_000, 2_000_000)
+
+
+def _best_pair(ours, reference, repeats):
+    """Minimum seconds per call of two functions, sampled alternately (the minimum is
+    the least noisy statistic for a short calibration on a shared machine)."""
+    best_ours = best_ref = float("inf")
+    calls = 1
+    start = time.perf_counter()
+    reference()
+    once = time.perf_counter() - start
+    if once < 2e-5:
+        calls = 20       # time a few calls together so the clock resolves them
+    ours()
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            ours()
+        best_ours = min(best_ours, (time.perf_counter() - start) / calls)
+        start = time.perf_counter()
+        for _ in range(calls):
+            reference()
+        best_ref = min(best_ref, (time.perf_counter() - start) / calls)
+    return best_ours, best_ref
+
+
+def _largest_win(probes, timings):
+    """The largest size (work) up to which ours was never slower: the threshold
+    below which auto runs ours. 0 when ours lost at the smallest probe; inf when it
+    never lost."""
+    threshold = 0.0
+    for work, (ours, ref) in zip(probes, timings):
+        # 3% slack: within the repeatability of a short measurement, call it a tie
+        # and keep our kernel (one implementation across sizes is easier to reason about).
+        if ours > 1.03 * ref:
+            return threshold
+        threshold = float(work)
+    return float("inf")
+
+
+def _calibrate():
+    """Measure our kernels against numpy at a few sizes and set auto mode's
+    thresholds (about 0.1 s; runs once, at the first routed call)."""
+    global _crossover
+    start = time.perf_counter()
+    rng = np.random.default_rng(0)
+    result = {}
+    for dtype in (np.float32, np.float64):
+        works, timings = [], []
+        for n in _MATMUL_PROBES:
+            a = rng.standard_normal((n, n)).astype(dtype)
+            b = rng.standard_normal((n, n)).astype(dtype)
+            timings.append(_best_pair(lambda: _cpu_matmul.gemm(a, b), lambda: np.matmul(a, b),
+                                      repeats=3 if n >= 128 else 5))
+            works.append(n ** 3)
+        result[f"matmul_{np.dtype(dtype).name}_max_work"] = _largest_win(works, timings)
+        result[f"matmul_{np.dtype(dtype).name}_probes"] = {
+            n: round(ref / ours, 2) for n, (ours, ref) in zip(_MATMUL_PROBES, timings)}
+    sizes, timings = [], []
+    for size in _RELU_PROBES:
+        x = rng.standard_normal(size).astype(np.float32)
+        _cpu_relu.set_auto(False)
+        timings.append(_best_pair(lambda: _cpu_relu.relu(x), lambda: _relu(x), repeats=3))
+        sizes.append(size)
+    result["relu_max_size"] = _largest_win(sizes, timings)
+    result["relu_probes"] = {n: round(ref / ours, 2) for n, (ours, ref) in zip(sizes, timings)}
+    result["seconds"] = round(time.perf_counter() - start, 3)
+    _crossover = result
+    if _mode == "auto":
+        _cpu_matmul.set_auto(True, result["matmul_float32_max_work"],
+                             result["matmul_float64_max_work"])
+        _cpu_relu.set_auto(True, result["relu_max_size"])
+
+
+def set_kernels(mode: str) -> str:
+    """Choose what runs matmul and ReLU on the CPU: "cython", "numpy" or "auto".
+
+    Returns the previous mode. "cython" raises RuntimeError when the compiled kernels
+    are unavailable (the message carries the import error); "auto" then means numpy.
+
+    >>> old = set_kernels("numpy"); _ = set_kernels(old)
+    """
+    global _mode
+    if mode not in MODES:
+        raise ValueError(f"set_kernels: mode must be one of {MODES}, got {mode!r}")
+    if mode == "cython" and _cpu_matmul is None:
+        raise RuntimeError(f"set_kernels('cython'): compiled CPU kernels unavailable ({_IMPORT_ERROR})")
+    old = _mode
+    _mode = mode
+    if _cpu_matmul is None or mode == "numpy":
+        BACKEND.matmul = np.matmul
+        BACKEND.relu = _relu
+        BACKEND.relu_backward = _relu_backward
+        return old
+    if mode == "cython":
+        _cpu_matmul.set_auto(False)
+        _cpu_relu.set_auto(False)
+    elif _crossover is None:
+        # measure lazily: the first routed call runs _calibrate, which sets the thresholds
+        _cpu_matmul.set_auto(True, hook=_calibrate)
+        _cpu_relu.set_auto(True, hook=_calibrate)
+    else:
+        _cpu_matmul.set_auto(True, _crossover["matmul_float32_max_work"],
+                             _crossover["matmul_float64_max_work"])
+        _cpu_relu.set_auto(True, _crossover["relu_max_size"])
+    BACKEND.matmul = _cpu_matmul.matmul
+    BACKEND.relu = _cpu_relu.relu
+    BACKEND.relu_backward = _cpu_relu.relu_backward
+    return old
+
+
+def get_kernels() -> str:
+    """The current mode ("cython", "numpy" or "auto")."""
+    return _mode
+
+
+def _describe(kind):
+    if _cpu_matmul is None or _mode == "numpy":
+        return "numpy"
+    if _mode == "cython":
+        return "cython"
+    if _crossover is None:
+        return "auto (crossover measured at first call)"
+    if kind == "matmul":
+        f32 = _crossover["matmul_float32_max_work"]
+        f64 = _crossover["matmul_float64_max_work"]
+        return (f"auto: cython up to {f32:.3g} (float32) / {f64:.3g} (float64) "
+                "multiply-adds, numpy above")
+    return f"auto: cython up to {_crossover['relu_max_size']:.3g} elements, numpy above"
+
 
 def kernel_info() -> dict:
-    """What implementation runs matmul and ReLU on the CPU."""
-    return {"matmul": "numpy", "relu": "numpy", "compiled": False}
+    """What was built and what runs matmul and ReLU on the CPU.
+
+    Returns a dict: ``compiled`` (bool), ``error`` (why not, else None), ``mode``,
+    ``matmul`` and ``relu`` (the implementation that runs), ``cflags``, ``openmp``,
+    ``vector_bits``, ``threads``, ``micro_tile_f32``/``_f64`` (MR, NR) and
+    ``crossover`` (auto mode's measurements, None until taken).
+
+    >>> kernel_info()["mode"] in MODES
+    True
+    """
+    info = {"compiled": _cpu_matmul is not None, "error": _IMPORT_ERROR, "mode": _mode,
+            "matmul": _describe("matmul"), "relu": _describe("relu")}
+    if _cpu_matmul is not None:
+        build = _cpu_matmul.BUILD_INFO
+        info.update(cflags=build["cflags"], openmp=build["openmp"],
+                    vector_bits=build["vector_bits"], threads=_cpu_matmul.get_num_threads(),
+                    micro_tile_f32=build["micro_tile_f32"], micro_tile_f64=build["micro_tile_f64"])
+    info["crossover"] = _crossover
+    return info
+
+
+def _mode_from_env():
+    mode = os.environ.get("TGM_CPU_KERNELS", "auto").strip().lower() or "auto"
+    if mode not in MODES:
+        raise ValueError(f"TGM_CPU_KERNELS must be one of {', '.join(MODES)}; got {mode!r}")
+    if mode == "cython" and _cpu_matmul is None:
+        return "numpy"   # the import warning above already says why
+    return mode
+
+
+set_kernels(_mode_from_env())

@@ -1,0 +1,62 @@
+"""A tiny timing helper shared by the benchmarks: medians of repeated calls after warm-up.
+
+>>> from benchmarks._timing import median_time, compare
+>>> t = median_time(lambda: sum(range(100)))            # seconds per call
+>>> ours, ref = compare(lambda: sorted([3, 1, 2]), lambda: [1, 2, 3])
+"""
+from __future__ import annotations
+
+import time
+
+__all__ = ["median_time", "compare", "calls_for"]
+
+
+def calls_for(fn, target_s=2e-3, max_calls=100_000):
+    """How many back-to-back calls of ``fn`` take about ``target_s`` seconds (>= 1),
+    so that one timed sample is long enough for the clock to resolve it."""
+    start = time.perf_counter()
+    fn()
+    once = time.perf_counter() - start
+    if once <= 0:
+        return max_calls
+    return max(1, min(max_calls, int(target_s / once)))
+
+
+def _sample(fn, calls):
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
+
+
+def _median(values):
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
+
+
+def median_time(fn, repeats=15, warmup=3, target_s=2e-3):
+    """Median seconds per call of ``fn()`` over ``repeats`` samples, after ``warmup``
+    untimed calls; each sample times enough calls to last about ``target_s``."""
+    for _ in range(warmup):
+        fn()
+    calls = calls_for(fn, target_s)
+    return _median([_sample(fn, calls) for _ in range(repeats)])
+
+
+def compare(ours, reference, repeats=15, warmup=3, target_s=2e-3):
+    """Median seconds per call of two functions, sampled alternately (ours, reference,
+    ours, ...) so that load from other processes hits both alike.
+
+    Returns ``(ours_s, reference_s)``; the speed ratio is ``reference_s / ours_s``.
+    """
+    for _ in range(warmup):
+        ours()
+        reference()
+    calls_ours = calls_for(ours, target_s)
+    calls_ref = calls_for(reference, target_s)
+    ours_samples, ref_samples = [], []
+    for _ in range(repeats):
+        ours_samples.append(_sample(ours, calls_ours))
+        ref_samples.append(_sample(reference, calls_ref))
+    return _median(ours_samples), _median(ref_samples)
