@@ -51,7 +51,7 @@ DEFAULTS = {
     "inner_steps": None,      # None: 1 for maml/fomaml/metasgd, 5 for reptile (1 step would be plain joint training)
     "meta_batch": 25,
     "meta_lr": None,          # None: 1e-3 (Adam) for maml/fomaml/metasgd, 0.1 (outer stepsize) for reptile
-    "iters": 20000,
+    "iters": 30000,
     "seed": 0,
     "hidden": [40, 40],
     "init": "default",
