@@ -83,6 +83,29 @@ def test_ptx_exports_every_kernel_the_backend_launches(ptx):
             assert f".entry {name}(" in ptx[source], f"{source} has no kernel {name}"
 
 
+def test_every_cu_file_compiles_with_nvrtc_like_cupy_does():
+    """CuPy's RawModule compiles with NVRTC, which has no host headers: check that path too
+    (needs CuPy's NVRTC bindings and libnvrtc, not a GPU)."""
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+        nvrtc.getVersion()
+    except Exception as error:  # no CuPy, or no libnvrtc that it can load
+        pytest.skip(f"NVRTC not available: {error}")
+    for source, names in cuda_backend.KERNEL_NAMES.items():
+        with open(os.path.join(KERNEL_DIR, source), encoding="utf-8") as f:
+            program = nvrtc.createProgram(f.read(), source, [], [])
+        try:
+            try:
+                nvrtc.compileProgram(program, ["--gpu-architecture=compute_90"])
+            except nvrtc.NVRTCError:
+                pytest.fail(f"NVRTC cannot compile {source}:\n{nvrtc.getProgramLog(program)}")
+            text = nvrtc.getPTX(program).decode(errors="replace")
+        finally:
+            nvrtc.destroyProgram(program)
+        for name in names:
+            assert f".entry {name}(" in text, f"{source} (NVRTC) has no kernel {name}"
+
+
 def test_kernels_use_no_local_memory(ptx):
     # register tiles that spill to local memory would make the SGEMM several times slower
     for source, text in ptx.items():
