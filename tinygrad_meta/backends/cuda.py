@@ -156,8 +156,10 @@ class _CupyKernels:
         self.cupy = cupy
         self._modules = {}
         self._functions = {}
-        device = cupy.cuda.Device(0)
-        self.sm_count = int(device.attributes["MultiProcessorCount"])
+        try:
+            self.sm_count = int(cupy.cuda.Device(0).attributes["MultiProcessorCount"])
+        except Exception:  # older CuPy spells it differently; only the tile choice uses it
+            self.sm_count = int(cupy.cuda.runtime.getDeviceProperties(0)["multiProcessorCount"])
         try:
             self.device_name = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
         except Exception:  # only informational
