@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .tensor import Tensor, _make, _normalize_axis, _keepdims_shape, _relu_grad, unbroadcast
+from .autograd import _GradMode
+from .tensor import (Tensor, _constant, _keepdims_shape, _make, _normalize_axis, _relu_grad,
+                     unbroadcast)
 
 __all__ = ["relu", "tanh", "sigmoid", "exp", "log", "softmax", "log_softmax", "logsumexp",
            "cross_entropy", "mse_loss", "linear", "linear_relu", "matmul_t"]
@@ -129,46 +131,100 @@ def mse_loss(prediction, target):
     """Mean of (prediction - target)**2 over all elements; shapes must match exactly.
 
     Exact matching catches the classic silent bug of broadcasting (N, 1) against (N,).
+    One graph node; its backward is written in Tensor ops, so it can be differentiated
+    again (MAML's second order goes through it).
+
+    >>> import tinygrad_meta as tgm
+    >>> float(mse_loss(tgm.Tensor([1.0, 3.0]), tgm.Tensor([0.0, 0.0])).item())
+    5.0
     """
     prediction = _tensor(prediction, "mse_loss")
     if not isinstance(target, Tensor):
         target = Tensor(target, dtype=prediction.dtype, device=prediction.device)
+    elif target._be is not prediction._be:
+        raise RuntimeError(f"mse_loss: prediction is on {prediction.device}, target on {target.device}")
     if prediction.shape != target.shape:
         raise ValueError(f"mse_loss: prediction shape {prediction.shape} != target shape {target.shape}")
-    # one node (forward and backward fused); its backward is in Tensor ops, so it can
-    # be differentiated again (MAML's second order goes through it)
     diff = prediction.data - target.data
-    data = (diff * diff).mean(dtype=prediction.data.dtype)
-    if not isinstance(data, type(diff)):
-        data = prediction._be.asarray(data, dtype=prediction.data.dtype)
-    return _make(data, prediction._be, (prediction, target), _mse_rule, 2.0 / diff.size)
+    data = prediction._be.xp.asarray((diff * diff).mean(dtype=prediction.data.dtype))
+    return _make(data, prediction._be, (prediction, target), _mse_rule, 2.0 / max(diff.size, 1))
+
+
+def _mse_grad_rule(out, g):
+    prediction, target, upstream = out._parents
+    scale = out._ctx
+    # out = (p - t) * u * scale: linear in (p - t) and in u
+    grad_diff = g * upstream * scale
+    grad_u = ((prediction - target) * g).sum() * scale if upstream.requires_grad else None
+    return (grad_diff if prediction.requires_grad else None,
+            -grad_diff if target.requires_grad else None, grad_u)
 
 
 def _mse_rule(out, g):
     prediction, target = out._parents
     scale = out._ctx
-    grad_p = (prediction - target) * (g * scale)
+    if not _GradMode.enabled:  # nothing recorded: work on raw arrays
+        grad_p = (prediction.data - target.data) * (g.data * scale)
+        be = prediction._be
+        return (_constant(grad_p, be) if prediction.requires_grad else None,
+                _constant(-grad_p, be) if target.requires_grad else None)
+    # (p - t) * g * scale as one node whose own rule is in Tensor ops
+    grad_p = _make((prediction.data - target.data) * (g.data * scale), prediction._be,
+                   (prediction, target, g), _mse_grad_rule, scale)
     return (grad_p if prediction.requires_grad else None,
             -grad_p if target.requires_grad else None)
 
 
 # ----------------------------------------------------------------------------------
-# Fused layers: one graph node per layer, backward rules in differentiable Tensor ops
+# Fused layers: one graph node per layer, backward rules in differentiable Tensor ops.
+# When the backward pass records nothing (create_graph=False, the common case) the
+# rules compute on raw arrays instead: same numbers, no per-op Tensor overhead.
 # ----------------------------------------------------------------------------------
+
+def _sum_to(array, shape):
+    """Raw-array unbroadcast: sum ``array`` down to ``shape``."""
+    if array.shape == shape:
+        return array
+    extra = array.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(extra + i for i, n in enumerate(shape)
+                                       if n == 1 and array.shape[extra + i] != 1)
+    if axes:
+        array = array.sum(axis=axes, keepdims=True)
+    return array.reshape(shape)
+
+
+def _unbroadcast(g, shape):
+    return g if g.shape == shape else unbroadcast(g, shape)
+
+
+def _t(array):
+    return array.swapaxes(-1, -2)
+
 
 def _matmul_t_rule(out, g):
     a, b = out._parents
     trans_a, trans_b = out._ctx
     grad_a = grad_b = None
     # C = op(A) @ op(B):  d op(A) = G @ op(B)^T,  d op(B) = op(A)^T @ G
+    if not _GradMode.enabled:
+        be, gd, ad, bd = a._be, g.data, a.data, b.data
+        if a.requires_grad:
+            raw = be.matmul(_t(bd) if trans_b else bd, _t(gd)) if trans_a \
+                else be.matmul(gd, bd if trans_b else _t(bd))
+            grad_a = _constant(_sum_to(raw, a.shape), be)
+        if b.requires_grad:
+            raw = be.matmul(_t(gd), _t(ad) if trans_a else ad) if trans_b \
+                else be.matmul(ad if trans_a else _t(ad), gd)
+            grad_b = _constant(_sum_to(raw, b.shape), be)
+        return grad_a, grad_b
     if a.requires_grad:
         grad_a = (matmul_t(b, g, trans_b, True) if trans_a
                   else matmul_t(g, b, False, not trans_b))
-        grad_a = unbroadcast(grad_a, a.shape)
+        grad_a = _unbroadcast(grad_a, a.shape)
     if b.requires_grad:
         grad_b = (matmul_t(g, a, True, trans_a) if trans_b
                   else matmul_t(a, g, not trans_a, False))
-        grad_b = unbroadcast(grad_b, b.shape)
+        grad_b = _unbroadcast(grad_b, b.shape)
     return grad_a, grad_b
 
 
@@ -187,8 +243,8 @@ def matmul_t(a, b, trans_a=False, trans_b=False):
         raise ValueError(f"matmul_t: operands need at least 2 dims, got shapes {a.shape} and {b.shape}")
     if b._be is not a._be:
         raise RuntimeError(f"matmul_t: tensors are on different devices ({a.device} and {b.device})")
-    xa = a.data.swapaxes(-1, -2) if trans_a else a.data
-    xb = b.data.swapaxes(-1, -2) if trans_b else b.data
+    xa = _t(a.data) if trans_a else a.data
+    xb = _t(b.data) if trans_b else b.data
     try:
         data = a._be.matmul(xa, xb)
     except ValueError:
@@ -202,51 +258,98 @@ def _batched_bias(weight, bias):
 
 
 def _check_linear(x, weight, bias, name):
-    x = _tensor(x, name)
-    weight = _tensor(weight, name)
-    if weight.ndim < 2:
-        raise ValueError(f"{name}: weight must be (in, out) or (T, in, out), got shape {weight.shape}")
-    if x.ndim < 2 or x.shape[-1] != weight.shape[-2]:
-        raise ValueError(f"{name}: input of shape {x.shape} does not match weight of shape "
-                         f"{weight.shape} (need (..., {weight.shape[-2]}))")
+    if type(x) is not Tensor:
+        x = _tensor(x, name)
+    if type(weight) is not Tensor:
+        weight = _tensor(weight, name)
+    xs, ws = x.data.shape, weight.data.shape
+    if len(ws) < 2:
+        raise ValueError(f"{name}: weight must be (in, out) or (T, in, out), got shape {ws}")
+    if len(xs) < 2 or xs[-1] != ws[-2]:
+        raise ValueError(f"{name}: input of shape {xs} does not match weight of shape "
+                         f"{ws} (need (..., {ws[-2]}))")
     if x._be is not weight._be:
         raise RuntimeError(f"{name}: input is on {x.device}, weight on {weight.device}")
     if bias is not None:
-        bias = _tensor(bias, name)
-        expected = weight.shape[:-2] + weight.shape[-1:]
-        if bias.shape != expected and bias.shape != weight.shape[-1:]:
-            raise ValueError(f"{name}: bias of shape {bias.shape} does not match weight of shape "
-                             f"{weight.shape} (expected {expected})")
+        if type(bias) is not Tensor:
+            bias = _tensor(bias, name)
+        bs = bias.data.shape
+        if bs != ws[:-2] + ws[-1:] and bs != ws[-1:]:
+            raise ValueError(f"{name}: bias of shape {bs} does not match weight of shape "
+                             f"{ws} (expected {ws[:-2] + ws[-1:]})")
+        if bias._be is not weight._be:
+            raise RuntimeError(f"{name}: bias is on {bias.device}, weight on {weight.device}")
     return x, weight, bias
 
 
 def _affine_data(x, weight, bias):
-    data = x._be.matmul(x.data, weight.data)
+    wd = weight.data
+    if wd.ndim == 3 and wd.strides[0] == 0 and x.data.shape[:1] == wd.shape[:1] and x.data.ndim == 3:
+        # one weight broadcast over tasks (the first inner step): one large matmul
+        xd = x.data
+        data = x._be.matmul(xd.reshape(-1, xd.shape[-1]), wd[0]).reshape(xd.shape[:-1] + wd.shape[-1:])
+    else:
+        data = x._be.matmul(x.data, wd)
     if bias is not None:
         b = bias.data[..., None, :] if _batched_bias(weight, bias) else bias.data
         data += b
     return data
 
 
+def _linear_grads_raw(parents, gd):
+    x, weight = parents[0], parents[1]
+    bias = parents[2] if len(parents) > 2 else None
+    be = x._be
+    grad_x = grad_w = grad_b = None
+    if x.requires_grad:
+        wd = weight.data
+        if wd.ndim == 3 and wd.strides[0] == 0 and gd.ndim == 3:
+            raw = be.matmul(gd.reshape(-1, gd.shape[-1]), wd[0].T).reshape(gd.shape[:-1] + wd.shape[-2:-1])
+        else:
+            raw = be.matmul(gd, _t(wd))
+        grad_x = _constant(_sum_to(raw, x.shape), be)
+    if weight.requires_grad:
+        grad_w = _constant(_sum_to(be.matmul(_t(x.data), gd), weight.shape), be)
+    if bias is None:
+        return grad_x, grad_w
+    if bias.requires_grad:
+        if _batched_bias(weight, bias):
+            grad_b = _sum_to(gd.sum(axis=-2), bias.shape)
+        else:
+            grad_b = gd.sum(axis=tuple(range(gd.ndim - 1))) if gd.ndim > 1 else gd
+            grad_b = _sum_to(grad_b, bias.shape)
+        grad_b = _constant(grad_b, be)
+    return grad_x, grad_w, grad_b
+
+
 def _linear_grads(parents, g):
     x, weight = parents[0], parents[1]
     bias = parents[2] if len(parents) > 2 else None
-    grad_x = unbroadcast(matmul_t(g, weight, False, True), x.shape) if x.requires_grad else None
-    grad_w = unbroadcast(matmul_t(x, g, True, False), weight.shape) if weight.requires_grad else None
+    grad_x = _unbroadcast(matmul_t(g, weight, False, True), x.shape) if x.requires_grad else None
+    grad_w = _unbroadcast(matmul_t(x, g, True, False), weight.shape) if weight.requires_grad else None
     if bias is None:
         return grad_x, grad_w
     grad_b = None
     if bias.requires_grad:
-        grad_b = unbroadcast(g.sum(axis=-2) if _batched_bias(weight, bias) else g, bias.shape)
+        if _batched_bias(weight, bias):
+            grad_b = _unbroadcast(g.sum(axis=-2), bias.shape)
+        else:
+            # sum the leading axes in one node rather than sum-keepdims plus reshape
+            grad_b = g.sum(axis=tuple(range(g.ndim - 1))) if g.ndim > 1 else g
+            grad_b = _unbroadcast(grad_b, bias.shape)
     return grad_x, grad_w, grad_b
 
 
 def _linear_rule(out, g):
+    if not _GradMode.enabled:
+        return _linear_grads_raw(out._parents, g.data)
     return _linear_grads(out._parents, g)
 
 
 def _linear_relu_rule(out, g):
     # relu'(z) is a step: mask g by (out > 0), i.e. (z > 0); the mask has no derivative
+    if not _GradMode.enabled:
+        return _linear_grads_raw(out._parents, out._be.relu_backward(g.data, out.data))
     return _linear_grads(out._parents, _relu_grad(g, out))
 
 
@@ -277,6 +380,5 @@ def linear_relu(x, weight, bias=None):
     """
     x, weight, bias = _check_linear(x, weight, bias, "linear_relu")
     parents = (x, weight) if bias is None else (x, weight, bias)
-    data = _affine_data(x, weight, bias)
-    data = x._be.relu(data)
+    data = x._be.relu(_affine_data(x, weight, bias))
     return _make(data, x._be, parents, _linear_relu_rule)

@@ -281,11 +281,9 @@ class Optimizer:
         """Update every parameter in place. ``grads``: dict name -> Tensor, or None to use
         each parameter's ``.grad``. Records no graph."""
         grads = self._gather_grads(grads)
-        with no_grad():
-            params = OrderedDict((name, p.detach()) for name, p in self.params.items())
-            new_params, self.state = self._functional_step(params, grads, self.state)
-        for name, p in self.params.items():
-            p.data = new_params[name].data.astype(p.data.dtype, copy=False)
+        # same arithmetic as the functional step, on raw arrays: an outer step of a
+        # meta-iteration should cost microseconds, not a Tensor op per formula term
+        self.state = self._raw_step(grads, self.state)
 
     # ---- checkpointing --------------------------------------------------------
     def state_dict(self):
@@ -354,6 +352,20 @@ class SGD(Optimizer):
         return sgd_step(params, grads, self.lr, self.momentum, self.weight_decay,
                         self.nesterov, state)
 
+    def _raw_step(self, grads, state):
+        buffers = OrderedDict()
+        previous = {} if state is None else state["momentum"]
+        for name, p in self.params.items():
+            g = grads[name].data
+            if self.weight_decay:
+                g = g + self.weight_decay * p.data
+            if self.momentum:
+                buf = g if name not in previous else self.momentum * previous[name].data + g
+                buffers[name] = _constant(buf, p._be)
+                g = g + self.momentum * buf if self.nesterov else buf
+            p.data = (p.data - self.lr * g).astype(p.data.dtype, copy=False)
+        return {"momentum": buffers}
+
     def _state_arrays(self):
         out = {"nesterov": np.asarray(self.nesterov)}
         if self.state is not None:
@@ -395,6 +407,29 @@ class Adam(Optimizer):
 
     def _functional_step(self, params, grads, state):
         return adam_step(params, grads, self.lr, self.betas, self.eps, self.weight_decay, state)
+
+    def _raw_step(self, grads, state):
+        step = 1 if state is None else state["step"] + 1
+        beta1, beta2 = self.betas
+        correction1, correction2 = 1.0 - beta1 ** step, 1.0 - beta2 ** step
+        new_m, new_v = OrderedDict(), OrderedDict()
+        for name, p in self.params.items():
+            g = grads[name].data
+            xp = p._be.xp
+            if self.weight_decay:
+                g = g + self.weight_decay * p.data
+            m = (1.0 - beta1) * g
+            v = (1.0 - beta2) * (g * g)
+            if state is not None:
+                m += beta1 * state["m"][name].data
+                v += beta2 * state["v"][name].data
+            new_m[name], new_v[name] = _constant(m, p._be), _constant(v, p._be)
+            denominator = xp.sqrt(v * (1.0 / correction2))
+            denominator += self.eps
+            update = m * (self.lr / correction1)
+            update /= denominator
+            p.data = (p.data - update).astype(p.data.dtype, copy=False)
+        return {"step": step, "m": new_m, "v": new_v}
 
     def _state_arrays(self):
         if self.state is None:

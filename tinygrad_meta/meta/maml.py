@@ -34,10 +34,10 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..autograd import enable_grad, grad, no_grad
-from ..functional import mse_loss
+from ..autograd import _GradMode, enable_grad, grad, no_grad
+from ..functional import _sum_to, mse_loss
 from ..nn import Module
-from ..tensor import Tensor, _make, unbroadcast
+from ..tensor import Tensor, _constant, _make, unbroadcast
 
 __all__ = ["MAML", "MetaLearner", "sgd_update"]
 
@@ -47,8 +47,21 @@ __all__ = ["MAML", "MetaLearner", "sgd_update"]
 # ----------------------------------------------------------------------------------
 
 def _sgd_update_rule(out, g):
-    param, grad_, lr = out._parents if len(out._parents) == 3 else out._parents + (None,)
+    parents = out._parents
+    param, grad_ = parents[0], parents[1]
+    lr = parents[2] if len(parents) == 3 else None
     scale = out._ctx
+    if not _GradMode.enabled:  # nothing recorded: raw arrays, no Tensor op overhead
+        be, gd = param._be, g.data
+        grads = [_constant(_sum_to(gd, param.shape), be) if param.requires_grad else None,
+                 None]
+        if grad_.requires_grad:
+            grads[1] = _constant(_sum_to(gd * scale if lr is None else -(gd * lr.data),
+                                         grad_.shape), be)
+        if lr is not None:
+            grads.append(_constant(_sum_to(-(gd * grad_.data), lr.shape), be)
+                         if lr.requires_grad else None)
+        return tuple(grads)
     grad_param = unbroadcast(g, param.shape) if param.requires_grad else None
     grad_grad = grad_lr = None
     if grad_.requires_grad:
@@ -68,7 +81,7 @@ def sgd_update(param, gradient, lr):
     >>> sgd_update(tgm.Tensor([1.0]), tgm.Tensor([2.0]), 0.25).numpy().tolist()
     [0.5]
     """
-    if isinstance(lr, numbers.Real):
+    if type(lr) is float or isinstance(lr, numbers.Real):
         return _make(param.data - float(lr) * gradient.data, param._be, (param, gradient),
                      _sgd_update_rule, -float(lr))
     return _make(param.data - lr.data * gradient.data, param._be, (param, gradient, lr),
