@@ -325,24 +325,34 @@ def test_emulated_gemm_shape_errors(emulated):
         emulated.matmul(np.ones((2, 3, 4), np.float32), np.ones((5, 4, 2), np.float32))
 
 
-@settings(max_examples=25, deadline=None)
-@given(m=st.integers(1, 70), k=st.integers(1, 40), n=st.integers(1, 70), batch=st.integers(0, 3),
-       trans_a=st.booleans(), trans_b=st.booleans(), offset=st.integers(0, 3),
-       dtype=st.sampled_from(["float32", "float64"]), tile=st.sampled_from(["128x128", "64x64"]))
-def test_emulated_gemm_matches_numpy_property(emulated, m, k, n, batch, trans_a, trans_b, offset,
-                                              dtype, tile):
+GEMM_CASES = dict(m=st.integers(1, 70), k=st.integers(1, 40), n=st.integers(1, 70),
+                  batch=st.integers(0, 3), trans_a=st.booleans(), trans_b=st.booleans(),
+                  offset=st.integers(0, 3), dtype=st.sampled_from(["float32", "float64"]),
+                  tile=st.sampled_from(["128x128", "64x64"]))
+
+
+def _check_gemm_case(backend, m, k, n, batch, trans_a, trans_b, offset, dtype, tile):
+    """One generated case: operands are views `offset` elements into a buffer (so float4
+    alignment varies), optionally transposed, optionally batched; compared with numpy."""
+    xp = backend.xp
     rng = np.random.default_rng(m * 10007 + k * 101 + n)
     lead = (batch,) if batch else ()
 
     def operand(rows, cols, transposed):
-        # a view `offset` elements into a buffer, so float4 alignment varies
         shape = lead + ((cols, rows) if transposed else (rows, cols))
-        flat = _random(rng, offset + int(np.prod(shape)), dtype)[offset:]
+        flat = xp.asarray(_random(rng, offset + int(np.prod(shape)), dtype))[offset:]
         array = flat.reshape(shape)
-        return np.swapaxes(array, -1, -2) if transposed else array
+        return xp.swapaxes(array, -1, -2) if transposed else array
 
     a, b = operand(m, k, trans_a), operand(k, n, trans_b)
-    _assert_matmul_close(emulated.matmul(a, b, tile=tile if dtype == "float32" else None), a, b)
+    got = backend.matmul(a, b, tile=tile if dtype == "float32" else None)
+    _assert_matmul_close(backend.to_numpy(got), backend.to_numpy(a), backend.to_numpy(b))
+
+
+@settings(max_examples=25, deadline=None)
+@given(**GEMM_CASES)
+def test_emulated_gemm_matches_numpy_property(emulated, **case):
+    _check_gemm_case(emulated, **case)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -474,6 +484,13 @@ def test_gpu_gemm_matches_cupy_on_awkward_shapes(gpu, dtype, trans_a, trans_b):
             reference = cp.asnumpy(cp.matmul(da, db))
             np.testing.assert_allclose(cp.asnumpy(got), reference, rtol=_tolerance(dtype, k),
                                        atol=_tolerance(dtype, k))
+
+
+@pytest.mark.gpu
+@settings(max_examples=60, deadline=None)
+@given(**GEMM_CASES)
+def test_gpu_gemm_matches_numpy_property(gpu, **case):
+    _check_gemm_case(gpu, **case)
 
 
 @pytest.mark.gpu
