@@ -125,14 +125,14 @@ def main():
     examples = 10 if QUICK else 60
     values = st.floats(-6.0, 6.0, allow_nan=False, allow_infinity=False)
 
-    @settings(max_examples=examples, deadline=None, database=None,
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow])
     @given(tensors(elements=values))
     def property_softplus(t):
         gradcheck(softplus, [t])
         gradgradcheck(softplus, [t])
 
-    @settings(max_examples=examples, deadline=None, database=None, print_blob=False,
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True, print_blob=False,
               suppress_health_check=[HealthCheck.too_slow])
     @given(tensors(elements=values))
     def property_buggy(t):

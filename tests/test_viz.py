@@ -316,3 +316,12 @@ def test_explain_command_rejects_bad_input_clearly(capsys):
     assert "sin(x)" in capsys.readouterr().err
     assert main(["explain", "x*x", "--no-pictures"]) == 2
     assert "at x=0.7" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["tinygrad_meta.viz", "tinygrad_meta.expr",
+                                    "tinygrad_meta.cli.explain_cmd"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0
