@@ -224,3 +224,21 @@ def test_bad_hyperparameters_are_rejected():
         SGD(params, lr=0.1, nesterov=True)
     with pytest.raises(ValueError, match="betas"):
         Adam(params, betas=(0.9, 1.5))
+
+
+def test_adam_with_mixed_dtypes_matches_the_formula():
+    # parameters of different dtypes cannot share one flat buffer: the per-parameter path
+    rng = np.random.default_rng(9)
+    w32 = tgm.Tensor(rng.standard_normal(3), dtype="float32", requires_grad=True)
+    w64 = t64(rng.standard_normal(2), True)
+    start = {"a": w32.numpy().astype(np.float64), "b": w64.numpy().copy()}
+    optimizer = Adam({"a": w32, "b": w64}, lr=0.1)
+    history = {"a": [], "b": []}
+    for _ in range(2):
+        grads = {"a": w32 * 2.0, "b": w64 * 2.0}
+        for name in grads:
+            history[name].append(grads[name].numpy().astype(np.float64))
+        optimizer.step({n: g.detach() for n, g in grads.items()})
+    assert w32.dtype == np.float32 and w64.dtype == np.float64
+    np.testing.assert_allclose(w32.numpy(), numpy_adam(start["a"], history["a"], 0.1), rtol=1e-5)
+    np.testing.assert_allclose(w64.numpy(), numpy_adam(start["b"], history["b"], 0.1), rtol=1e-12)

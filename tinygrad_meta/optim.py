@@ -409,6 +409,51 @@ class Adam(Optimizer):
         return adam_step(params, grads, self.lr, self.betas, self.eps, self.weight_decay, state)
 
     def _raw_step(self, grads, state):
+        params = list(self.params.values())
+        first = params[0]
+        if any(p.dtype != first.dtype or p._be is not first._be for p in params):
+            return self._raw_step_each(grads, state)
+        # One set of flat buffers for all parameters: each formula term is one array op
+        # over every parameter at once (like torch's foreach Adam), not one per parameter.
+        xp, be = first._be.xp, first._be
+        step = 1 if state is None else state["step"] + 1
+        flat = getattr(self, "_flat", None)
+        if state is None or flat is None or flat["state"] is not state:
+            m = xp.zeros(sum(p.size for p in params), dtype=first.dtype)
+            v = xp.zeros_like(m)
+            if state is not None:  # e.g. after load_state_dict
+                m[...] = xp.concatenate([state["m"][n].data.reshape(-1) for n in self.params])
+                v[...] = xp.concatenate([state["v"][n].data.reshape(-1) for n in self.params])
+            views_m, views_v, start = OrderedDict(), OrderedDict(), 0
+            for name, p in self.params.items():
+                views_m[name] = _constant(m[start:start + p.size].reshape(p.shape), be)
+                views_v[name] = _constant(v[start:start + p.size].reshape(p.shape), be)
+                start += p.size
+            flat = {"m": m, "v": v, "views_m": views_m, "views_v": views_v}
+        beta1, beta2 = self.betas
+        g = xp.concatenate([grads[n].data.reshape(-1) for n in self.params])
+        if self.weight_decay:
+            g += self.weight_decay * xp.concatenate([p.data.reshape(-1) for p in params])
+        m, v = flat["m"], flat["v"]
+        m *= beta1
+        m += (1.0 - beta1) * g
+        v *= beta2
+        g *= g
+        v += (1.0 - beta2) * g
+        denominator = xp.sqrt(v * (1.0 / (1.0 - beta2 ** step)))
+        denominator += self.eps
+        update = m * (self.lr / (1.0 - beta1 ** step))
+        update /= denominator
+        start = 0
+        for p in params:
+            p.data = p.data - update[start:start + p.size].reshape(p.shape)
+            start += p.size
+        new_state = {"step": step, "m": flat["views_m"], "v": flat["views_v"]}
+        flat["state"] = new_state
+        self._flat = flat
+        return new_state
+
+    def _raw_step_each(self, grads, state):
         step = 1 if state is None else state["step"] + 1
         beta1, beta2 = self.betas
         correction1, correction2 = 1.0 - beta1 ** step, 1.0 - beta2 ** step
