@@ -344,11 +344,16 @@ BUILD_INFO = {
 }
 
 
-def set_blocking(Py_ssize_t kc_f32=0, Py_ssize_t kc_f64=0, Py_ssize_t nc=0, Py_ssize_t mc=0):
-    """Override the cache-block sizes (0 keeps a value); returns the old
-    (kc_f32, kc_f64, nc, mc). For tuning experiments on a new machine."""
-    global KC_F32, KC_F64, NC_BLOCK, MC_BLOCK
-    old = (KC_F32, KC_F64, NC_BLOCK, MC_BLOCK)
+def set_blocking(Py_ssize_t kc_f32=0, Py_ssize_t kc_f64=0, Py_ssize_t nc=0, Py_ssize_t mc=0,
+                 Py_ssize_t direct_max_a=-1):
+    """Override the cache-block sizes (0 keeps a value) and the largest A (elements)
+    read in place (-1 keeps it, 0 always packs); returns the old
+    (kc_f32, kc_f64, nc, mc, direct_max_a), so ``set_blocking(*old)`` restores them.
+    For tuning on a new machine, and for tests that force every code path."""
+    global KC_F32, KC_F64, NC_BLOCK, MC_BLOCK, DIRECT_MAX_A
+    old = (KC_F32, KC_F64, NC_BLOCK, MC_BLOCK, DIRECT_MAX_A)
+    if direct_max_a >= 0:
+        DIRECT_MAX_A = direct_max_a
     if kc_f32 > 0:
         KC_F32 = kc_f32
     if kc_f64 > 0:
