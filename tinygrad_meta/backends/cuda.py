@@ -177,7 +177,11 @@ class _CupyKernels:
                 # fp32 fma arithmetic as cuBLAS with TF32 off.
                 module = self.cupy.RawModule(code=code)
                 self._modules[source] = module
-            function = module.get_function(name)
+            try:
+                function = module.get_function(name)  # the first call compiles the module
+            except Exception as error:  # cupy.cuda.compiler.CompileException carries the log
+                raise RuntimeError(f"cuda backend: compiling kernel {name} from "
+                                   f"{os.path.join(kernel_dir(), source)} failed: {error}") from error
             self._functions[key] = function
         return function
 
