@@ -14,7 +14,7 @@ What it teaches:
 
 Run: python examples/04_maml_sinusoid.py [--quick]
 Ends with a table and a plot (examples_out/04_maml_sinusoid.png, when matplotlib exists).
-Full mode: 6000 meta-iterations (the paper trains 70000; the gap is already clear).
+Full mode: 5000 meta-iterations (the paper trains 70000; the gap is already clear).
 """
 import time
 from collections import OrderedDict
@@ -30,7 +30,7 @@ from tinygrad_meta.tasks.sinusoid import STREAM_EVAL, evaluation_batch, sample_b
 from tinygrad_meta.viz import graph_stats
 
 QUICK = quick_mode()
-ITERS = 150 if QUICK else 6000
+ITERS = 150 if QUICK else 5000
 BASELINE_ITERS = 150 if QUICK else 3000
 EVAL_TASKS = 40 if QUICK else 300
 SEED = 0
