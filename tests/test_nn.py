@@ -151,7 +151,10 @@ def test_module_to_same_device_keeps_parameters():
 
 # ---- fused ops ----------------------------------------------------------------------
 
-SHAPES = [((4, 3), (3, 2), (2,)), ((2, 4, 3), (2, 3, 2), (2, 2)), ((2, 4, 3), (3, 2), (2,))]
+SHAPES = [((4, 3), (3, 2), (2,)), ((2, 4, 3), (2, 3, 2), (2, 2)), ((2, 4, 3), (3, 2), (2,)),
+          # one input feature and one output (the sinusoid net's first and last layers):
+          # inner dimensions of 1 take the broadcast-multiply path
+          ((2, 4, 1), (2, 1, 3), (2, 3)), ((2, 4, 3), (2, 3, 1), (2, 1))]
 
 
 @pytest.mark.parametrize("op", [F.linear, F.linear_relu])

@@ -201,6 +201,14 @@ def _t(array):
     return array.swapaxes(-1, -2)
 
 
+def _mm(be, a, b):
+    """a @ b on raw arrays; an inner dimension of 1 (an outer product, as in a layer with
+    one input feature) is a broadcast multiply, which numpy does ~2x faster than matmul."""
+    if a.shape[-1] == 1 and a.ndim >= 2 and b.ndim >= 2 and b.shape[-2] == 1:
+        return a * b
+    return be.matmul(a, b)
+
+
 def _matmul_t_rule(out, g):
     a, b = out._parents
     trans_a, trans_b = out._ctx
@@ -209,12 +217,12 @@ def _matmul_t_rule(out, g):
     if not _GradMode.enabled:
         be, gd, ad, bd = a._be, g.data, a.data, b.data
         if a.requires_grad:
-            raw = be.matmul(_t(bd) if trans_b else bd, _t(gd)) if trans_a \
-                else be.matmul(gd, bd if trans_b else _t(bd))
+            raw = _mm(be, _t(bd) if trans_b else bd, _t(gd)) if trans_a \
+                else _mm(be, gd, bd if trans_b else _t(bd))
             grad_a = _constant(_sum_to(raw, a.shape), be)
         if b.requires_grad:
-            raw = be.matmul(_t(gd), _t(ad) if trans_a else ad) if trans_b \
-                else be.matmul(ad if trans_a else _t(ad), gd)
+            raw = _mm(be, _t(gd), _t(ad) if trans_a else ad) if trans_b \
+                else _mm(be, ad if trans_a else _t(ad), gd)
             grad_b = _constant(_sum_to(raw, b.shape), be)
         return grad_a, grad_b
     if a.requires_grad:
@@ -246,7 +254,7 @@ def matmul_t(a, b, trans_a=False, trans_b=False):
     xa = _t(a.data) if trans_a else a.data
     xb = _t(b.data) if trans_b else b.data
     try:
-        data = a._be.matmul(xa, xb)
+        data = _mm(a._be, xa, xb)
     except ValueError:
         raise ValueError(f"matmul_t: shapes {xa.shape} and {xb.shape} don't align") from None
     return _make(data, a._be, (a, b), _matmul_t_rule, (trans_a, trans_b))
@@ -287,9 +295,9 @@ def _affine_data(x, weight, bias):
     if wd.ndim == 3 and wd.strides[0] == 0 and x.data.shape[:1] == wd.shape[:1] and x.data.ndim == 3:
         # one weight broadcast over tasks (the first inner step): one large matmul
         xd = x.data
-        data = x._be.matmul(xd.reshape(-1, xd.shape[-1]), wd[0]).reshape(xd.shape[:-1] + wd.shape[-1:])
+        data = _mm(x._be, xd.reshape(-1, xd.shape[-1]), wd[0]).reshape(xd.shape[:-1] + wd.shape[-1:])
     else:
-        data = x._be.matmul(x.data, wd)
+        data = _mm(x._be, x.data, wd)
     if bias is not None:
         b = bias.data[..., None, :] if _batched_bias(weight, bias) else bias.data
         data += b
@@ -304,12 +312,12 @@ def _linear_grads_raw(parents, gd):
     if x.requires_grad:
         wd = weight.data
         if wd.ndim == 3 and wd.strides[0] == 0 and gd.ndim == 3:
-            raw = be.matmul(gd.reshape(-1, gd.shape[-1]), wd[0].T).reshape(gd.shape[:-1] + wd.shape[-2:-1])
+            raw = _mm(be, gd.reshape(-1, gd.shape[-1]), wd[0].T).reshape(gd.shape[:-1] + wd.shape[-2:-1])
         else:
-            raw = be.matmul(gd, _t(wd))
+            raw = _mm(be, gd, _t(wd))
         grad_x = _constant(_sum_to(raw, x.shape), be)
     if weight.requires_grad:
-        grad_w = _constant(_sum_to(be.matmul(_t(x.data), gd), weight.shape), be)
+        grad_w = _constant(_sum_to(_mm(be, _t(x.data), gd), weight.shape), be)
     if bias is None:
         return grad_x, grad_w
     if bias.requires_grad:
