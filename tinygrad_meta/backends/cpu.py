@@ -116,10 +116,12 @@ _MATMUL_PROBES = (16, 48, 128, 256)
 _RELU_PROBES = (1_000, 100_000, 2_000_000)
 
 
-def _best_pair(ours, reference, repeats):
+def _best_pair(ours, reference, repeats, budget_s=0.02):
     """Minimum seconds per call of two functions, sampled alternately (the minimum is
-    the least noisy statistic for a short calibration on a shared machine)."""
+    the least noisy statistic for a short calibration on a shared machine); fewer
+    than ``repeats`` samples once ``budget_s`` is spent (at least one)."""
     best_ours = best_ref = float("inf")
+    stop = time.perf_counter() + budget_s
     calls = 1
     start = time.perf_counter()
     reference()
@@ -136,7 +138,14 @@ def _best_pair(ours, reference, repeats):
         for _ in range(calls):
             reference()
         best_ref = min(best_ref, (time.perf_counter() - start) / calls)
+        if time.perf_counter() > stop:
+            break
     return best_ours, best_ref
+
+
+# Calibration stops probing larger sizes once it has run this long (the remaining
+# sizes then count as numpy's): first use must stay cheap even on a loaded machine.
+_CALIBRATION_BUDGET_S = 0.12
 
 
 def _largest_win(probes, timings):
@@ -145,6 +154,8 @@ def _largest_win(probes, timings):
     never lost."""
     threshold = 0.0
     for work, (ours, ref) in zip(probes, timings):
+        if ours is None:      # not measured (budget spent): numpy from here on
+            return threshold
         # 3% slack: within the repeatability of a short measurement, call it a tie
         # and keep our kernel (one implementation across sizes is easier to reason about).
         if ours > 1.03 * ref:
@@ -153,32 +164,50 @@ def _largest_win(probes, timings):
     return float("inf")
 
 
+def _ratio(timing):
+    ours, ref = timing
+    return None if ours is None else round(ref / ours, 2)
+
+
 def _calibrate():
     """Measure our kernels against numpy at a few sizes and set auto mode's
     thresholds (about 0.1 s; runs once, at the first routed call)."""
     global _crossover
     start = time.perf_counter()
+    deadline = start + _CALIBRATION_BUDGET_S
     rng = np.random.default_rng(0)
     result = {}
-    for dtype in (np.float32, np.float64):
-        works, timings = [], []
-        for n in _MATMUL_PROBES:
-            a = rng.standard_normal((n, n)).astype(dtype)
-            b = rng.standard_normal((n, n)).astype(dtype)
-            timings.append(_best_pair(lambda: _cpu_matmul.gemm(a, b), lambda: np.matmul(a, b),
-                                      repeats=3 if n >= 128 else 5))
-            works.append(n ** 3)
-        result[f"matmul_{np.dtype(dtype).name}_max_work"] = _largest_win(works, timings)
-        result[f"matmul_{np.dtype(dtype).name}_probes"] = {
-            n: round(ref / ours, 2) for n, (ours, ref) in zip(_MATMUL_PROBES, timings)}
-    sizes, timings = [], []
-    for size in _RELU_PROBES:
-        x = rng.standard_normal(size).astype(np.float32)
-        _cpu_relu.set_auto(False)
-        timings.append(_best_pair(lambda: _cpu_relu.relu(x), lambda: _relu(x), repeats=3))
-        sizes.append(size)
-    result["relu_max_size"] = _largest_win(sizes, timings)
-    result["relu_probes"] = {n: round(ref / ours, 2) for n, (ours, ref) in zip(sizes, timings)}
+    _cpu_matmul.set_auto(False)      # probes time the kernel itself, not the routing
+    _cpu_relu.set_auto(False)
+    # smallest probes of every kind first, so that a spent budget only ever leaves
+    # the largest sizes unmeasured
+    plan = []
+    for rank in range(max(len(_MATMUL_PROBES), len(_RELU_PROBES))):
+        for kind in ("float32", "float64"):
+            if rank < len(_MATMUL_PROBES):
+                plan.append((kind, _MATMUL_PROBES[rank]))
+        if rank < len(_RELU_PROBES):
+            plan.append(("relu", _RELU_PROBES[rank]))
+    timings = {}
+    for kind, size in plan:
+        if time.perf_counter() > deadline:
+            timings[kind, size] = (None, None)
+        elif kind == "relu":
+            x = rng.standard_normal(size).astype(np.float32)
+            timings[kind, size] = _best_pair(lambda: _cpu_relu.relu(x), lambda: _relu(x), repeats=3)
+        else:
+            a = rng.standard_normal((size, size)).astype(kind)
+            b = rng.standard_normal((size, size)).astype(kind)
+            timings[kind, size] = _best_pair(lambda: _cpu_matmul.matmul(a, b),
+                                             lambda: np.matmul(a, b),
+                                             repeats=3 if size >= 128 else 5)
+    for kind in ("float32", "float64"):
+        measured = [timings[kind, n] for n in _MATMUL_PROBES]
+        result[f"matmul_{kind}_max_work"] = _largest_win([n ** 3 for n in _MATMUL_PROBES], measured)
+        result[f"matmul_{kind}_probes"] = {n: _ratio(t) for n, t in zip(_MATMUL_PROBES, measured)}
+    measured = [timings["relu", n] for n in _RELU_PROBES]
+    result["relu_max_size"] = _largest_win(_RELU_PROBES, measured)
+    result["relu_probes"] = {n: _ratio(t) for n, t in zip(_RELU_PROBES, measured)}
     result["seconds"] = round(time.perf_counter() - start, 3)
     _crossover = result
     if _mode == "auto":
