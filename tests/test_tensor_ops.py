@@ -407,3 +407,26 @@ def test_astype_matches_finite_differences():
     x = [tgm.Tensor([0.3, -1.2, 0.8], dtype="float64")]
     assert gradcheck(f, x, eps=1e-3, atol=1e-3)
     assert gradgradcheck(f, x, eps=1e-3, atol=1e-3)
+
+
+# ---- float32 stays float32 -----------------------------------------------------------
+
+FLOAT32_OPS = {
+    "numpy float64 scalar": lambda t: t * np.float64(0.5) + np.float64(1.0),
+    "reflected numpy scalars": lambda t: np.float64(2.0) / t - np.float64(1.0) ** t,
+    "float64 numpy array": lambda t: t + np.array([1.0, 2.0]),
+    "integer numpy array": lambda t: t * np.array([1, 2]),
+    "clip with numpy bounds": lambda t: t.clip(np.float64(0.5), np.float64(1.5)),
+    "maximum with a number": lambda t: tgm.maximum(t, 1.5),
+    "where with a number": lambda t: tgm.where(t > 1.0, t, 0.0),
+    "reductions": lambda t: t.mean() + t.max() + t.sum(),
+}
+
+
+@pytest.mark.parametrize("name", list(FLOAT32_OPS))
+def test_float32_tensors_stay_float32_through_numbers_and_numpy_operands(name):
+    x = tgm.Tensor([0.8, 2.0], requires_grad=True)
+    y = FLOAT32_OPS[name](x)
+    assert y.dtype == np.float32
+    (g,) = tgm.grad(y.sum(), [x])
+    assert g.dtype == np.float32

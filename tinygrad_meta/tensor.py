@@ -890,7 +890,8 @@ class Tensor:
         """Limit values to [min, max]; the gradient is 1 inside (bounds included), 0 outside."""
         if min is None and max is None:
             raise ValueError("clip: give min, max or both")
-        data = self._be.xp.clip(self.data, min, max)
+        # numpy scalar bounds (np.float64) would promote a float32 tensor; keep its dtype
+        data = self._be.xp.clip(self.data, min, max).astype(self.data.dtype, copy=False)
         mask = self._be.xp.ones(self.shape, dtype=self.data.dtype)
         if min is not None:
             mask = mask * (self.data >= min)
