@@ -278,6 +278,25 @@ def test_getitem_repeated_integer_index_counts_each_use():
     check_orders_1_and_2(lambda t: (t[[2, 0, 2, 2]] ** 2).sum(), x)
 
 
+MIXED_INDICES = {
+    "slice then repeated ints": (slice(None), [2, 0, 2]),
+    "repeated ints then slice": ([1, 1, 0], slice(1, None)),
+    "newaxis, ints, ellipsis, int": (None, [0, 1, 0], Ellipsis, 1),
+    "2-d boolean mask on 3-d": (np.array([[True, False, True], [False, True, True]]),),
+    "integer Tensor index": (tgm.Tensor(np.array([1, 0, 1])),),
+    "negative step slice": (slice(None, None, -1), slice(0, 3, 2)),
+}
+
+
+@pytest.mark.parametrize("name", list(MIXED_INDICES))
+def test_getitem_mixing_basic_and_advanced_indices(name):
+    index = MIXED_INDICES[name]
+    x = np.arange(24, dtype=np.float64).reshape(2, 3, 4) / 10 + 0.05
+    plain = tuple(i.numpy() if isinstance(i, tgm.Tensor) else i for i in index)
+    assert_forward(T(x)[index], x[plain])
+    check_orders_1_and_2(lambda t: t[index] * t[index], T(x))
+
+
 @EXAMPLES
 @given(data=st.data())
 def test_getitem_with_a_boolean_mask(data):
