@@ -229,6 +229,36 @@ def test_draw_renders_svg_with_graphviz(tmp_path):
     assert "<svg" in svg and "backward of tanh" in svg
 
 
+def _fake_dot(fail_times):
+    import subprocess
+    calls = []
+
+    def run(command, **kwargs):
+        calls.append(command)
+        if len(calls) <= fail_times:
+            raise subprocess.CalledProcessError(1, command, stderr="triangulation failed")
+        open(command[-1], "w").write("<svg></svg>")
+    return run, calls
+
+
+def test_draw_retries_with_straight_edges_when_dot_fails_to_route(tmp_path, monkeypatch):
+    run, calls = _fake_dot(fail_times=1)
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/dot")
+    monkeypatch.setattr(viz.subprocess, "run", run)
+    written = viz.draw(Value(2.0).exp(), tmp_path / "g.svg")
+    assert written[-1].endswith("g.svg") and len(calls) == 2
+    assert "-Gsplines=line" in calls[1]
+
+
+def test_draw_reports_a_dot_failure_and_keeps_the_dot_file(tmp_path, monkeypatch):
+    run, _ = _fake_dot(fail_times=2)
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/dot")
+    monkeypatch.setattr(viz.subprocess, "run", run)
+    with pytest.raises(RuntimeError, match="triangulation failed"):
+        viz.draw(Value(2.0).exp(), tmp_path / "g.svg")
+    assert (tmp_path / "g.dot").exists()
+
+
 # ---- the expression parser -------------------------------------------------------------
 
 @pytest.mark.parametrize("text", [

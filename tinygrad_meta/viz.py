@@ -296,7 +296,8 @@ def to_dot(outputs, max_nodes=400, collapse=False, show_values=True, names=None,
     lines = [
         "digraph tinygrad_meta {",
         f"  rankdir={rankdir};",
-        '  graph [fontname="Helvetica", fontsize=11, nodesep=0.25, ranksep=0.35];',
+        # newrank: without it dot's ranking fails on edges that cross many clusters
+        '  graph [fontname="Helvetica", fontsize=11, nodesep=0.25, ranksep=0.35, newrank=true];',
         '  node [fontname="Helvetica", fontsize=10, style=filled, fillcolor="#ffffff"];',
         '  edge [color="#555555", arrowsize=0.6, fontname="Helvetica", fontsize=9];',
     ]
@@ -448,14 +449,21 @@ def draw(outputs, path, **options):
                 "not on PATH; install the Debian/Ubuntu package graphviz "
                 "(sudo apt-get install graphviz), or render it elsewhere with "
                 f"`dot -T{fmt} {dot_path} -o {target}`")
-        try:
-            subprocess.run([executable, f"-T{fmt}", dot_path, "-o", target],
-                           check=True, capture_output=True, text=True, timeout=300)
-        except subprocess.CalledProcessError as error:
-            raise RuntimeError(f"draw: dot failed on {dot_path}: {error.stderr.strip()}") from None
-        except subprocess.TimeoutExpired:
-            raise RuntimeError(
-                f"draw: dot took over 300 s on {dot_path}; pass a smaller max_nodes or "
-                "collapse=True") from None
+        # dot's curved-edge router occasionally gives up on big clustered graphs;
+        # straight edges are the fallback that always routes
+        for extra in ([], ["-Gsplines=line"]):
+            try:
+                subprocess.run([executable, f"-T{fmt}", *extra, dot_path, "-o", target],
+                               check=True, capture_output=True, text=True, timeout=300)
+                break
+            except subprocess.CalledProcessError as error:
+                failure = error.stderr.strip().splitlines()
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(
+                    f"draw: dot took over 300 s on {dot_path}; pass a smaller max_nodes or "
+                    "collapse=True") from None
+        else:
+            raise RuntimeError(f"draw: dot failed on {dot_path} (the .dot file is fine; try a "
+                               f"smaller max_nodes or collapse=True): {' | '.join(failure[:3])}")
         written.append(target)
     return written

@@ -176,8 +176,13 @@ def run(args) -> int:
         label = "f" if order == 0 else f"d^{order}f/d{name}^{order}"
         path = os.path.join(args.out, f"order_{order}" + (".svg" if have_dot else ".dot"))
         value = row["value"]
-        written += viz.draw(value, path, names={name: row["x"]}, max_nodes=args.max_nodes,
-                            collapse=collapse, title=f"{label} of {expression.source} at {name}={point!r}")
+        try:
+            written += viz.draw(value, path, names={name: row["x"]}, max_nodes=args.max_nodes,
+                                collapse=collapse,
+                                title=f"{label} of {expression.source} at {name}={point!r}")
+        except RuntimeError as error:  # dot could not lay it out; the .dot is still there
+            written.append(os.path.splitext(path)[0] + ".dot")
+            print(f"warning: {error}", file=sys.stderr)
     print(f"\nwrote {len(written)} files to {args.out}/: " + ", ".join(os.path.basename(p) for p in written))
     if not have_dot:
         print("note: only .dot files were written; install the Debian/Ubuntu package graphviz "
