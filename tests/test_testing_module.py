@@ -212,3 +212,8 @@ def test_strategies_without_hypothesis_name_the_test_extra():
     result = _run_without_hypothesis("from tinygrad_meta.testing import tensors; tensors()")
     assert result.returncode != 0
     assert "ImportError" in result.stderr and "tinygrad-meta[test]" in result.stderr
+
+
+def test_a_failure_from_a_float32_output_says_so():
+    with pytest.raises(GradcheckError, match="output 0 is float32.*float64 throughout"):
+        gradcheck(lambda t: (t * 1.001).astype("float32").exp(), [vector(0.5, 1.5)])

@@ -247,9 +247,17 @@ def _gradcheck(f, slots, eps, atol, rtol, mode, full_limit, projections, rng, la
         out_size = sum(a.size for a in out_arrays)
         if mode not in ("auto", "full", "projection"):
             raise ValueError(f"{label}: mode must be 'auto', 'full' or 'projection', got {mode!r}")
-        if mode == "full" or (mode == "auto" and max(in_size, out_size) <= full_limit):
-            return _check_full(f, slots, out_arrays, eps, atol, rtol, label)
-        return _check_projections(f, slots, out_arrays, eps, atol, rtol, label, rng, projections)
+        try:
+            if mode == "full" or (mode == "auto" and max(in_size, out_size) <= full_limit):
+                return _check_full(f, slots, out_arrays, eps, atol, rtol, label)
+            return _check_projections(f, slots, out_arrays, eps, atol, rtol, label, rng, projections)
+        except GradcheckError as error:
+            narrow = [k for k, o in enumerate(outs) if isinstance(o, Tensor) and o.dtype != np.float64]
+            if narrow:  # the usual cause of a false alarm: f computes in float32
+                raise GradcheckError(
+                    f"{error}; note: output {narrow[0]} is {outs[narrow[0]].dtype}, and finite "
+                    "differences need f to compute in float64 throughout") from None
+            raise
 
 
 def _vjp_function(f, slots, rng, grad_outputs=None):
