@@ -196,3 +196,22 @@ def test_linear_shape_errors_name_the_shapes():
         F.linear(t64(np.ones((4, 3))), t64(np.ones((2, 2))))
     with pytest.raises(ValueError, match="bias"):
         F.linear(t64(np.ones((4, 3))), t64(np.ones((3, 2))), t64(np.ones(5)))
+
+
+def test_linear_on_weights_broadcast_over_tasks_equals_copied_weights():
+    # fast weights before their first update are a broadcast view: a one-matmul path
+    rng = np.random.default_rng(3)
+    x = t64(rng.standard_normal((4, 5, 3)))
+    w = tgm.Tensor(rng.standard_normal((3, 2)), dtype="float64", requires_grad=True)
+    b = t64(rng.standard_normal((4, 2)))
+    broadcast = w.broadcast_to((4, 3, 2))
+    copied = tgm.stack([w] * 4)
+    for stacked in (broadcast, copied):
+        assert stacked.shape == (4, 3, 2)
+    out_b, out_c = F.linear_relu(x, broadcast, b), F.linear_relu(x, copied, b)
+    np.testing.assert_allclose(out_b.numpy(), out_c.numpy(), rtol=1e-12)
+    seed = t64(rng.standard_normal(out_b.shape))
+    (g_b,) = tgm.grad(out_b, [w], grad_outputs=seed)
+    (g_c,) = tgm.grad(out_c, [w], grad_outputs=seed)
+    np.testing.assert_allclose(g_b.numpy(), g_c.numpy(), rtol=1e-12)
+    assert gradgradcheck(lambda x, w: F.linear(x, w.broadcast_to((4, 3, 2)), b), [x, w])

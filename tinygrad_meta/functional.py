@@ -206,6 +206,11 @@ def _mm(be, a, b):
     one input feature) is a broadcast multiply, which numpy does ~2x faster than matmul."""
     if a.shape[-1] == 1 and a.ndim >= 2 and b.ndim >= 2 and b.shape[-2] == 1:
         return a * b
+    if a.ndim == 3 and b.ndim == 3 and b.strides[0] == 0 and a.shape[0] == b.shape[0] > 1:
+        # one matrix broadcast over the batch (fast weights before their first update):
+        # a single large matmul instead of a batch of small ones
+        out = be.matmul(a.reshape(-1, a.shape[-1]), b[0])
+        return out.reshape(a.shape[:-1] + b.shape[-1:])
     return be.matmul(a, b)
 
 
@@ -291,13 +296,7 @@ def _check_linear(x, weight, bias, name):
 
 
 def _affine_data(x, weight, bias):
-    wd = weight.data
-    if wd.ndim == 3 and wd.strides[0] == 0 and x.data.shape[:1] == wd.shape[:1] and x.data.ndim == 3:
-        # one weight broadcast over tasks (the first inner step): one large matmul
-        xd = x.data
-        data = _mm(x._be, xd.reshape(-1, xd.shape[-1]), wd[0]).reshape(xd.shape[:-1] + wd.shape[-1:])
-    else:
-        data = _mm(x._be, x.data, wd)
+    data = _mm(x._be, x.data, weight.data)
     if bias is not None:
         b = bias.data[..., None, :] if _batched_bias(weight, bias) else bias.data
         data += b
@@ -310,11 +309,7 @@ def _linear_grads_raw(parents, gd):
     be = x._be
     grad_x = grad_w = grad_b = None
     if x.requires_grad:
-        wd = weight.data
-        if wd.ndim == 3 and wd.strides[0] == 0 and gd.ndim == 3:
-            raw = _mm(be, gd.reshape(-1, gd.shape[-1]), wd[0].T).reshape(gd.shape[:-1] + wd.shape[-2:-1])
-        else:
-            raw = _mm(be, gd, _t(wd))
+        raw = _mm(be, gd, _t(weight.data))
         grad_x = _constant(_sum_to(raw, x.shape), be)
     if weight.requires_grad:
         grad_w = _constant(_sum_to(_mm(be, _t(x.data), gd), weight.shape), be)

@@ -250,8 +250,9 @@ class MetaLearner:
         y = _as_tensor(support_y, like, "support_y")
         params = self.model.parameters() if params is None else OrderedDict(params)
         steps = self.inner_steps if steps is None else int(steps)
-        if any(not params[n].requires_grad for n in self.adapt_names):
-            params = self._adapt_leaves(params)
+        for name in self.adapt_names:  # a starting point without a graph: our own leaf
+            if not params[name].requires_grad:
+                params[name] = params[name].detach().requires_grad_(True)
         with enable_grad():
             if self.vectorize:
                 return self._inner_loop(x, y, params, steps, not self.first_order, True)
