@@ -76,7 +76,7 @@ def main():
             curves = adapt_curve(net, params, batch, steps=(0, 1, 10), lr=0.01)
             rows.append([shots, name] + [f"{curves[s].mean():.3f} ± {1.96 * curves[s].std() / np.sqrt(EVAL_TASKS):.3f}"
                                          for s in (0, 1, 10)])
-    print(f"Query MSE on 100 points over [-5, 5] after k SGD steps (lr 0.01) on K support points;")
+    print("Query MSE on 100 points over [-5, 5] after k SGD steps (lr 0.01) on K support points;")
     print(f"mean ± 95% CI over {EVAL_TASKS} new tasks:\n")
     table(["K", "model", "0 steps", "1 step", "10 steps"], rows)
 

@@ -221,10 +221,9 @@ def _cluster_title(origin):
 class _Unit:
     """One box in the picture: a single node, or (collapsed) every node sharing a signature."""
 
-    def __init__(self, key, first):
+    def __init__(self, key):
         self.key = key
         self.members = []
-        self.first = first
 
 
 def to_dot(outputs, max_nodes=400, collapse=False, show_values=True, names=None,
@@ -264,7 +263,7 @@ def to_dot(outputs, max_nodes=400, collapse=False, show_values=True, names=None,
             raise TypeError(f"to_dot: names[{name!r}] is a {type(node).__name__}, not a Tensor or Value")
         named[id(node)] = str(name)
 
-    nodes, index, first_child = _collect(outputs)
+    nodes, _, first_child = _collect(outputs)
     placement = _placement(nodes, first_child)
     output_ids = {id(node) for node in outputs}
 
@@ -283,7 +282,7 @@ def to_dot(outputs, max_nodes=400, collapse=False, show_values=True, names=None,
             key = ("node", position)
         unit = by_key.get(key)
         if unit is None:
-            unit = by_key[key] = _Unit(key, position)
+            unit = by_key[key] = _Unit(key)
             units.append(unit)
         unit.members.append(node)
         unit_of[id(node)] = unit
