@@ -238,3 +238,13 @@ def test_progress_falls_back_to_plain_lines_without_tqdm(monkeypatch, tmp_path):
           progress=True, log=lines.append)
     assert any(line.startswith("iteration 2: meta-loss") for line in lines)
     assert any(line.startswith("iteration 3/3  meta-loss") for line in lines)
+
+
+def test_a_diverged_task_is_reported_not_hidden():
+    from tinygrad_meta.evaluate import _row, format_table
+    curves = {0: np.array([1.0, 2.0, 3.0]), 10: np.array([0.1, 0.3, np.nan])}
+    report = {"steps": [0, 10], "num_tasks": 3, "inner_lr": 0.01, "rows": [_row("maml", 5, curves, [0, 10])]}
+    table = format_table(report)
+    assert "2.000 ± 1.132" in table  # 1.96 * std([1, 2, 3], ddof=1) / sqrt(3)
+    assert "not finite*" in table
+    assert "1 of 3 tasks diverged" in table and "the other 2: 0.200 ± 0.196" in table

@@ -32,7 +32,7 @@ from .tasks.sinusoid import STREAM_EVAL, STREAM_PRETRAIN, task_rng
 from .tensor import Tensor
 
 __all__ = ["adapt_curve", "adapted_mse", "train_pretrained_baseline", "evaluate_run",
-           "format_table", "save_plot", "EVAL_STEPS", "EVAL_SHOTS"]
+           "format_table", "format_cell", "save_plot", "EVAL_STEPS", "EVAL_SHOTS", "DIVERGED_MSE"]
 
 EVAL_STEPS = (0, 1, 5, 10)
 EVAL_SHOTS = (5, 10, 20)
@@ -92,11 +92,13 @@ def adapt_curve(model, params, batch, steps=EVAL_STEPS, lr=0.01, device="cpu"):
         raise ValueError(f"adapt_curve: steps must be non-negative integers, got {steps}")
     support_x, support_y, query_x, query_y = (Tensor(np.asarray(a), device=device) for a in batch)
     curves = {}
-    for step, fast in _adaptation(model, params, support_x, support_y, lr, steps[-1], device):
-        if step in steps:
-            with no_grad():
-                mse = _per_task_mse(model(query_x, params=fast), query_y)
-            curves[step] = np.asarray(mse.numpy(), dtype=np.float64)
+    # a task that diverges overflows to inf/nan; the table reports it, numpy need not warn
+    with np.errstate(over="ignore", invalid="ignore"):
+        for step, fast in _adaptation(model, params, support_x, support_y, lr, steps[-1], device):
+            if step in steps:
+                with no_grad():
+                    mse = _per_task_mse(model(query_x, params=fast), query_y)
+                curves[step] = np.asarray(mse.numpy(), dtype=np.float64)
     return curves
 
 
@@ -120,11 +122,31 @@ def adapted_mse(algorithm, batch, steps=EVAL_STEPS, inner_lr=0.01, device="cpu")
     return adapt_curve(model, params, batch, steps, rates if rates is not None else inner_lr, device)
 
 
+# A task "diverged" when plain SGD on its support set blew up: the MSE of predicting 0
+# everywhere is A^2/2 <= 12.5 for these tasks, so 1000 is far beyond any sane model.
+DIVERGED_MSE = 1e3
+
+
 def _mean_ci(values):
     values = np.asarray(values, dtype=np.float64)
-    mean = float(values.mean())
-    ci = float(1.96 * values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+    with np.errstate(all="ignore"):
+        mean = float(values.mean())
+        ci = float(1.96 * values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
     return mean, ci
+
+
+def _row(model, shots, curves, steps):
+    """Mean and 95% CI per step over all tasks, plus what diverged and the rest's statistics."""
+    row = {"model": model, "shots": shots, "steps": {}, "diverged": {}, "without_diverged": {}, "median": {}}
+    for s in steps:
+        values = np.asarray(curves[s], dtype=np.float64)
+        diverged = ~np.isfinite(values) | (values > DIVERGED_MSE)
+        row["steps"][s] = list(_mean_ci(values))
+        row["diverged"][s] = int(diverged.sum())
+        row["without_diverged"][s] = list(_mean_ci(values[~diverged])) if (~diverged).any() else [None, None]
+        # a NaN task counts as the worst, not as "unknown", in the median
+        row["median"][s] = float(np.median(np.where(np.isnan(values), np.inf, values)))
+    return row
 
 
 # ----------------------------------------------------------------------------------
@@ -208,13 +230,11 @@ def evaluate_run(run_dir, num_tasks=600, shots=EVAL_SHOTS, steps=EVAL_STEPS, bas
         batch, amplitude, phase = task.evaluation_batch(num_tasks, k, task_rng(config["seed"], k, STREAM_EVAL))
         batches[k] = (batch, amplitude, phase)
         curves = adapted_mse(algorithm, batch, steps, config["inner_lr"], device)
-        rows.append({"model": config["algo"], "shots": k,
-                     "steps": {s: list(_mean_ci(curves[s])) for s in steps}})
+        rows.append(_row(config["algo"], k, curves, steps))
         if pretrained is not None:
             params = OrderedDict((n, p.numpy()) for n, p in pretrained.parameters().items())
             curves = adapt_curve(pretrained, params, batch, steps, config["inner_lr"], device)
-            rows.append({"model": "pretrained", "shots": k,
-                         "steps": {s: list(_mean_ci(curves[s])) for s in steps}})
+            rows.append(_row("pretrained", k, curves, steps))
     report = {"run": run_dir, "iteration": iteration, "algo": config["algo"], "num_tasks": num_tasks,
               "inner_lr": config["inner_lr"], "learned_rates": _learned_rates(algorithm) is not None,
               "steps": list(steps), "rows": rows}
@@ -238,10 +258,34 @@ def format_table(report) -> str:
     header = f"{'K':>3}  {'model':<11}" + "".join(f"{f'{s} step' + ('s' if s != 1 else ''):>18}" for s in steps)
     lines.append(header)
     lines.append("-" * len(header))
+    notes = []
     for row in report["rows"]:
-        cells = "".join(f"{f'{m:.3f} ± {c:.3f}':>18}" for m, c in (row["steps"][s] for s in steps))
+        cells = "".join(f"{format_cell(*row['steps'][s], row.get('diverged', {}).get(s, 0)):>18}" for s in steps)
         lines.append(f"{row['shots']:>3}  {row['model']:<11}{cells}")
-    return "\n".join(lines)
+        for s in steps:
+            count = row.get("diverged", {}).get(s, 0)
+            if count:
+                rest_mean, rest_ci = row["without_diverged"][s]
+                rest = (f"the other {report['num_tasks'] - count}: {rest_mean:.3f} ± {rest_ci:.3f}"
+                        if rest_mean is not None else "no task stayed finite")
+                notes.append(f"* K={row['shots']} {row['model']} after {s} steps: {count} of {report['num_tasks']} "
+                             f"tasks diverged (MSE > {DIVERGED_MSE:g} or not finite); {rest}; "
+                             f"median {row['median'][s]:.3f}")
+    return "\n".join(lines + notes)
+
+
+def format_cell(mean, ci, diverged):
+    """One table cell: "mean ± ci", marked with * when some task diverged.
+
+    >>> format_cell(0.25, 0.01, 0), format_cell(float("nan"), float("nan"), 1)
+    ('0.250 ± 0.010 ', 'not finite*')
+    """
+    mark = "*" if diverged else " "
+    if mean is None or not np.isfinite(mean):
+        return f"not finite{mark}"
+    if mean >= 1e3:
+        return f"{mean:.2e}{mark}"
+    return f"{mean:.3f} ± {ci:.3f}{mark}"
 
 
 def save_plot(path, algorithm, pretrained, evaluation, config, device="cpu", log=print, num_tasks=2):
