@@ -26,6 +26,7 @@ import numpy as np
 __all__ = [
     "AMPLITUDE_RANGE", "PHASE_RANGE", "INPUT_RANGE", "TaskBatch", "task_rng",
     "sample_parameters", "sinusoid", "sample_batch", "true_curve", "evaluation_batch",
+    "STREAM_TRAIN", "STREAM_EVAL", "STREAM_PRETRAIN", "STREAM_VALIDATION",
 ]
 
 AMPLITUDE_RANGE = (0.1, 5.0)
