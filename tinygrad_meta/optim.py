@@ -8,8 +8,9 @@ Two layers:
   with respect to the initial parameters, the gradients, and every hyperparameter
   given as a Tensor (learning rates, momentum, betas, weight decay). This is what
   MAML's inner loop, Meta-SGD and hyperparameter optimisation build on.
-* ``SGD`` and ``Adam`` are the everyday stateful optimizers: they call the same
-  steps under ``no_grad`` and write the results into ``param.data`` in place.
+* ``SGD`` and ``Adam`` are the everyday stateful optimizers: the same arithmetic on
+  raw arrays (no graph; Adam updates all parameters through one flat buffer), written
+  into ``param.data`` in place. Tests check them against the functional steps.
 
 A hyperparameter may be a Python number, a scalar Tensor, or a dict ``name -> number
 or Tensor`` giving each parameter its own value (every parameter name must be present).
@@ -21,7 +22,6 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .autograd import no_grad
 from .tensor import Tensor, _constant, _make
 
 __all__ = ["sgd_step", "adam_step", "SGD", "Adam", "Optimizer"]
