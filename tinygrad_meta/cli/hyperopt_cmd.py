@@ -89,27 +89,30 @@ def _build(args, kinds):
     return train_loss, val_loss, init, groups, hyper
 
 
-def _describe(values):
+def _describe(values, kinds=tuple(H.HYPER_KINDS)):
+    def fixed(kind):
+        return "" if kind in kinds else " (fixed)"
     lines = []
     lr = np.atleast_1d(values["lr"])
     if lr.size == 1:
-        lines.append(f"  learning rate: {lr[0]:.4g}")
+        lines.append(f"  learning rate: {lr[0]:.4g}{fixed('lr-schedule')}")
     else:
-        lines.append(f"  learning-rate schedule ({lr.size} steps; min {lr.min():.4g}, "
-                     f"max {lr.max():.4g}, mean {lr.mean():.4g}):")
+        lines.append(f"  learning-rate schedule{fixed('lr-schedule')} ({lr.size} steps; min "
+                     f"{lr.min():.4g}, max {lr.max():.4g}, mean {lr.mean():.4g}):")
         for start in range(0, lr.size, 10):
             chunk = " ".join(f"{x:.3g}" for x in lr[start:start + 10])
             lines.append(f"    steps {start:>3}-{min(start + 9, lr.size - 1):>3}: {chunk}")
     if "weight_decay" in values:
         wd = values["weight_decay"]
         if isinstance(wd, dict):
-            lines.append("  weight decay: " + ", ".join(f"{g} {w:.4g}" for g, w in wd.items()))
+            lines.append(f"  weight decay{fixed('weight-decay')}: "
+                         + ", ".join(f"{g} {w:.4g}" for g, w in wd.items()))
         else:
-            lines.append(f"  weight decay: {wd:.4g}")
+            lines.append(f"  weight decay{fixed('weight-decay')}: {wd:.4g}")
     if "momentum" in values:
-        lines.append(f"  momentum: {values['momentum']:.4f}")
+        lines.append(f"  momentum{fixed('momentum')}: {values['momentum']:.4f}")
     if "init_scale" in values:
-        lines.append(f"  init scale: {values['init_scale']:.4f}")
+        lines.append(f"  init scale{fixed('init-scale')}: {values['init_scale']:.4f}")
     return "\n".join(lines)
 
 
@@ -174,7 +177,12 @@ def run(args) -> int:
         if not os.path.exists(checkpoint):
             print(f"error: --resume: no checkpoint at {checkpoint}")
             return 2
-        tuner.load(checkpoint)
+        from ..checkpoint import CheckpointError
+        try:
+            tuner.load(checkpoint)
+        except CheckpointError as error:
+            print(f"error: --resume: {error}")
+            return 2
         print(f"resumed from {checkpoint} at outer iteration {tuner.iteration}")
     print(f"problem {args.problem}: tanh MLP with {args.hidden} hidden units, "
           f"{args.optimizer} for T={args.steps} steps, tuning {', '.join(kinds)}"
@@ -187,7 +195,7 @@ def run(args) -> int:
     print(f"validation loss before: {before:.4f}")
     print(f"validation loss after:  {after:.4f}  ({tuner.iteration} outer iterations)")
     print("learned hyperparameters:")
-    print(_describe(learned))
+    print(_describe(learned, kinds))
     with open(os.path.join(args.out, "hyperparams.json"), "w") as handle:
         json.dump({"initial": _jsonable(initial_values), "learned": _jsonable(learned),
                    "val_loss_before": before, "val_loss_after": after}, handle, indent=1)
