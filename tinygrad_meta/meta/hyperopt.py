@@ -53,7 +53,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..autograd import enable_grad, grad, no_grad
-from ..tensor import Tensor, _make
+from ..derivatives import hvp
+from ..tensor import Tensor, _make, zeros_like
 from .. import optim
 
 __all__ = ["HYPER_KINDS", "make_hyperparameters", "hyperparameter_values",
@@ -77,7 +78,7 @@ _OPTIMIZERS = ("sgd", "adam")
 # ----------------------------------------------------------------------------------
 
 def make_hyperparameters(steps, lr=0.1, weight_decay=None, momentum=None, init_scale=None,
-                         groups=None, tune=("lr-schedule",), dtype="float64"):
+                         groups=None, tune=("lr-schedule",), dtype="float64", device="cpu"):
     """A raw hyperparameter dict (see the module docstring) from ordinary values.
 
     ``steps``: T, the length of the learning-rate schedule. ``lr``: a number (constant
@@ -86,7 +87,7 @@ def make_hyperparameters(steps, lr=0.1, weight_decay=None, momentum=None, init_s
     numbers or None. ``groups``: group names to give each its own copy of a single
     ``weight_decay`` number (None: one scalar shared by every parameter).
     ``tune``: the kinds (names of ``HYPER_KINDS``) returned as Tensors requiring grad;
-    the others are returned as fixed numpy values.
+    the others are returned as fixed numpy values. ``dtype``, ``device``: of the tuned Tensors.
 
     >>> h = make_hyperparameters(3, lr=0.1, momentum=0.9, tune=("lr-schedule", "momentum"))
     >>> h["log_lr"].shape, round(float(h["logit_momentum"].item()), 4)
@@ -108,7 +109,7 @@ def make_hyperparameters(steps, lr=0.1, weight_decay=None, momentum=None, init_s
     def wrap(kind, value):
         value = np.asarray(value, dtype=np.float64)
         if kind in tune:
-            return Tensor(value, dtype=dtype, requires_grad=True)
+            return Tensor(value, dtype=dtype, device=device, requires_grad=True)
         return value
 
     raw = OrderedDict()
@@ -261,10 +262,10 @@ class _Materialized:
             return np.asarray(value, dtype=np.float64)
 
         log_lr = get(hyper["log_lr"])
+        # exp once for the whole schedule; each step then indexes its entry
         self.lr_all = log_lr.exp() if isinstance(log_lr, Tensor) else np.exp(log_lr)
-        self.lr_is_schedule = np.ndim(self.lr_all.data if isinstance(self.lr_all, Tensor)
-                                      else self.lr_all) == 1 and np.size(
-            self.lr_all.data if isinstance(self.lr_all, Tensor) else self.lr_all) > 1
+        self.lr_is_schedule = int(np.size(self.lr_all.data if isinstance(self.lr_all, Tensor)
+                                          else self.lr_all)) > 1
         self.weight_decay = 0.0
         if "log_weight_decay" in hyper:
             wd = hyper["log_weight_decay"]
@@ -296,17 +297,13 @@ def _exp(value):
     return float(np.exp(np.asarray(value).reshape(())))
 
 
-def _initial_params(init_params, hyper_values, dtype):
+def _initial_params(init_params, hyper_values, dtype, device):
     out = OrderedDict()
+    scale = hyper_values.init_scale
     for name, value in init_params.items():
-        base = value.detach() if isinstance(value, Tensor) else Tensor(np.asarray(value), dtype=dtype)
-        scale = hyper_values.init_scale
-        if scale is None:
-            out[name] = base
-        elif isinstance(scale, Tensor):
-            out[name] = base * scale
-        else:
-            out[name] = base * scale
+        base = value.detach() if isinstance(value, Tensor) else \
+            Tensor(np.asarray(value), dtype=dtype, device=device)
+        out[name] = base if scale is None else base * scale
     return out
 
 
@@ -328,8 +325,7 @@ def _train_gradients(train_loss, params, step, create_graph, caller):
     grads = grad(loss, [params[n] for n in names], create_graph=create_graph, allow_unused=True)
     out = OrderedDict()
     for name, g in zip(names, grads):
-        out[name] = g if g is not None else Tensor(np.zeros(params[name].shape),
-                                                   dtype=params[name].dtype)
+        out[name] = g if g is not None else zeros_like(params[name])
     return loss, out
 
 
@@ -388,13 +384,16 @@ def _run(train_loss, val_loss, init_params, hyper, steps, optimizer, graph_steps
     if optimizer == "adam" and nesterov:
         raise ValueError(f"{caller}: nesterov applies to SGD only")
     detached_phase = steps - graph_steps
+    # raw arrays become Tensors on the device the tuned hyperparameters live on
+    device = next((v.device for v in flatten_hyperparameters(hyper).values() if isinstance(v, Tensor)),
+                  "cpu")
     train_losses = []
     state = None
     with_graph = _Materialized(hyper, names, groups, detach=False) if graph_steps else None
     without_graph = _Materialized(hyper, names, groups, detach=True) if detached_phase else None
 
     if detached_phase:
-        params = _initial_params(init_params, without_graph, dtype)
+        params = _initial_params(init_params, without_graph, dtype, device)
         for step in range(detached_phase):
             with enable_grad():
                 leaves = OrderedDict((n, p.detach().requires_grad_(True)) for n, p in params.items())
@@ -406,7 +405,7 @@ def _run(train_loss, val_loss, init_params, hyper, steps, optimizer, graph_steps
         params = OrderedDict((n, p.detach().requires_grad_(True)) for n, p in params.items())
         state = _detach_state(state)
     else:
-        params = _initial_params(init_params, with_graph, dtype)
+        params = _initial_params(init_params, with_graph, dtype, device)
         # the first step differentiates w.r.t. θ₀, which must be part of the graph
         params = OrderedDict((n, p if p.requires_grad else p.detach().requires_grad_(True))
                              for n, p in params.items())
@@ -498,7 +497,7 @@ def unrolled_hypergradient(train_loss, val_loss, init_params, hyperparams, steps
         if g is None:
             # with truncation, θ₀'s scale (and anything acting only before T-k) is cut off
             if truncate < steps and key == "log_init_scale":
-                g = Tensor(np.zeros(tuned[key].shape), dtype=dtype)
+                g = zeros_like(tuned[key])
             else:
                 raise ValueError(
                     f"{caller}: hyperparameter {key!r} does not affect the validation loss "
@@ -593,7 +592,8 @@ def implicit_hypergradient(train_loss, val_loss, params, hyperparams, damping=0.
 
     val = _scalar(val_loss(as_dict(theta)), "val_loss", caller)
     val_grads = grad(val, theta, allow_unused=True)
-    b = [np.zeros(t.shape) if g is None else g.data for g, t in zip(val_grads, theta)]
+    b = [t._be.xp.zeros(t.shape, dtype=t.data.dtype) if g is None else g.data
+         for g, t in zip(val_grads, theta)]
 
     # the same structure as given, detached: H is taken at fixed hyperparameters
     fixed_hyper = OrderedDict(
@@ -610,7 +610,7 @@ def implicit_hypergradient(train_loss, val_loss, params, hyperparams, damping=0.
         return hv
 
     # conjugate gradient for (H + damping I) v = b, on raw arrays
-    v = [np.zeros_like(x) for x in b]
+    v = [x * 0 for x in b]
     r = [x.copy() for x in b]
     p = [x.copy() for x in r]
     b_norm = math.sqrt(_dot(b, b))
@@ -650,7 +650,7 @@ def implicit_hypergradient(train_loss, val_loss, params, hyperparams, damping=0.
     for g, vec, t in zip(train_grads, v, theta):
         if g is None or not g.requires_grad:
             continue
-        term = (g * Tensor(vec, dtype=t.dtype)).sum()
+        term = (g * Tensor(vec, dtype=t.dtype, device=t.device)).sum()
         dot = term if dot is None else dot + term
     mixed = grad(dot, [flat[k] for k in keys], allow_unused=True) if dot is not None else [None] * len(keys)
     flat_grads = OrderedDict()
@@ -667,10 +667,10 @@ def implicit_hypergradient(train_loss, val_loss, params, hyperparams, damping=0.
 
 
 def _hvp_list(f, theta, vector):
-    from ..derivatives import hvp
     dtype = theta[0].dtype
-    result = hvp(f, [t.detach() for t in theta], [Tensor(x, dtype=dtype) for x in vector])
-    return [np.array(r.data) for r in result]
+    result = hvp(f, [t.detach() for t in theta],
+                 [Tensor(x, dtype=dtype, device=t.device) for x, t in zip(vector, theta)])
+    return [r.data.copy() for r in result]  # raw arrays, on the parameters' device
 
 
 # ----------------------------------------------------------------------------------
@@ -755,7 +755,7 @@ class HyperOptimizer:
                     "meta_lr, or use truncate")
             if self.clip is not None:
                 g = np.clip(g, -self.clip, self.clip)
-            grads[key] = Tensor(g, dtype=leaf.dtype)
+            grads[key] = Tensor(g, dtype=leaf.dtype, device=leaf.device)
         with no_grad():
             current = OrderedDict((k, v.detach()) for k, v in self._leaves.items())
             new, self.state = optim.adam_step(current, grads, self.meta_lr, betas=self.meta_betas,
@@ -839,8 +839,10 @@ class HyperOptimizer:
             st = ckpt.optimizer_state
             self.state = {
                 "step": int(st["step"]),
-                "m": OrderedDict((k, Tensor(np.asarray(st["m"][k]), dtype=self.dtype)) for k in self._leaves),
-                "v": OrderedDict((k, Tensor(np.asarray(st["v"][k]), dtype=self.dtype)) for k in self._leaves)}
+                "m": OrderedDict((k, Tensor(np.asarray(st["m"][k]), dtype=leaf.dtype, device=leaf.device))
+                                 for k, leaf in self._leaves.items()),
+                "v": OrderedDict((k, Tensor(np.asarray(st["v"][k]), dtype=leaf.dtype, device=leaf.device))
+                                 for k, leaf in self._leaves.items())}
         self.iteration = ckpt.iteration
         history = ckpt.extra.get("history", {})
         self.history = {key: [] for key in self.history}
