@@ -75,6 +75,10 @@ cdef extern from *:
     #define TGM_CFLAGS "unknown"
     #endif
     #define TGM_INLINE static inline __attribute__((always_inline))
+    /* Short copy loops (edge tiles, tail panels: a few elements per row) must stay
+       inline: gcc would otherwise turn each into a call to memcpy, which costs more
+       than the copy. */
+    #define TGM_NO_MEMCPY __attribute__((optimize("no-tree-loop-distribute-patterns")))
 
     static void *tgm_aligned_alloc(size_t nbytes) {
         void *p = NULL;
@@ -86,7 +90,9 @@ cdef extern from *:
     /* One register tile: C[0:m, 0:n] (+)= A[0:MRV, 0:kc] @ Bpanel[0:kc, 0:NVV*VL].
        A is read through strides (rsa between rows, csa between k steps): a packed panel
        (rsa = 1, csa = MR) or the caller's matrix itself. The B panel is packed k-major
-       with ldb elements per k step, 64-byte aligned and zero-padded past n. The
+       with ldb elements per k step and zero-padded past n, or a full-width slice of a
+       row-contiguous B read in place (ldb = its row stride; memcpy loads need no
+       alignment). The
        accumulators are a fixed-size local array that gcc unrolls into registers;
        "acc += a * b" contracts to FMA. m <= MRV and n <= NVV*VL say which part of the
        tile is real (edge tiles are spilled and copied). */
@@ -105,7 +111,7 @@ cdef extern from *:
         for (ptrdiff_t p = 0; p < kc; p++) {                                            \\
             tgm_v##SFX b[NVV];                                                          \\
             _Pragma("GCC unroll 4")                                                     \\
-            for (int v = 0; v < NVV; v++) b[v] = *(const tgm_v##SFX *)(pb + v * VL);    \\
+            for (int v = 0; v < NVV; v++) memcpy(&b[v], pb + v * VL, sizeof(b[v]));     \\
             _Pragma("GCC unroll 16")                                                    \\
             for (int i = 0; i < MRV; i++) {                                             \\
                 /* x - 0 folds to a plain broadcast (x + 0 would not: -0 + 0 = +0) */   \\
@@ -178,35 +184,69 @@ cdef extern from *:
     }                                                                                   \\
     TGM_INLINE void tgm_block_##SFX(ptrdiff_t mc, ptrdiff_t nc, ptrdiff_t kc,           \\
             const T *a, ptrdiff_t rsa, ptrdiff_t csa, ptrdiff_t panel_stride,           \\
-            const T *pb, T *c, ptrdiff_t ldc, int accumulate) {                         \\
+            const T *pb, const T *b_direct, ptrdiff_t ldb_direct,                       \\
+            T *c, ptrdiff_t ldc, int accumulate) {                                      \\
         enum { VL = TGM_VBYTES / (int)sizeof(T), NR = TGM_NV * VL };                    \\
+        ptrdiff_t tail_ld = nc % NR > VL ? NR : VL;                                     \\
         for (ptrdiff_t ir = 0; ir < mc; ir += TGM_MR) {                                 \\
             const T *ap = a + (ir / TGM_MR) * panel_stride;                             \\
             int mrem = (int)(mc - ir < TGM_MR ? mc - ir : TGM_MR);                      \\
             for (ptrdiff_t jr = 0; jr < nc; jr += NR) {                                 \\
-                const T *bp = pb + jr * kc;                                             \\
                 int nrem = (int)(nc - jr < NR ? nc - jr : NR);                          \\
-                T *cp = c + ir * ldc + jr;                                              \\
                 int nv = nrem > VL ? 2 : 1;                                             \\
+                ptrdiff_t j0 = jr;                                                      \\
+                const T *bp;                                                            \\
+                ptrdiff_t ldb = NR;                                                     \\
+                if (b_direct == NULL) bp = pb + jr * kc;   /* all of B packed */        \\
+                else if (nrem == NR) { bp = b_direct + jr; ldb = ldb_direct; }          \\
+                else if (nc >= nv * VL) {                                               \\
+                    /* tail read in place as a full tile ending at column nc: the      \\
+                       columns it shares with the previous tile get the same sums in   \\
+                       the same order, so writing them twice changes nothing */        \\
+                    j0 = nc - nv * VL; nrem = nv * VL;                                  \\
+                    bp = b_direct + j0; ldb = ldb_direct;                               \\
+                } else { bp = pb; ldb = tail_ld; }         /* narrower than a vector */ \\
+                T *cp = c + ir * ldc + j0;                                              \\
                 if (mrem == TGM_MR) {                                                   \\
-                    if (nv == 2) tgm_tile_##SFX##_main2(kc, ap, rsa, csa, bp, NR, cp, ldc, accumulate, TGM_MR, nrem); \\
-                    else tgm_tile_##SFX##_main1(kc, ap, rsa, csa, bp, NR, cp, ldc, accumulate, TGM_MR, nrem); \\
+                    if (nv == 2) tgm_tile_##SFX##_main2(kc, ap, rsa, csa, bp, ldb, cp, ldc, accumulate, TGM_MR, nrem); \\
+                    else tgm_tile_##SFX##_main1(kc, ap, rsa, csa, bp, ldb, cp, ldc, accumulate, TGM_MR, nrem); \\
                 } else {                                                                \\
-                    tgm_rows_##SFX(mrem, kc, ap, rsa, csa, bp, NR, cp, ldc, accumulate, nrem, nv); \\
+                    tgm_rows_##SFX(mrem, kc, ap, rsa, csa, bp, ldb, cp, ldc, accumulate, nrem, nv); \\
                 }                                                                       \\
             }                                                                           \\
         }                                                                               \\
     }                                                                                   \\
-    /* A packed into MR-row panels (constant strides let gcc use immediate offsets) */  \\
-    static void tgm_block_packed_##SFX(ptrdiff_t mc, ptrdiff_t nc, ptrdiff_t kc,        \\
+    /* A and B packed (constant strides let gcc use immediate offsets) */              \\
+    static TGM_NO_MEMCPY void tgm_block_packed_##SFX(ptrdiff_t mc, ptrdiff_t nc, ptrdiff_t kc,        \\
             const T *pa, const T *pb, T *c, ptrdiff_t ldc, int accumulate) {            \\
-        tgm_block_##SFX(mc, nc, kc, pa, 1, TGM_MR, TGM_MR * kc, pb, c, ldc, accumulate); \\
+        tgm_block_##SFX(mc, nc, kc, pa, 1, TGM_MR, TGM_MR * kc, pb, NULL, 0, c, ldc,    \\
+                        accumulate);                                                    \\
     }                                                                                   \\
-    /* A read in place through its strides (small problems: no packing) */             \\
-    static void tgm_block_direct_##SFX(ptrdiff_t mc, ptrdiff_t nc, ptrdiff_t kc,        \\
-            const T *a, ptrdiff_t sam, ptrdiff_t sak, const T *pb, T *c, ptrdiff_t ldc, \\
-            int accumulate) {                                                           \\
-        tgm_block_##SFX(mc, nc, kc, a, sam, sak, TGM_MR * sam, pb, c, ldc, accumulate); \\
+    /* Small products: A read in place through its strides; B either packed whole     \\
+       (b == NULL) or, when its rows are contiguous, read in place (a partial last     \\
+       panel too, shifted left to end at column n, when n is at least one vector wide; \\
+       else it is packed into pb by tgm_pack_tail). accumulate is 0: C is written. */  \\
+    static TGM_NO_MEMCPY void tgm_block_direct_##SFX(ptrdiff_t mc, ptrdiff_t nc, ptrdiff_t kc,        \\
+            const T *a, ptrdiff_t sam, ptrdiff_t sak, const T *pb, const T *b,          \\
+            ptrdiff_t sbk, T *c, ptrdiff_t ldc) {                                       \\
+        tgm_block_##SFX(mc, nc, kc, a, sam, sak, TGM_MR * sam, pb, b, sbk, c, ldc, 0);  \\
+    }
+
+    /* The last, partial column panel of a row-contiguous B (cols < NR columns from
+       src, rows sbk apart), packed k-major with a row length of one vector when it fits
+       in one (else two), zero-padded: what tgm_block reads as its tail panel. */
+    #define TGM_DEFINE_PACK_TAIL(T, SFX)                                                 \\
+    static TGM_NO_MEMCPY void tgm_pack_tail_##SFX(T *restrict dst, const T *restrict src,             \\
+            ptrdiff_t kc, int cols, ptrdiff_t sbk) {                                    \\
+        enum { VL = TGM_VBYTES / (int)sizeof(T), NR = TGM_NV * VL };                    \\
+        int width = cols > VL ? NR : VL;                                                \\
+        for (ptrdiff_t p = 0; p < kc; p++) {                                            \\
+            T *d = dst + p * width;                                                     \\
+            const T *s = src + p * sbk;                                                 \\
+            int j = 0;                                                                  \\
+            for (; j < cols; j++) d[j] = s[j];                                          \\
+            for (; j < width; j++) d[j] = 0;                                            \\
+        }                                                                               \\
     }
 
     typedef float tgm_vf32 __attribute__((vector_size(TGM_VBYTES)));
@@ -242,6 +282,8 @@ cdef extern from *:
     TGM_DEFINE_EDGE_TILES(double, f64)
     TGM_DEFINE_MACRO(float, f32)
     TGM_DEFINE_MACRO(double, f64)
+    TGM_DEFINE_PACK_TAIL(float, f32)
+    TGM_DEFINE_PACK_TAIL(double, f64)
 
     /* Degenerate shapes without packing: n == 1 (matrix-vector) and tiny k or n, for
        row-contiguous B and C. */
@@ -296,11 +338,15 @@ cdef extern from *:
     void tgm_block_packed_f64(Py_ssize_t mc, Py_ssize_t nc, Py_ssize_t kc, const double *pa,
                               const double *pb, double *c, Py_ssize_t ldc, int accumulate) nogil
     void tgm_block_direct_f32(Py_ssize_t mc, Py_ssize_t nc, Py_ssize_t kc, const float *a,
-                              Py_ssize_t sam, Py_ssize_t sak, const float *pb, float *c,
-                              Py_ssize_t ldc, int accumulate) nogil
+                              Py_ssize_t sam, Py_ssize_t sak, const float *pb, const float *b,
+                              Py_ssize_t sbk, float *c, Py_ssize_t ldc) nogil
     void tgm_block_direct_f64(Py_ssize_t mc, Py_ssize_t nc, Py_ssize_t kc, const double *a,
-                              Py_ssize_t sam, Py_ssize_t sak, const double *pb, double *c,
-                              Py_ssize_t ldc, int accumulate) nogil
+                              Py_ssize_t sam, Py_ssize_t sak, const double *pb, const double *b,
+                              Py_ssize_t sbk, double *c, Py_ssize_t ldc) nogil
+    void tgm_pack_tail_f32(float *dst, const float *src, Py_ssize_t kc, int cols,
+                           Py_ssize_t sbk) nogil
+    void tgm_pack_tail_f64(double *dst, const double *src, Py_ssize_t kc, int cols,
+                           Py_ssize_t sbk) nogil
     void tgm_small_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a,
                        Py_ssize_t sam, Py_ssize_t sak, const float *b, Py_ssize_t sbk,
                        float *c) nogil
@@ -482,7 +528,7 @@ cdef int _gemm_batched(Py_ssize_t batch, Py_ssize_t m, Py_ssize_t n, Py_ssize_t 
     """C[t] = A[t] @ B[t] for t < batch; C is C-contiguous (batch, m, n). Strides are
     in elements and may be zero (broadcast) or negative. Returns -1 if out of memory."""
     cdef Py_ssize_t nr, kc_max, pa_size, pb_size, slabs, slab_rows, items, item
-    cdef Py_ssize_t t, r0, rows
+    cdef Py_ssize_t t, r0, rows, n_full
     cdef int nthreads, failed = 0
     cdef real *pa
     cdef real *pb
@@ -504,18 +550,29 @@ cdef int _gemm_batched(Py_ssize_t batch, Py_ssize_t m, Py_ssize_t n, Py_ssize_t 
                 tgm_small_f64(m, n, k, a + t * sab, sam, sak, b + t * sbb, sbk, c + t * m * n)
         return 0
 
-    # Small products (the MAML scale): pack only B, whole, and read A in place.
+    # Small products (the MAML scale): read A in place, and B too where its rows are
+    # contiguous (then only its last, partial NR-column panel is packed).
     if k <= kc_max and n <= NC_BLOCK and m * k <= DIRECT_MAX_A and work < THREAD_MIN_WORK:
-        pb = <real *>tgm_aligned_alloc(_round_up(n, nr) * k * sizeof(real))
+        n_full = n // nr * nr if sbn == 1 else 0
+        if sbn == 1 and (n >= nr or n == nr // 2):
+            n_full = n     # the tail is read in place too (see tgm_block_##SFX)
+        pb = <real *>tgm_aligned_alloc(_round_up(n - n_full, nr) * k * sizeof(real))
         if pb == NULL:
             return -1
         for t in range(batch):
-            if t == 0 or sbb != 0:      # a broadcast B is packed once
-                _pack_b(pb, b + t * sbb, k, n, sbk, sbn, nr)
+            if n_full < n and (t == 0 or sbb != 0):    # a broadcast B is packed once
+                if sbn != 1:
+                    _pack_b(pb, b + t * sbb, k, n, sbk, sbn, nr)
+                elif real is float:
+                    tgm_pack_tail_f32(pb, b + t * sbb + n_full, k, <int>(n - n_full), sbk)
+                else:
+                    tgm_pack_tail_f64(pb, b + t * sbb + n_full, k, <int>(n - n_full), sbk)
             if real is float:
-                tgm_block_direct_f32(m, n, k, a + t * sab, sam, sak, pb, c + t * m * n, n, 0)
+                tgm_block_direct_f32(m, n, k, a + t * sab, sam, sak, pb,
+                                     b + t * sbb if sbn == 1 else NULL, sbk, c + t * m * n, n)
             else:
-                tgm_block_direct_f64(m, n, k, a + t * sab, sam, sak, pb, c + t * m * n, n, 0)
+                tgm_block_direct_f64(m, n, k, a + t * sab, sam, sak, pb,
+                                     b + t * sbb if sbn == 1 else NULL, sbk, c + t * m * n, n)
         free(pb)
         return 0
 
