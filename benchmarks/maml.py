@@ -66,60 +66,71 @@ def ours_step_fn(first_order, vectorize, inner_steps=1, seed=0):
 # ----------------------------------------------------------------------------------
 
 def torch_step_fns(first_order, seed=0):
+    """(eager per-task loop step, torch.func vmap step), each with its own copy of the
+    same initial weights and its own torch.optim.Adam.
+
+    The network is a plain function of a list of tensors (F.linear + relu), the leanest
+    way to write it in PyTorch: torch.func.functional_call costs far more per call.
+    """
     import torch
-    from torch.func import functional_call, grad, vmap
+    from torch.func import grad, vmap
 
-    rng = np.random.default_rng(seed)
-    reference = tgm.nn.MLP(SIZES, rng=rng)
-    layers = []
-    for i in range(len(SIZES) - 1):
-        linear = torch.nn.Linear(SIZES[i], SIZES[i + 1])
-        with torch.no_grad():  # same initial values as ours; our weight is (in, out)
-            linear.weight.copy_(torch.from_numpy(reference.parameters()[f"layers.{i}.weight"].numpy().T))
-            linear.bias.copy_(torch.from_numpy(reference.parameters()[f"layers.{i}.bias"].numpy()))
-        layers.append(linear)
-        if i < len(SIZES) - 2:
-            layers.append(torch.nn.ReLU())
+    functional = torch.nn.functional
+    reference = tgm.nn.MLP(SIZES, rng=np.random.default_rng(seed)).parameters()
+    layers = len(SIZES) - 1
 
-    def loss_of(model, params, x, y):
-        return torch.nn.functional.mse_loss(functional_call(model, params, (x,)), y)
+    def initial():
+        params = []
+        for i in range(layers):  # torch's weight is (out, in); ours is (in, out)
+            params.append(torch.tensor(reference[f"layers.{i}.weight"].numpy().T.copy(),
+                                       requires_grad=True))
+            params.append(torch.tensor(reference[f"layers.{i}.bias"].numpy().copy(),
+                                       requires_grad=True))
+        return params
 
-    eager_model = torch.nn.Sequential(*layers)
-    eager_opt = torch.optim.Adam(eager_model.parameters(), lr=META_LR)
+    def forward(params, x):
+        for i in range(layers):
+            x = functional.linear(x, params[2 * i], params[2 * i + 1])
+            if i < layers - 1:
+                x = torch.relu(x)
+        return x
+
+    def loss_of(params, x, y):
+        return functional.mse_loss(forward(params, x), y)
+
+    eager_params = initial()
+    eager_opt = torch.optim.Adam(eager_params, lr=META_LR)
 
     def eager_step(batch):
         sx, sy, qx, qy = (torch.from_numpy(a) for a in batch)
-        params = dict(eager_model.named_parameters())
         eager_opt.zero_grad()
         total = 0.0
         for t in range(sx.shape[0]):
-            inner = loss_of(eager_model, params, sx[t], sy[t])
-            grads = torch.autograd.grad(inner, list(params.values()), create_graph=not first_order)
-            fast = {name: p - INNER_LR * g for (name, p), g in zip(params.items(), grads)}
-            total = total + loss_of(eager_model, fast, qx[t], qy[t])
+            inner = loss_of(eager_params, sx[t], sy[t])
+            grads = torch.autograd.grad(inner, eager_params, create_graph=not first_order)
+            fast = [p - INNER_LR * g for p, g in zip(eager_params, grads)]
+            total = total + loss_of(fast, qx[t], qy[t])
         loss = total / sx.shape[0]
         loss.backward()
         eager_opt.step()
         return float(loss.detach())
 
-    import copy
-    vmap_model = copy.deepcopy(eager_model)
-    vmap_opt = torch.optim.Adam(vmap_model.parameters(), lr=META_LR)
+    vmap_params = initial()
+    vmap_opt = torch.optim.Adam(vmap_params, lr=META_LR)
 
     def task_loss(params, sx, sy, qx, qy):
-        g = grad(lambda p: loss_of(vmap_model, p, sx, sy))(params)
+        g = grad(loss_of)(params, sx, sy)
         if first_order:
-            g = {k: v.detach() for k, v in g.items()}
-        fast = {k: params[k] - INNER_LR * g[k] for k in params}
-        return loss_of(vmap_model, fast, qx, qy)
+            g = [v.detach() for v in g]
+        fast = [p - INNER_LR * gi for p, gi in zip(params, g)]
+        return loss_of(fast, qx, qy)
 
     batched = vmap(task_loss, in_dims=(None, 0, 0, 0, 0))
 
     def vmap_step(batch):
         sx, sy, qx, qy = (torch.from_numpy(a) for a in batch)
-        params = dict(vmap_model.named_parameters())
         vmap_opt.zero_grad()
-        loss = batched(params, sx, sy, qx, qy).mean()
+        loss = batched(vmap_params, sx, sy, qx, qy).mean()
         loss.backward()
         vmap_opt.step()
         return float(loss.detach())
@@ -171,8 +182,10 @@ def speed(args):
     if with_torch:
         # the same computation: the first meta-loss agrees (same weights, same batch)
         first_ours = ours_step_fn(False, True)(batches[0])
-        first_torch = torch_step_fns(False)[0](batches[0])
-        print(f"check: first second-order meta-loss ours {first_ours:.6f}, torch {first_torch:.6f}")
+        eager, vmapped = torch_step_fns(False)
+        first_eager, first_vmap = eager(batches[0]), vmapped(batches[0])
+        print(f"check: first second-order meta-loss ours {first_ours:.6f}, torch eager "
+              f"{first_eager:.6f}, torch vmap {first_vmap:.6f}")
     results = time_round_robin(steps, batches, args.warmup, args.iters, args.rounds)
     print(f"MAML sinusoid: MLP {SIZES}, ReLU, K={args.shots}, meta-batch {args.meta_batch}, "
           f"1 inner step, outer Adam; median of {args.iters} iterations after {args.warmup} warm-up")
