@@ -112,7 +112,7 @@ setup(
     install_requires=["numpy>=1.23", "tqdm>=4.60"],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6.50"],
-        "gpu": ["cupy>=12"],
+        "gpu": ["cupy>=13"],
         "plot": ["matplotlib>=3.5"],
     },
     ext_modules=cython_extensions(),
