@@ -335,12 +335,27 @@ def _linear_grads(parents, g):
     grad_b = None
     if bias.requires_grad:
         if _batched_bias(weight, bias):
-            grad_b = _unbroadcast(g.sum(axis=-2), bias.shape)
+            grad_b = _unbroadcast(_sum_axes(g, (g.ndim - 2,)), bias.shape)
         else:
             # sum the leading axes in one node rather than sum-keepdims plus reshape
-            grad_b = g.sum(axis=tuple(range(g.ndim - 1))) if g.ndim > 1 else g
+            grad_b = _sum_axes(g, tuple(range(g.ndim - 1))) if g.ndim > 1 else g
             grad_b = _unbroadcast(grad_b, bias.shape)
     return grad_x, grad_w, grad_b
+
+
+def _sum_axes_rule(out, g):
+    (x,) = out._parents
+    kept_shape = out._ctx
+    if not _GradMode.enabled:  # a read-only broadcast view, as Tensor.sum's rule gives
+        return (_constant(x._be.xp.broadcast_to(g.data.reshape(kept_shape), x.shape), x._be),)
+    return (g.reshape(kept_shape).broadcast_to(x.shape),)
+
+
+def _sum_axes(x, axes):
+    """x summed over the (non-negative, sorted) ``axes``: a lean Tensor.sum for bias
+    gradients, whose backward also has a raw-array path."""
+    kept_shape = tuple(1 if i in axes else n for i, n in enumerate(x.shape))
+    return _make(x.data.sum(axis=axes), x._be, (x,), _sum_axes_rule, kept_shape)
 
 
 def _linear_rule(out, g):

@@ -71,6 +71,19 @@ def _sgd_update_rule(out, g):
     return (grad_param, grad_grad) if lr is None else (grad_param, grad_grad, grad_lr)
 
 
+def _expand_rule(out, g):
+    if not _GradMode.enabled:
+        return (_constant(g.data.sum(axis=0), g._be),)
+    return (g.sum(axis=0),)
+
+
+def _expand_tasks(param, tasks):
+    """``param`` repeated along a new leading task axis, as a zero-copy broadcast view
+    (which the fused linear ops turn into one large matmul); its gradient sums the tasks."""
+    data = param._be.xp.broadcast_to(param.data, (tasks,) + param.shape)
+    return _make(data, param._be, (param,), _expand_rule)
+
+
 def sgd_update(param, gradient, lr):
     """``param - lr * gradient`` as one graph node (differentiable in all three).
 
@@ -221,8 +234,7 @@ class MetaLearner:
         if task_axis:
             tasks = x.shape[0]
             for name in names:
-                p = fast[name]
-                fast[name] = p.broadcast_to((tasks,) + p.shape)
+                fast[name] = _expand_tasks(fast[name], tasks)
             # d(sum of per-task means) = T * d(mean over all): seed the backward with T
             seed = Tensor(np.asarray(float(tasks)), dtype=x.dtype, device=x.device)
         if not names:
