@@ -106,14 +106,24 @@ def sgd_update(param, gradient, lr):
 # ----------------------------------------------------------------------------------
 
 def _as_tensor(value, like, label):
+    """``value`` as a constant Tensor on the model's device, floats in the model's dtype."""
     if isinstance(value, Tensor):
         if value._be is not like._be:
             raise RuntimeError(f"{label} is on {value.device}, the model on {like.device}")
         if value.dtype.kind == "f" and value.dtype != like.dtype:
             raise TypeError(f"{label} has dtype {value.dtype}, the model {like.dtype}")
         return value.detach()
-    return Tensor(np.asarray(value), dtype=like.dtype if np.asarray(value).dtype.kind == "f"
-                  else None, device=like.device)
+    array = np.asarray(value)
+    if array.dtype.kind not in "fiub":
+        raise TypeError(f"{label}: cannot use an array of dtype {array.dtype}")
+    if array.dtype.kind == "f":
+        array = array.astype(like.dtype, copy=False)
+    return _constant(like._be.asarray(array), like._be)
+
+
+def _task_count(x):
+    """The scalar T (tasks on x's leading axis) that seeds a vectorised inner backward."""
+    return _constant(x._be.xp.asarray(float(x.shape[0]), dtype=x.dtype), x._be)
 
 
 class MetaLearner:
@@ -236,7 +246,7 @@ class MetaLearner:
             for name in names:
                 fast[name] = _expand_tasks(fast[name], tasks)
             # d(sum of per-task means) = T * d(mean over all): seed the backward with T
-            seed = Tensor(np.asarray(float(tasks)), dtype=x.dtype, device=x.device)
+            seed = _task_count(x)
         if not names:
             return fast
         for _ in range(steps):
@@ -322,8 +332,7 @@ class MetaLearner:
         if steps == 0:
             return fast
         names = self.adapt_names
-        seed = Tensor(np.asarray(float(x.shape[0])), dtype=x.dtype, device=x.device) \
-            if task_axis else None
+        seed = _task_count(x) if task_axis else None
         for _ in range(steps):
             loss = self.loss_fn(self.model(x, params=fast), y)
             grads = grad(loss, [fast[n] for n in names], grad_outputs=seed)
