@@ -145,8 +145,10 @@ def mse_loss(prediction, target):
         raise RuntimeError(f"mse_loss: prediction is on {prediction.device}, target on {target.device}")
     if prediction.shape != target.shape:
         raise ValueError(f"mse_loss: prediction shape {prediction.shape} != target shape {target.shape}")
-    diff = prediction.data - target.data
-    data = prediction._be.xp.asarray((diff * diff).mean(dtype=prediction.data.dtype))
+    diff = (prediction.data - target.data).reshape(-1)
+    xp = prediction._be.xp
+    # a dot product is one C call; ndarray.mean goes through Python-level numpy code
+    data = xp.asarray(xp.dot(diff, diff) / max(diff.size, 1), dtype=prediction.data.dtype)
     return _make(data, prediction._be, (prediction, target), _mse_rule, 2.0 / max(diff.size, 1))
 
 
@@ -346,8 +348,11 @@ def _linear_grads(parents, g):
 def _sum_axes_rule(out, g):
     (x,) = out._parents
     kept_shape = out._ctx
-    if not _GradMode.enabled:  # a read-only broadcast view, as Tensor.sum's rule gives
-        return (_constant(x._be.xp.broadcast_to(g.data.reshape(kept_shape), x.shape), x._be),)
+    if not _GradMode.enabled:
+        # bias gradients are small: filling a fresh array beats building a broadcast view
+        data = x._be.xp.empty(x.shape, dtype=g.data.dtype)
+        data[...] = g.data.reshape(kept_shape)
+        return (_constant(data, x._be),)
     return (g.reshape(kept_shape).broadcast_to(x.shape),)
 
 
