@@ -35,6 +35,19 @@ def _median(values):
     return values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
 
 
+def _compare_blocked(ours, reference, repeats, warmup, target_s, settle_s):
+    samples = {ours: [], reference: []}
+    for _ in range(2):
+        for fn in (ours, reference):
+            time.sleep(settle_s)
+            for _ in range(warmup):
+                fn()
+            calls = calls_for(fn, target_s)
+            samples[fn] += [_sample(fn, calls) for _ in range((repeats + 1) // 2)]
+    return {"ours_median": _median(samples[ours]), "ref_median": _median(samples[reference]),
+            "ours_min": min(samples[ours]), "ref_min": min(samples[reference])}
+
+
 def median_time(fn, repeats=15, warmup=3, target_s=2e-3):
     """Median seconds per call of ``fn()`` over ``repeats`` samples, after ``warmup``
     untimed calls; each sample times enough calls to last about ``target_s``."""
@@ -54,10 +67,18 @@ def compare(ours, reference, repeats=15, warmup=3, target_s=2e-3):
     return stats["ours_median"], stats["ref_median"]
 
 
-def compare_stats(ours, reference, repeats=15, warmup=3, target_s=2e-3):
+def compare_stats(ours, reference, repeats=15, warmup=3, target_s=2e-3, settle_s=None):
     """Like :func:`compare`, returning a dict with the medians (``ours_median``,
     ``ref_median``) and the minima (``ours_min``, ``ref_min``) of the samples: on a
-    shared machine the minimum is the run least disturbed by other processes."""
+    shared machine the minimum is the run least disturbed by other processes.
+
+    ``settle_s``: time in blocks instead (all samples of one function, then the other,
+    twice over), pausing this long before each block. For multi-threaded code: thread
+    pools keep spinning for a while after their last call (OpenBLAS's for ~0.1 s), and
+    alternating calls would make each pay for the other's idle spinning.
+    """
+    if settle_s is not None:
+        return _compare_blocked(ours, reference, repeats, warmup, target_s, settle_s)
     for _ in range(warmup):
         ours()
         reference()

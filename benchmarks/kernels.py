@@ -8,7 +8,9 @@ of the fastest samples, what a run undisturbed by other processes gets.
 * matmul float32/float64, n = 64 ... 2048, on 1 and 2 threads, vs numpy's BLAS. Each
   thread count runs in a fresh subprocess with OMP_NUM_THREADS / OPENBLAS_NUM_THREADS
   (and threadpoolctl's limit, when installed) set before numpy is imported, so both
-  sides get the same number of cores.
+  sides get the same number of cores. Multi-threaded rows time each side in blocks
+  after a pause, not alternately: an idle thread pool keeps spinning for a while
+  after its last call and would slow the other side's threads.
 * the MAML shapes (25,1)@(1,40), (25,40)@(40,40), (25,40)@(40,1), the backward's
   transposed products and the task-batched (25,10,40)@(25,40,40): the raw kernel vs
   numpy's ``a @ b``, and ``Tensor @ Tensor`` with our kernels vs with numpy's.
@@ -85,9 +87,11 @@ def matmul_rows(threads, sizes, quick):
             a = rng.standard_normal((n, n)).astype(dtype)
             b = rng.standard_normal((n, n)).astype(dtype)
             # the raw kernel, no routing: this row is about the kernel itself
+            # threaded rows are timed in blocks (see compare_stats): our OpenMP pool and
+            # OpenBLAS's must not spin against each other between alternating calls
             stats = compare_stats(lambda: _cpu_matmul.gemm(a, b), lambda: np.matmul(a, b),
                                   repeats=(7 if quick else 11) if n < 1024 else (3 if quick else 5),
-                                  target_s=0.005)
+                                  target_s=0.005, settle_s=0.25 if threads > 1 else None)
             rows.append(_row("matmul", f"{n}x{n}x{n}", dtype, threads, stats, "numpy BLAS",
                              _matmul_target(dtype, n, threads),
                              gflops=2 * n ** 3 / stats["ours_median"] / 1e9,

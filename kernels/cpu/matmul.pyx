@@ -372,6 +372,8 @@ cdef Py_ssize_t MC_BLOCK = 192
 # the fork/join costs more than a second core saves (measured: ~2-5 us per region).
 cdef double THREAD_MIN_WORK = 96.0 * 96.0 * 96.0
 cdef int _num_threads = 0          # 0: use omp_get_max_threads()
+# Work items per thread for a threaded product (see _gemm_batched).
+cdef Py_ssize_t ITEMS_PER_THREAD = 2
 
 # Products whose A has at most this many elements (and K <= KC, N <= NC) read A in
 # place instead of packing it: A then sits in L1/L2 and packing would cost more than
@@ -529,8 +531,8 @@ cdef int _gemm_batched(Py_ssize_t batch, Py_ssize_t m, Py_ssize_t n, Py_ssize_t 
                        real *c) noexcept nogil:
     """C[t] = A[t] @ B[t] for t < batch; C is C-contiguous (batch, m, n). Strides are
     in elements and may be zero (broadcast) or negative. Returns -1 if out of memory."""
-    cdef Py_ssize_t nr, kc_max, pa_size, pb_size, slabs, slab_rows, items, item
-    cdef Py_ssize_t t, r0, rows, n_full
+    cdef Py_ssize_t nr, kc_max, pa_size, pb_size, slab_rows, slab_cols, items, item
+    cdef Py_ssize_t t, r0, c0, rows, cols, n_full, needed, max_m, max_n, slabs_m, slabs_n
     cdef int nthreads, failed = 0
     cdef real *pa
     cdef real *pb
@@ -598,26 +600,43 @@ cdef int _gemm_batched(Py_ssize_t batch, Py_ssize_t m, Py_ssize_t n, Py_ssize_t 
         free(pb)
         return 0
 
-    # Work items: (batch entry, slab of rows). Split rows only when the batch alone
-    # cannot keep every thread busy; slabs are whole MR panels.
-    slabs = 1
-    if batch < nthreads:
-        slabs = _min((nthreads + batch - 1) // batch, (m + TGM_MR - 1) // TGM_MR)
-    slab_rows = _round_up((m + slabs - 1) // slabs, TGM_MR)
-    slabs = (m + slab_rows - 1) // slab_rows
-    items = batch * slabs
+    # Work items: (batch entry, block of rows, block of columns), handed out
+    # dynamically. The matrices are split only when the batch alone gives fewer than
+    # ITEMS_PER_THREAD items per thread: more items than threads lets a thread that
+    # the OS keeps waiting hand its share to the others, at the price of packing A
+    # once per column block and B once per row block. Blocks are whole panels.
+    needed = (nthreads * ITEMS_PER_THREAD + batch - 1) // batch
+    max_m = (m + TGM_MR - 1) // TGM_MR
+    max_n = (n + nr - 1) // nr
+    slabs_m = 1
+    while slabs_m * slabs_m < needed:
+        slabs_m += 1
+    slabs_m = _min(slabs_m, max_m)
+    slabs_n = _min((needed + slabs_m - 1) // slabs_m, max_n)
+    if slabs_m * slabs_n < needed:
+        slabs_m = _min((needed + slabs_n - 1) // slabs_n, max_m)
+    slab_rows = _round_up((m + slabs_m - 1) // slabs_m, TGM_MR)
+    slabs_m = (m + slab_rows - 1) // slab_rows
+    slab_cols = _round_up((n + slabs_n - 1) // slabs_n, nr)
+    slabs_n = (n + slab_cols - 1) // slab_cols
+    items = batch * slabs_m * slabs_n
+    pa_size = _round_up(_min(MC_BLOCK, slab_rows), TGM_MR) * _min(kc_max, k)
+    pb_size = _round_up(_min(NC_BLOCK, slab_cols), nr) * _min(kc_max, k)
     with parallel(num_threads=nthreads):
         pa = <real *>tgm_aligned_alloc(pa_size * sizeof(real))
         pb = <real *>tgm_aligned_alloc(pb_size * sizeof(real))
-        for item in prange(items, schedule="static"):
+        for item in prange(items, schedule="dynamic"):
             if pa == NULL or pb == NULL:
                 failed = 1
             else:
-                t = item // slabs
-                r0 = (item % slabs) * slab_rows
+                t = item // (slabs_m * slabs_n)
+                r0 = (item // slabs_n) % slabs_m * slab_rows
+                c0 = item % slabs_n * slab_cols
                 rows = _min(slab_rows, m - r0)
-                _gemm_block(rows, n, k, a + t * sab + r0 * sam, sam, sak,
-                            b + t * sbb, sbk, sbn, c + t * m * n + r0 * n, n, pa, pb)
+                cols = _min(slab_cols, n - c0)
+                _gemm_block(rows, cols, k, a + t * sab + r0 * sam, sam, sak,
+                            b + t * sbb + c0 * sbn, sbk, sbn, c + t * m * n + r0 * n + c0, n,
+                            pa, pb)
         free(pa)
         free(pb)
     return -1 if failed else 0
