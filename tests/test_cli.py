@@ -87,7 +87,8 @@ def _cli(*args):
 
 
 def test_kill_9_and_resume_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path):
-    iters = 1500
+    # long enough that the run is still going when its first checkpoints appear
+    iters = 3000
     flags = ["--iters", str(iters), "--checkpoint-every", "10", "--eval-tasks", "0", *TINY]
     # the uninterrupted reference, in this process
     reference = train({"iters": iters, "checkpoint_every": 10, "eval_tasks": 0, "hidden": [8],
@@ -252,3 +253,12 @@ def test_a_diverged_task_is_reported_not_hidden():
     assert "2.000 ± 1.132" in table  # 1.96 * std([1, 2, 3], ddof=1) / sqrt(3)
     assert "not finite*" in table
     assert "1 of 3 tasks diverged" in table and "the other 2: 0.200 ± 0.196" in table
+
+
+def test_a_run_pins_its_cpu_kernels_and_restores_the_mode_after(tmp_path):
+    from tinygrad_meta.backends import cpu
+    before = cpu.get_kernels()
+    result = train({"hidden": [8], "iters": 2, "eval_every": 0, "eval_tasks": 0, "out": str(tmp_path / "r")},
+                   progress=False, log=_quiet)
+    assert load_checkpoint(result.out).config["cpu_kernels"] in ("cython", "numpy")
+    assert cpu.get_kernels() == before

@@ -61,6 +61,7 @@ DEFAULTS = {
     "eval_every": 1000,
     "eval_tasks": 600,        # tasks per K in the final evaluation table; 0 skips it
     "baseline_iters": 5000,   # regression steps of the "pretrained on all tasks" baseline
+    "cpu_kernels": None,      # None: TGM_CPU_KERNELS's choice, with "auto" pinned (see _pin_kernels)
 }
 
 # Settings that define what is being trained: resuming with a different value would
@@ -149,6 +150,8 @@ def make_config(overrides=None) -> dict:
     if any(isinstance(h, bool) or not isinstance(h, numbers.Integral) or h < 1 for h in hidden):
         raise ValueError(f"train: hidden layer widths must be positive integers, got {hidden!r}")
     config["hidden"] = [int(h) for h in hidden]
+    if config["cpu_kernels"] not in (None, "cython", "numpy"):
+        raise ValueError(f"train: cpu_kernels must be 'cython' or 'numpy', got {config['cpu_kernels']!r}")
     if config["init"] not in ("default", "maml"):
         raise ValueError(f"train: init must be 'default' or 'maml', got {config['init']!r}")
     if config["out"] is None:
@@ -228,6 +231,29 @@ def load_run(run_dir, device=None):
     algorithm = build_algorithm(config, build_model(config))
     _load_parameters(algorithm, checkpoint.params, checkpoint.path)
     return config, algorithm, checkpoint
+
+
+def _pin_kernels(config, log):
+    """Fix which CPU kernels run matmul and ReLU for this run; returns the previous mode.
+
+    The backend's "auto" mode picks, per shape, whichever implementation a timing taken
+    at the process's first call found faster, so two processes on a busy machine can
+    route the same matmul differently and round differently. A resumed run must compute
+    exactly what the uninterrupted one did, so a run pins one implementation and keeps
+    it in its config: compiled kernels when built, numpy otherwise.
+    """
+    from .backends import cpu
+    wanted = config["cpu_kernels"]
+    if wanted is None:
+        current = cpu.get_kernels()
+        wanted = current if current != "auto" else ("cython" if cpu.kernel_info()["compiled"] else "numpy")
+        config["cpu_kernels"] = wanted
+    try:
+        return cpu.set_kernels(wanted)
+    except RuntimeError as error:
+        log(f"warning: this run used {wanted} kernels, which are unavailable here ({error}); using numpy, "
+            "so a resumed run will not match an uninterrupted one bit for bit")
+        return cpu.set_kernels("numpy")
 
 
 def check_device(device):
@@ -358,6 +384,15 @@ def train(overrides=None, resume=None, force=False, progress=True, log=print) ->
             log(note)
     _remove_stale_temporaries(config["out"], log)
 
+    previous_kernels = _pin_kernels(config, log)
+    try:
+        return _train(config, checkpoint, task, progress, log)
+    finally:
+        from .backends import cpu
+        cpu.set_kernels(previous_kernels)
+
+
+def _train(config, checkpoint, task, progress, log):
     model = build_model(config)
     algorithm = build_algorithm(config, model)
     optimizer = build_optimizer(config, algorithm)

@@ -36,6 +36,9 @@ def register(subparsers):
     parser.add_argument("--init", choices=("default", "maml"), default=None,
                         help="weight init: PyTorch-style uniform, or the MAML paper's truncated normal "
                              f"(default {DEFAULTS['init']})")
+    parser.add_argument("--cpu-kernels", choices=("cython", "numpy"), default=None,
+                        help="pin matmul/ReLU to our compiled kernels or numpy for the run (default: "
+                             "TGM_CPU_KERNELS, with auto pinned to cython when built, so a resume is exact)")
     parser.add_argument("--out", default=None, help="run folder (default runs/<algo>-<task>)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default cpu)")
     parser.add_argument("--checkpoint-every", type=int, default=None,
