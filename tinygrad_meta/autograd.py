@@ -8,6 +8,8 @@ A node is any object with these attributes:
   gradient contribution (or ``None``); ``None`` for a leaf;
 * ``grad``          -- where ``backward()`` accumulates a leaf's gradient;
 * ``_origin``       -- None, or the node whose backward rule recorded this one;
+* ``_seq``          -- creation order (from ``next_seq()``): a node can only have
+  ancestors created before it, which lets ``grad`` skip the older part of a graph;
 
 and the method ``_ones_like()`` (the seed gradient of a scalar output).
 
@@ -19,8 +21,12 @@ can be differentiated again, to any order.
 from __future__ import annotations
 
 import functools
+import itertools
 
 __all__ = ["grad", "backward", "no_grad", "enable_grad", "is_grad_enabled", "toposort"]
+
+# Every recorded node and every leaf that requires grad takes the next number.
+next_seq = itertools.count(1).__next__
 
 
 class _GradMode:
@@ -81,10 +87,12 @@ def enable_grad():
     return _SetGradMode(True)
 
 
-def toposort(roots) -> list:
+def toposort(roots, oldest=0) -> list:
     """Every node reachable from ``roots`` that requires grad, parents before children.
 
     Iterative depth-first search, so a chain of any length works (no recursion limit).
+    Nodes created before ``oldest`` (by ``_seq``) are left out: they cannot lead to a
+    node created later, so ``grad`` passes the oldest input's number.
     """
     order = []
     visited = set()
@@ -96,7 +104,7 @@ def toposort(roots) -> list:
         while stack:
             node, parents = stack[-1]
             for parent in parents:
-                if parent.requires_grad and id(parent) not in visited:
+                if parent.requires_grad and id(parent) not in visited and parent._seq >= oldest:
                     visited.add(id(parent))
                     stack.append((parent, iter(parent._parents)))
                     break
@@ -132,16 +140,24 @@ def _seed_gradients(outputs, grad_outputs, caller):
 def _run_backward(outputs, seeds, create_graph, capture=None):
     """Walk the graph from ``outputs`` in reverse topological order.
 
-    Returns the dict ``id(node) -> (node, accumulated gradient)`` for the nodes in
-    ``capture`` (all leaves when ``capture`` is None).
+    ``capture``: None (collect every leaf's gradient) or a dict ``id(node) -> node`` of
+    the nodes whose gradients are wanted; then only the part of the graph between the
+    outputs and those nodes is walked.
+    Returns the dict ``id(node) -> (node, accumulated gradient)`` of what was collected.
     """
-    order = toposort(outputs)
+    if capture is None:
+        order = toposort(outputs)
+        needed = None
+    else:
+        order = toposort(outputs, oldest=min(node._seq for node in capture.values()))
+        needed = _leading_to(order, capture)
     grads = {}
     for output, seed in zip(outputs, seeds):
         if output.requires_grad:
             key = id(output)
             grads[key] = grads[key] + seed if key in grads else seed
     captured = {}
+    owned = set()  # gradients this pass allocated itself, safe to add into in place
     pop = grads.pop
     previous_mode, previous_origin = _GradMode.enabled, _GradMode.origin
     _GradMode.enabled = create_graph
@@ -166,13 +182,32 @@ def _run_backward(outputs, seeds, create_graph, capture=None):
                 if contribution is None or not parent.requires_grad:
                     continue
                 pkey = id(parent)
-                if pkey in grads:
-                    grads[pkey] = grads[pkey] + contribution
-                else:
+                if needed is not None and pkey not in needed:
+                    continue
+                if pkey not in grads:
                     grads[pkey] = contribution
+                elif create_graph or pkey not in owned:
+                    grads[pkey] = grads[pkey] + contribution
+                    if not create_graph:
+                        owned.add(pkey)
+                else:
+                    # nothing is recorded: add into the buffer we allocated (no new node)
+                    grads[pkey].data += contribution.data
     finally:
         _GradMode.enabled, _GradMode.origin = previous_mode, previous_origin
     return captured
+
+
+def _leading_to(order, targets):
+    """ids of the nodes in ``order`` (parents first) from which some target is reachable."""
+    needed = set(targets)
+    for node in order:
+        if id(node) not in needed:
+            for parent in node._parents:
+                if id(parent) in needed:
+                    needed.add(id(node))
+                    break
+    return needed
 
 
 def grad(outputs, inputs, grad_outputs=None, create_graph=False, allow_unused=False):
@@ -210,7 +245,7 @@ def grad(outputs, inputs, grad_outputs=None, create_graph=False, allow_unused=Fa
                 f"grad: output {index} does not require grad and has no graph; it does not "
                 "depend on any input that requires grad (or was computed under no_grad)")
     seeds = _seed_gradients(outputs, grad_outputs, "grad")
-    captured = _run_backward(outputs, seeds, create_graph, capture={id(node) for node in inputs})
+    captured = _run_backward(outputs, seeds, create_graph, capture={id(node): node for node in inputs})
     results = []
     for index, node in enumerate(inputs):
         g = captured.get(id(node), (None, None))[1]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from .autograd import _GradMode, backward as _backward
+from .autograd import _GradMode, backward as _backward, next_seq
 
 __all__ = ["Value"]
 
@@ -25,11 +25,12 @@ __all__ = ["Value"]
 class Value:
     """A scalar that records the ops that produced it."""
 
-    __slots__ = ("data", "grad", "requires_grad", "_parents", "_rule", "_op", "_origin", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "_parents", "_rule", "_op", "_origin", "_seq", "__weakref__")
 
     def __init__(self, data, requires_grad=True, _parents=(), _rule=None, _op=""):
         self.data = float(data)
         self.grad = None
+        self._seq = next_seq()
         self._op = _op
         # a node records its parents only while grad mode is on and a parent needs them
         if _parents and _GradMode.enabled and any(p.requires_grad for p in _parents):

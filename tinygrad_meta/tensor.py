@@ -14,7 +14,7 @@ import operator
 
 import numpy as np
 
-from .autograd import _GradMode, backward as _backward
+from .autograd import _GradMode, backward as _backward, next_seq
 from .backends import get_backend
 
 __all__ = [
@@ -47,6 +47,7 @@ def _make(data, backend, parents, rule, ctx=None):
                 out._rule = rule
                 out._ctx = ctx
                 out._origin = _GradMode.origin
+                out._seq = next_seq()
                 return out
     out.requires_grad = False
     out._parents = ()
@@ -498,7 +499,7 @@ class Tensor:
     [[2.0, 4.0]]
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "_parents", "_rule", "_ctx", "_be", "_origin",
+    __slots__ = ("data", "grad", "requires_grad", "_parents", "_rule", "_ctx", "_be", "_origin", "_seq",
                  "__weakref__")
     __array_ufunc__ = None  # numpy defers to our reflected operators
     __hash__ = object.__hash__
@@ -612,6 +613,8 @@ class Tensor:
             raise TypeError(f"requires_grad: only floating point tensors can require grad, not {self.dtype}")
         if not requires_grad and self._rule is not None:
             raise RuntimeError("requires_grad_(False) on a non-leaf; use .detach()")
+        if requires_grad and not hasattr(self, "_seq"):
+            self._seq = next_seq()  # its first moment as a graph leaf (see autograd.toposort)
         self.requires_grad = bool(requires_grad)
         return self
 
