@@ -190,6 +190,21 @@ def test_matmul_odd_byte_strides_fall_back_correctly():
     np.testing.assert_array_equal(_cpu_matmul.matmul(a, b), np.ascontiguousarray(a) @ b)
 
 
+def test_matmul_and_relu_handle_swapped_and_unaligned_data():
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((7, 5))
+    b = rng.standard_normal((5, 3))
+    swapped = a.astype(">f8")                              # big-endian float64
+    raw = np.zeros(a.size * 8 + 1, dtype=np.uint8)[1:]     # one byte off alignment
+    unaligned = raw.view(np.float64).reshape(a.shape)
+    unaligned[...] = a
+    assert not unaligned.flags.aligned
+    for x in (swapped, unaligned):
+        np.testing.assert_allclose(_cpu_matmul.matmul(x, b), a @ b, rtol=1e-12)
+        np.testing.assert_array_equal(_cpu_relu.relu(x), np.maximum(a, 0))
+        np.testing.assert_array_equal(_cpu_relu.relu_backward(x, x), a * (a > 0))
+
+
 @pytest.mark.parametrize("a_shape, b_shape, dtypes", [
     ((3, 4), (4, 5), (np.int64, np.int64)),        # integers: numpy
     ((3, 4), (4, 5), (np.float32, np.float64)),    # mixed: numpy promotes

@@ -666,10 +666,14 @@ cdef int _run(cnp.ndarray out, Py_ssize_t batch, Py_ssize_t m, Py_ssize_t n, Py_
     return 0
 
 
-cdef inline bint _strides_ok(cnp.ndarray x, Py_ssize_t itemsize) noexcept:
-    """Every stride is a whole number of elements (numpy allows odd byte strides)."""
+cdef inline bint _layout_ok(cnp.ndarray x, Py_ssize_t itemsize) noexcept:
+    """The kernel can read ``x`` in place: native byte order, aligned, and every
+    stride a whole number of elements (numpy allows odd byte strides and swapped or
+    unaligned data in views of raw buffers; those go to numpy)."""
     cdef int d
     cdef cnp.npy_intp *st = cnp.PyArray_STRIDES(x)
+    if not cnp.PyArray_ISNOTSWAPPED(x) or not cnp.PyArray_ISALIGNED(x):
+        return False
     for d in range(cnp.PyArray_NDIM(x)):
         if st[d] % itemsize != 0:
             return False
@@ -778,7 +782,7 @@ cdef object _dispatch(object a, object b, bint routed):
             hook()
         if work > (_auto_max_work_f32 if itemsize == 4 else _auto_max_work_f64):
             return _np_matmul(a, b)
-    if not (_strides_ok(A, itemsize) and _strides_ok(B, itemsize)):
+    if not (_layout_ok(A, itemsize) and _layout_ok(B, itemsize)):
         return _np_matmul(a, b)
     if nda == 3 or ndb == 3:
         dims[0] = ba if ba > bb else bb

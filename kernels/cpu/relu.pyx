@@ -155,6 +155,11 @@ cdef bint _route_to_numpy(Py_ssize_t size) except -1:
     return size > _auto_max_size
 
 
+cdef inline bint _native(cnp.ndarray x) noexcept:
+    """Native byte order and aligned: what the C loops may read (numpy handles the rest)."""
+    return cnp.PyArray_ISNOTSWAPPED(x) and cnp.PyArray_ISALIGNED(x)
+
+
 def relu(x):
     """``max(x, 0)`` elementwise, NaN kept, like ``np.maximum(x, 0)``.
 
@@ -171,7 +176,7 @@ def relu(x):
         return _np_maximum(x, 0)
     X = <cnp.ndarray>x
     t = cnp.PyArray_TYPE(X)
-    if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
+    if (t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64) or not _native(X):
         return _np_maximum(x, 0)
     if _auto and _route_to_numpy(cnp.PyArray_SIZE(X)):
         return _np_maximum(x, 0, dtype=X.dtype)
@@ -203,7 +208,7 @@ def relu_backward(g, x):
     t = cnp.PyArray_TYPE(G)
     nd = cnp.PyArray_NDIM(G)
     if (t != cnp.PyArray_TYPE(X) or (t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64)
-            or nd != cnp.PyArray_NDIM(X)):
+            or nd != cnp.PyArray_NDIM(X) or not _native(G) or not _native(X)):
         return g * (x > 0)
     for d in range(nd):
         if cnp.PyArray_DIMS(G)[d] != cnp.PyArray_DIMS(X)[d]:
