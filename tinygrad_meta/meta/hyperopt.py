@@ -54,7 +54,7 @@ import numpy as np
 
 from ..autograd import enable_grad, grad, no_grad
 from ..derivatives import hvp
-from ..tensor import Tensor, _make, zeros_like
+from ..tensor import Tensor, zeros_like
 from .. import optim
 
 __all__ = ["HYPER_KINDS", "make_hyperparameters", "hyperparameter_values",
@@ -329,33 +329,6 @@ def _train_gradients(train_loss, params, step, create_graph, caller):
     return loss, out
 
 
-def _identity_rule(out, g):
-    return (g,)
-
-
-def _gradients_at_boundary(train_loss, params, step, caller):
-    """The training gradient at θ_t, recorded (create_graph) but found in O(one step).
-
-    ``grad`` walks everything reachable from the loss, and θ_t reaches back through all t
-    earlier steps, so asking for ∇L(θ_t) directly costs O(t) and the unroll O(T²). Each
-    θ_t is therefore passed through an identity node whose parents are hidden while the
-    inner gradient is taken: the walk stops there. The identity's rule is restored before
-    anything else runs, so the outer backward pass still flows through it into θ_{t-1}
-    and the hyperparameters. The inner gradient is unchanged: the loss sees θ_t only
-    through the identity.
-    """
-    boundary = OrderedDict((n, _make(p.data, p._be, (p,), _identity_rule)) for n, p in params.items())
-    hidden = [(node, node._parents) for node in boundary.values()]
-    try:
-        for node, _ in hidden:
-            node._parents = ()
-        loss, grads = _train_gradients(train_loss, boundary, step, True, caller)
-    finally:
-        for node, parents in hidden:
-            node._parents = parents
-    return boundary, loss, grads
-
-
 def _detach_state(state):
     if state is None:
         return None
@@ -410,7 +383,8 @@ def _run(train_loss, val_loss, init_params, hyper, steps, optimizer, graph_steps
         params = OrderedDict((n, p if p.requires_grad else p.detach().requires_grad_(True))
                              for n, p in params.items())
     for step in range(detached_phase, steps):
-        params, loss, grads = _gradients_at_boundary(train_loss, params, step, caller)
+        # grad() walks only nodes created after θ_t, so each inner gradient costs one step
+        loss, grads = _train_gradients(train_loss, params, step, True, caller)
         train_losses.append(float(loss.item()))
         params, state = _optimizer_step(optimizer, params, grads, with_graph, step, state,
                                         betas, eps, nesterov)
