@@ -208,7 +208,7 @@ def evaluate_run(run_dir, num_tasks=600, shots=EVAL_SHOTS, steps=EVAL_STEPS, bas
     the baseline's regression steps (default: the run's config, else 5000).
     Out: ``{"rows": [{"model", "shots", "steps": {s: [mean, ci]}}...], ...}``.
     """
-    from .train import load_run
+    from .train import load_run, pinned_kernels
     if algorithm is None or config is None:
         config, algorithm, checkpoint = load_run(run_dir, device=device)
         iteration = checkpoint.iteration
@@ -217,8 +217,15 @@ def evaluate_run(run_dir, num_tasks=600, shots=EVAL_SHOTS, steps=EVAL_STEPS, bas
     if isinstance(num_tasks, bool) or not isinstance(num_tasks, (int, np.integer)) or num_tasks < 2:
         raise ValueError(f"evaluate: need at least 2 tasks for a confidence interval, got {num_tasks!r}")
     device = config.get("device", "cpu") if device is None else device
+    # the run's kernels, so that the same checkpoint always gives the same table
+    with pinned_kernels(config, log):
+        return _evaluate(run_dir, config, algorithm, iteration, num_tasks, shots, steps, baseline, plot,
+                         device, log, baseline_iters)
+
+
+def _evaluate(run_dir, config, algorithm, iteration, num_tasks, shots, steps, baseline, plot, device, log,
+              baseline_iters):
     task = get_task(config["task"])
-    models = [(config["algo"], algorithm.model, adapted_mse)]
     pretrained = None
     if baseline:
         if baseline_iters is None:

@@ -18,6 +18,7 @@ checkpoint ends with exactly the parameters of an uninterrupted run.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import numbers
@@ -36,7 +37,8 @@ from .tasks import get_task
 from .tasks.sinusoid import STREAM_TRAIN, STREAM_VALIDATION, task_rng
 
 __all__ = ["ALGORITHMS", "DEFAULTS", "make_config", "build_model", "build_algorithm",
-           "build_optimizer", "load_run", "train", "TrainResult", "ConfigConflictError"]
+           "build_optimizer", "load_run", "train", "TrainResult", "ConfigConflictError",
+           "pinned_kernels", "check_device"]
 
 ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
 
@@ -256,6 +258,17 @@ def _pin_kernels(config, log):
         return cpu.set_kernels("numpy")
 
 
+@contextlib.contextmanager
+def pinned_kernels(config, log=print):
+    """Run the block with the run's CPU kernels pinned (``_pin_kernels``), then restore."""
+    from .backends import cpu
+    previous = _pin_kernels(config, log)
+    try:
+        yield config["cpu_kernels"]
+    finally:
+        cpu.set_kernels(previous)
+
+
 def check_device(device):
     """Raise a ValueError saying why ``device`` cannot be used (no CuPy, no GPU, a typo)."""
     from .backends import get_backend
@@ -384,12 +397,8 @@ def train(overrides=None, resume=None, force=False, progress=True, log=print) ->
             log(note)
     _remove_stale_temporaries(config["out"], log)
 
-    previous_kernels = _pin_kernels(config, log)
-    try:
+    with pinned_kernels(config, log):
         return _train(config, checkpoint, task, progress, log)
-    finally:
-        from .backends import cpu
-        cpu.set_kernels(previous_kernels)
 
 
 def _train(config, checkpoint, task, progress, log):
