@@ -150,6 +150,19 @@ def test_matmul_edge_shapes(dtype, shape):
         assert np.all(got == 0)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided"])
+def test_matrix_vector_products(dtype, layout):
+    # n == 1 has its own loops (rows four at a time with vector and half-vector steps
+    # along k, or axpy updates for a transposed A): cover every k remainder
+    rng = np.random.default_rng(7)
+    for m in (1, 3, 4, 5, 250):
+        for k in (1, 7, 8, 9, 16, 23, 24, 25, 40, 100):
+            a = _layout(rng.standard_normal((m, k)).astype(dtype), layout)
+            b = rng.standard_normal((k, 1)).astype(dtype)
+            _assert_matmul_close(_cpu_matmul.gemm(a, b), a, b)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shapes", [
     ((3, 150, 130), (3, 130, 170)),     # batch < threads x ... splits rows

@@ -251,6 +251,8 @@ cdef extern from *:
 
     typedef float tgm_vf32 __attribute__((vector_size(TGM_VBYTES)));
     typedef double tgm_vf64 __attribute__((vector_size(TGM_VBYTES)));
+    typedef float tgm_hf32 __attribute__((vector_size(TGM_VBYTES / 2)));   /* half vectors */
+    typedef double tgm_hf64 __attribute__((vector_size(TGM_VBYTES / 2)));
 
     #if TGM_MR == 12
     #define TGM_DEFINE_ALL_TILES(T, SFX)                                                  \\
@@ -285,15 +287,110 @@ cdef extern from *:
     TGM_DEFINE_PACK_TAIL(float, f32)
     TGM_DEFINE_PACK_TAIL(double, f64)
 
+    /* The sum of a vector's lanes, as a tree (adding lane by lane would be a chain of
+       VL dependent adds). With AVX the halves are split by register extracts: going
+       through memory would stall on store forwarding. */
+    #if defined(__AVX__)
+    #include <immintrin.h>
+    TGM_INLINE float tgm_hsum128_f32(__m128 x) {
+        x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+        return _mm_cvtss_f32(_mm_add_ss(x, _mm_shuffle_ps(x, x, 1)));
+    }
+    TGM_INLINE float tgm_hsum256_f32(__m256 v) {
+        return tgm_hsum128_f32(_mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)));
+    }
+    TGM_INLINE double tgm_hsum128_f64(__m128d x) {
+        return _mm_cvtsd_f64(_mm_add_sd(x, _mm_unpackhi_pd(x, x)));
+    }
+    TGM_INLINE double tgm_hsum256_f64(__m256d v) {
+        return tgm_hsum128_f64(_mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1)));
+    }
+    #endif
+    #if defined(__AVX512F__)
+    TGM_INLINE float tgm_hsum_f32(tgm_vf32 v) { return _mm512_reduce_add_ps((__m512)v); }
+    TGM_INLINE double tgm_hsum_f64(tgm_vf64 v) { return _mm512_reduce_add_pd((__m512d)v); }
+    TGM_INLINE float tgm_hsum_half_f32(tgm_hf32 v) { return tgm_hsum256_f32((__m256)v); }
+    TGM_INLINE double tgm_hsum_half_f64(tgm_hf64 v) { return tgm_hsum256_f64((__m256d)v); }
+    #elif defined(__AVX__)
+    TGM_INLINE float tgm_hsum_f32(tgm_vf32 v) { return tgm_hsum256_f32((__m256)v); }
+    TGM_INLINE double tgm_hsum_f64(tgm_vf64 v) { return tgm_hsum256_f64((__m256d)v); }
+    TGM_INLINE float tgm_hsum_half_f32(tgm_hf32 v) { return tgm_hsum128_f32((__m128)v); }
+    TGM_INLINE double tgm_hsum_half_f64(tgm_hf64 v) { return tgm_hsum128_f64((__m128d)v); }
+    #else
+    #define TGM_DEFINE_HSUM_LOOP(T, SFX, VT, NAME)                                       \\
+    TGM_INLINE T NAME(VT v) {                                                            \\
+        T s = 0;                                                                         \\
+        for (int l = 0; l < (int)(sizeof(VT) / sizeof(T)); l++) s += v[l];               \\
+        return s;                                                                        \\
+    }
+    TGM_DEFINE_HSUM_LOOP(float, f32, tgm_vf32, tgm_hsum_f32)
+    TGM_DEFINE_HSUM_LOOP(double, f64, tgm_vf64, tgm_hsum_f64)
+    TGM_DEFINE_HSUM_LOOP(float, f32, tgm_hf32, tgm_hsum_half_f32)
+    TGM_DEFINE_HSUM_LOOP(double, f64, tgm_hf64, tgm_hsum_half_f64)
+    #endif
+
     /* Degenerate shapes without packing: n == 1 (matrix-vector) and tiny k or n, for
        row-contiguous B and C. */
     #define TGM_DEFINE_SMALL(T, SFX)                                                     \\
     static void tgm_small_##SFX(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,                   \\
             const T *a, ptrdiff_t sam, ptrdiff_t sak,                                    \\
             const T *b, ptrdiff_t sbk, T *restrict c) {                                  \\
+        if (n == 1 && sam == 1) {                                                        \\
+            /* matrix-vector with A's columns contiguous (a transposed view):           \\
+               c = sum_p A[:, p] b[p] as axpy updates along m, which gcc vectorises */  \\
+            T b0 = b[0];                                                                 \\
+            for (ptrdiff_t i = 0; i < m; i++) c[i] = a[i] * b0;                          \\
+            for (ptrdiff_t p = 1; p < k; p++) {                                          \\
+                const T *restrict ap = a + p * sak;                                      \\
+                T bp = b[p * sbk];                                                       \\
+                for (ptrdiff_t i = 0; i < m; i++) c[i] += ap[i] * bp;                    \\
+            }                                                                            \\
+            return;                                                                      \\
+        }                                                                                \\
         if (n == 1) {                                                                    \\
-            /* matrix-vector: 8 independent partial sums hide the FMA latency */         \\
-            for (ptrdiff_t i = 0; i < m; i++) {                                          \\
+            enum { VL = TGM_VBYTES / (int)sizeof(T) };                                   \\
+            ptrdiff_t i = 0;                                                             \\
+            if (sak == 1 && sbk == 1) {                                                  \\
+                /* rows of A and the vector contiguous: four rows at a time, each with   \\
+                   a vector of partial sums along k */                                   \\
+                for (; i + 4 <= m; i += 4) {                                             \\
+                    tgm_v##SFX acc[4] = {{0}};                                           \\
+                    ptrdiff_t p = 0;                                                     \\
+                    for (; p + VL <= k; p += VL) {                                       \\
+                        tgm_v##SFX x;                                                    \\
+                        memcpy(&x, b + p, sizeof(x));                                    \\
+                        _Pragma("GCC unroll 4")                                          \\
+                        for (int r = 0; r < 4; r++) {                                    \\
+                            tgm_v##SFX ar;                                               \\
+                            memcpy(&ar, a + (i + r) * sam + p, sizeof(ar));              \\
+                            acc[r] += ar * x;                                            \\
+                        }                                                                \\
+                    }                                                                    \\
+                    /* a half-vector step for the tail, then a tree sum of the lanes */ \\
+                    tgm_h##SFX half[4] = {{0}};                                          \\
+                    if (p + VL / 2 <= k) {                                               \\
+                        tgm_h##SFX x;                                                    \\
+                        memcpy(&x, b + p, sizeof(x));                                    \\
+                        _Pragma("GCC unroll 4")                                          \\
+                        for (int r = 0; r < 4; r++) {                                    \\
+                            tgm_h##SFX ar;                                               \\
+                            memcpy(&ar, a + (i + r) * sam + p, sizeof(ar));              \\
+                            half[r] = ar * x;                                            \\
+                        }                                                                \\
+                        p += VL / 2;                                                     \\
+                    }                                                                    \\
+                    /* unrolled so that acc and half stay in registers */             \\
+                    _Pragma("GCC unroll 4")                                              \\
+                    for (int r = 0; r < 4; r++) {                                        \\
+                        const T *ar = a + (i + r) * sam;                                 \\
+                        T s = tgm_hsum_##SFX(acc[r]) + tgm_hsum_half_##SFX(half[r]);      \\
+                        for (ptrdiff_t q = p; q < k; q++) s += ar[q] * b[q];             \\
+                        c[i + r] = s;                                                    \\
+                    }                                                                    \\
+                }                                                                        \\
+            }                                                                            \\
+            /* any strides (and the last rows): 8 independent partial sums per row */   \\
+            for (; i < m; i++) {                                                         \\
                 const T *ai = a + i * sam;                                               \\
                 T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                     \\
                 ptrdiff_t p = 0;                                                         \\
