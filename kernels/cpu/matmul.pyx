@@ -466,8 +466,11 @@ cdef Py_ssize_t NC_BLOCK = 2048
 cdef Py_ssize_t MC_BLOCK = 192
 
 # Threads run only when the product has at least this many multiply-adds: below it
-# the fork/join costs more than a second core saves (measured: ~2-5 us per region).
-cdef double THREAD_MIN_WORK = 96.0 * 96.0 * 96.0
+# waking the pool costs more than a second core saves. Our idle workers sleep soon
+# (the backend sets a short GOMP_SPINCOUNT), so a region pays a futex wake-up: about
+# 5-20 us on an idle machine, ~100 us when other processes hold the cores. 160^3
+# (~45 us on one Zen 4 core) is the default; auto mode measures and resets it.
+cdef double THREAD_MIN_WORK = 160.0 * 160.0 * 160.0
 cdef int _num_threads = 0          # 0: use omp_get_max_threads()
 # Work items per thread for a threaded product (see _gemm_batched).
 cdef Py_ssize_t ITEMS_PER_THREAD = 2
@@ -475,7 +478,7 @@ cdef Py_ssize_t ITEMS_PER_THREAD = 2
 # Products whose A has at most this many elements (and K <= KC, N <= NC) read A in
 # place instead of packing it: A then sits in L1/L2 and packing would cost more than
 # the strided broadcasts it saves.
-cdef Py_ssize_t DIRECT_MAX_A = 64 * 64
+cdef Py_ssize_t DIRECT_MAX_A = 128 * 128
 
 MR = TGM_MR
 NR_F32 = TGM_NR_F32
@@ -510,6 +513,20 @@ def set_blocking(Py_ssize_t kc_f32=0, Py_ssize_t kc_f64=0, Py_ssize_t nc=0, Py_s
     if mc > 0:
         MC_BLOCK = _round_up(mc, TGM_MR)
     return old
+
+
+def set_thread_min_work(double work):
+    """Run products with at least ``work`` multiply-adds on threads (smaller ones on
+    one); returns the old threshold."""
+    global THREAD_MIN_WORK
+    old = THREAD_MIN_WORK
+    THREAD_MIN_WORK = work
+    return old
+
+
+def get_thread_min_work():
+    """The smallest product (multiply-adds) that runs on threads."""
+    return THREAD_MIN_WORK
 
 
 def set_num_threads(int n):

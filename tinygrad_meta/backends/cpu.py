@@ -173,6 +173,32 @@ def _largest_win(probes, timings):
     return float("inf")
 
 
+# Square float32 sizes at which calibration compares our kernel on all threads with
+# one thread; threads must win by _THREAD_GAIN to be used from that size on.
+_THREAD_PROBES = (192, 320)
+_THREAD_GAIN = 1.1
+_THREADS_ONLY_ABOVE = 512.0 ** 3
+
+
+def _thread_timing(a):
+    """(seconds on one thread, seconds on all threads) for a @ a with our kernel."""
+    old_threads = _cpu_matmul.set_num_threads(1)
+    old_min = _cpu_matmul.set_thread_min_work(0.0)     # let the probe use threads
+    try:
+        def threaded():
+            _cpu_matmul.set_num_threads(old_threads)
+            _cpu_matmul.gemm(a, a)
+
+        def serial():
+            _cpu_matmul.set_num_threads(1)
+            _cpu_matmul.gemm(a, a)
+        one, many = _best_pair(serial, threaded, repeats=3)
+    finally:
+        _cpu_matmul.set_num_threads(old_threads)
+        _cpu_matmul.set_thread_min_work(old_min)
+    return one, many
+
+
 def _ratio(timing):
     ours, ref = timing
     return None if ours is None else round(ref / ours, 2)
@@ -197,10 +223,20 @@ def _calibrate():
                 plan.append((kind, _MATMUL_PROBES[rank]))
         if rank < len(_RELU_PROBES):
             plan.append(("relu", _RELU_PROBES[rank]))
+        if rank == 1 and _cpu_matmul.get_num_threads() > 1:
+            # before the probes large enough to run threaded
+            plan += [("threads", n) for n in _THREAD_PROBES]
     timings = {}
     for kind, size in plan:
         if time.perf_counter() > deadline:
             timings[kind, size] = (None, None)
+        elif kind == "threads":
+            timings[kind, size] = _thread_timing(rng.standard_normal((size, size)).astype(np.float32))
+            if timings[kind, size][1] < timings[kind, size][0] / _THREAD_GAIN:
+                # threads paid here: run on them from this size on (larger probes then
+                # measure the threaded kernel)
+                _cpu_matmul.set_thread_min_work(float(size) ** 3)
+                result["thread_min_work"] = float(size) ** 3
         elif kind == "relu":
             x = rng.standard_normal(size).astype(np.float32)
             timings[kind, size] = _best_pair(lambda: _cpu_relu.relu(x), lambda: _relu(x), repeats=3)
@@ -210,6 +246,15 @@ def _calibrate():
             timings[kind, size] = _best_pair(lambda: _cpu_matmul.matmul(a, b),
                                              lambda: np.matmul(a, b),
                                              repeats=3 if size >= 128 else 5)
+    if "thread_min_work" not in result and all(
+            timings.get(("threads", n), (None, None))[0] is not None for n in _THREAD_PROBES):
+        # threads lost at every probe (other processes hold the cores, or one core):
+        # keep them for products so large that a wake-up is noise
+        _cpu_matmul.set_thread_min_work(_THREADS_ONLY_ABOVE)
+        result["thread_min_work"] = _THREADS_ONLY_ABOVE
+    result.setdefault("thread_min_work", _cpu_matmul.get_thread_min_work())
+    result["thread_probes"] = {n: _ratio(timings[("threads", n)][::-1])
+                               for n in _THREAD_PROBES if ("threads", n) in timings}
     for kind in ("float32", "float64"):
         measured = [timings[kind, n] for n in _MATMUL_PROBES]
         result[f"matmul_{kind}_max_work"] = _largest_win([n ** 3 for n in _MATMUL_PROBES], measured)
