@@ -329,6 +329,85 @@ cdef extern from *:
     TGM_DEFINE_HSUM_LOOP(double, f64, tgm_hf64, tgm_hsum_half_f64)
     #endif
 
+    /* Packing a B whose columns are contiguous (a transposed view, sbk == 1) into
+       NR-column panels means transposing it. With AVX that is done in 8x8 (float) or
+       4x4 (double) register blocks; edges and other ISAs go element by element. */
+    #define TGM_PACK_BT_EDGE(T)                                                          \\
+        for (; j < cols; j++)                                                            \\
+            for (int q = 0; q < BLK; q++) panel[(p + q) * nr + j] = b[(jr + j) * sbn + p + q]; \\
+        for (; j < nr; j++)                                                              \\
+            for (int q = 0; q < BLK; q++) panel[(p + q) * nr + j] = 0;
+    static TGM_NO_MEMCPY void tgm_pack_bt_f32(float *restrict dst, const float *restrict b,
+            ptrdiff_t kc, ptrdiff_t nc, ptrdiff_t sbn, ptrdiff_t nr) {
+        enum { BLK = 8 };
+        for (ptrdiff_t jr = 0; jr < nc; jr += nr) {
+            float *panel = dst + jr * kc;
+            ptrdiff_t cols = nc - jr < nr ? nc - jr : nr, p = 0, j;
+    #if defined(__AVX__)
+            for (; p + BLK <= kc; p += BLK) {
+                for (j = 0; j + BLK <= cols; j += BLK) {
+                    const float *src = b + (jr + j) * sbn + p;
+                    __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + sbn);
+                    __m256 r2 = _mm256_loadu_ps(src + 2 * sbn), r3 = _mm256_loadu_ps(src + 3 * sbn);
+                    __m256 r4 = _mm256_loadu_ps(src + 4 * sbn), r5 = _mm256_loadu_ps(src + 5 * sbn);
+                    __m256 r6 = _mm256_loadu_ps(src + 6 * sbn), r7 = _mm256_loadu_ps(src + 7 * sbn);
+                    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+                    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+                    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+                    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+                    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+                    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+                    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+                    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+                    float *out = panel + p * nr + j;
+                    _mm256_storeu_ps(out, _mm256_permute2f128_ps(s0, s4, 0x20));
+                    _mm256_storeu_ps(out + nr, _mm256_permute2f128_ps(s1, s5, 0x20));
+                    _mm256_storeu_ps(out + 2 * nr, _mm256_permute2f128_ps(s2, s6, 0x20));
+                    _mm256_storeu_ps(out + 3 * nr, _mm256_permute2f128_ps(s3, s7, 0x20));
+                    _mm256_storeu_ps(out + 4 * nr, _mm256_permute2f128_ps(s0, s4, 0x31));
+                    _mm256_storeu_ps(out + 5 * nr, _mm256_permute2f128_ps(s1, s5, 0x31));
+                    _mm256_storeu_ps(out + 6 * nr, _mm256_permute2f128_ps(s2, s6, 0x31));
+                    _mm256_storeu_ps(out + 7 * nr, _mm256_permute2f128_ps(s3, s7, 0x31));
+                }
+                TGM_PACK_BT_EDGE(float)
+            }
+    #endif
+            for (; p < kc; p++) {
+                for (j = 0; j < cols; j++) panel[p * nr + j] = b[(jr + j) * sbn + p];
+                for (; j < nr; j++) panel[p * nr + j] = 0;
+            }
+        }
+    }
+    static TGM_NO_MEMCPY void tgm_pack_bt_f64(double *restrict dst, const double *restrict b,
+            ptrdiff_t kc, ptrdiff_t nc, ptrdiff_t sbn, ptrdiff_t nr) {
+        enum { BLK = 4 };
+        for (ptrdiff_t jr = 0; jr < nc; jr += nr) {
+            double *panel = dst + jr * kc;
+            ptrdiff_t cols = nc - jr < nr ? nc - jr : nr, p = 0, j;
+    #if defined(__AVX__)
+            for (; p + BLK <= kc; p += BLK) {
+                for (j = 0; j + BLK <= cols; j += BLK) {
+                    const double *src = b + (jr + j) * sbn + p;
+                    __m256d r0 = _mm256_loadu_pd(src), r1 = _mm256_loadu_pd(src + sbn);
+                    __m256d r2 = _mm256_loadu_pd(src + 2 * sbn), r3 = _mm256_loadu_pd(src + 3 * sbn);
+                    __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+                    __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+                    double *out = panel + p * nr + j;
+                    _mm256_storeu_pd(out, _mm256_permute2f128_pd(t0, t2, 0x20));
+                    _mm256_storeu_pd(out + nr, _mm256_permute2f128_pd(t1, t3, 0x20));
+                    _mm256_storeu_pd(out + 2 * nr, _mm256_permute2f128_pd(t0, t2, 0x31));
+                    _mm256_storeu_pd(out + 3 * nr, _mm256_permute2f128_pd(t1, t3, 0x31));
+                }
+                TGM_PACK_BT_EDGE(double)
+            }
+    #endif
+            for (; p < kc; p++) {
+                for (j = 0; j < cols; j++) panel[p * nr + j] = b[(jr + j) * sbn + p];
+                for (; j < nr; j++) panel[p * nr + j] = 0;
+            }
+        }
+    }
+
     /* Degenerate shapes without packing: n == 1 (matrix-vector) and tiny k or n, for
        row-contiguous B and C. */
     #define TGM_DEFINE_SMALL(T, SFX)                                                     \\
@@ -440,6 +519,10 @@ cdef extern from *:
     void tgm_block_direct_f64(Py_ssize_t mc, Py_ssize_t nc, Py_ssize_t kc, const double *a,
                               Py_ssize_t sam, Py_ssize_t sak, const double *pb, const double *b,
                               Py_ssize_t sbk, double *c, Py_ssize_t ldc) nogil
+    void tgm_pack_bt_f32(float *dst, const float *b, Py_ssize_t kc, Py_ssize_t nc,
+                         Py_ssize_t sbn, Py_ssize_t nr) nogil
+    void tgm_pack_bt_f64(double *dst, const double *b, Py_ssize_t kc, Py_ssize_t nc,
+                         Py_ssize_t sbn, Py_ssize_t nr) nogil
     void tgm_pack_tail_f32(float *dst, const float *src, Py_ssize_t kc, int cols,
                            Py_ssize_t sbk) nogil
     void tgm_pack_tail_f64(double *dst, const double *src, Py_ssize_t kc, int cols,
@@ -584,6 +667,13 @@ cdef void _pack_b(real *dst, const real *b, Py_ssize_t kc, Py_ssize_t nc,
     cdef Py_ssize_t jr, j, p, cols
     cdef real *panel
     cdef const real *src
+    if sbk == 1 and sbn != 1:
+        # B's columns are contiguous: a transpose, done in register blocks
+        if real is float:
+            tgm_pack_bt_f32(dst, b, kc, nc, sbn, nr)
+        else:
+            tgm_pack_bt_f64(dst, b, kc, nc, sbn, nr)
+        return
     jr = 0
     while jr < nc:
         panel = dst + jr * kc
