@@ -348,8 +348,10 @@ def test_auto_mode_measures_a_crossover_once():
         info = cpu.kernel_info()
         crossover = info["crossover"]
         assert crossover is not None
-        for key in ("matmul_float32_max_work", "matmul_float64_max_work", "relu_max_size"):
+        for key in ("matmul_float32_max_work", "matmul_float64_max_work", "relu_max_size",
+                    "thread_min_work"):
             assert crossover[key] >= 0
+        assert _cpu_matmul.get_thread_min_work() == crossover["thread_min_work"]
         # a budget, not a benchmark: the calibration stops probing after ~0.25 s; the
         # slack is for a CI machine shared with other jobs
         assert crossover["seconds"] < 2.0

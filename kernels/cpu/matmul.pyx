@@ -7,21 +7,25 @@ The structure follows Goto & van de Geijn / BLIS:
 * the K x N operand is packed, a KC x NC block at a time, into NR-wide column panels,
   and the M x K operand, an MC x KC block at a time, into MR-tall row panels, both
   contiguous and zero-padded, so the inner loop only ever streams contiguous memory;
-* a micro-kernel keeps an MR x NR tile of C in local accumulators (the compiler keeps
-  them in vector registers: 12 x 2 vectors with AVX-512's 32 registers, 6 x 2 with
-  16) and runs K rank-1 updates on it;
-* loops order: jc (NC) > pc (KC) > pack B > ic (MC) > pack A > ir (MR) > jr (NR), so an
-  A micro-panel (MR x KC) stays in L1 while the packed B block (KC x NC) streams from L2.
+* a micro-kernel (``tgm_tile_*`` in the C block below) keeps an MR x NR tile of C in
+  local accumulators that gcc keeps in vector registers (12 x 2 vectors with
+  AVX-512's 32 registers, 6 x 2 with 16) and runs K rank-1 updates on it; edge tiles
+  use 8/4/2/1-row and one-vector variants instead of computing padding;
+* loop order: jc (NC) > pc (KC) > pack B > ic (MC) > pack A > ir (MR) > jr (NR), so an
+  A micro-panel (MR x KC) stays in L1 while the packed B block streams past it.
 
-Any strides work, including transposed views and negative strides, because packing
-reads through element strides: a transposed operand costs nothing extra. Threads
-(OpenMP ``prange``) split the rows of C (and the batch) into independent slabs, each
-with its own packing buffers, and only run when the product is large enough to pay
-for them.
+Small products (the MAML scale) skip packing: A is read in place through its strides
+and B too when its rows are contiguous. Matrix-vector products and K <= 2 have their
+own loops. Any strides work (transposed views, negative strides): packing reads
+through element strides, and a transposed B is packed by register transposes, so a
+transposed operand is never copied first. Threads (OpenMP ``prange``, dynamic) share
+(batch entry, row block, column block) work items, each with its own packing
+buffers, and only run above ``THREAD_MIN_WORK`` multiply-adds.
 
 Public entry point: :func:`matmul` (numpy semantics; anything it does not handle goes
 to ``numpy.matmul``). :func:`gemm` exposes explicit transpose flags for tests and
-benchmarks. ``BUILD_INFO`` says how the module was compiled.
+benchmarks. ``BUILD_INFO`` says how the module was compiled; ``set_blocking``,
+``set_num_threads`` and ``set_thread_min_work`` tune it at run time.
 """
 import numpy as np
 cimport numpy as cnp
