@@ -112,6 +112,8 @@ cdef extern from *:
             _Pragma("GCC unroll 4")                                                     \\
             for (int v = 0; v < NVV; v++) acc[i][v] = (tgm_v##SFX){0};                  \\
         }                                                                               \\
+        /* unrolled twice: the loop overhead is a visible share of short (small-K) tiles */ \\
+        _Pragma("GCC unroll 2")                                                         \\
         for (ptrdiff_t p = 0; p < kc; p++) {                                            \\
             tgm_v##SFX b[NVV];                                                          \\
             _Pragma("GCC unroll 4")                                                     \\
