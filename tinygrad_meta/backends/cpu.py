@@ -232,9 +232,10 @@ def _calibrate():
             timings[kind, size] = (None, None)
         elif kind == "threads":
             timings[kind, size] = _thread_timing(rng.standard_normal((size, size)).astype(np.float32))
-            if timings[kind, size][1] < timings[kind, size][0] / _THREAD_GAIN:
-                # threads paid here: run on them from this size on (larger probes then
-                # measure the threaded kernel)
+            if ("thread_min_work" not in result
+                    and timings[kind, size][1] < timings[kind, size][0] / _THREAD_GAIN):
+                # threads paid here first: run on them from this size on (larger
+                # probes then measure the threaded kernel)
                 _cpu_matmul.set_thread_min_work(float(size) ** 3)
                 result["thread_min_work"] = float(size) ** 3
         elif kind == "relu":
