@@ -555,10 +555,11 @@ cdef Py_ssize_t NC_BLOCK = 2048
 cdef Py_ssize_t MC_BLOCK = 192
 
 # Threads run only when the product has at least this many multiply-adds: below it
-# waking the pool costs more than a second core saves. Our idle workers sleep soon
-# (the backend sets a short GOMP_SPINCOUNT), so a region pays a futex wake-up: about
-# 5-20 us on an idle machine, ~100 us when other processes hold the cores. 160^3
-# (~45 us on one Zen 4 core) is the default; auto mode measures and resets it.
+# waking the pool costs more than a second core saves. Our idle workers sleep after
+# a short spin (the backend sets GOMP_SPINCOUNT), so a region may pay a futex
+# wake-up: microseconds on an idle machine, ~100 us when other processes hold the
+# cores. 160^3 (~45 us on one Zen 4 core) is the default; auto mode measures and
+# resets it.
 cdef double THREAD_MIN_WORK = 160.0 * 160.0 * 160.0
 cdef int _num_threads = 0          # 0: use omp_get_max_threads()
 # Work items per thread for a threaded product (see _gemm_batched).

@@ -26,14 +26,16 @@ __all__ = ["BACKEND", "CPUBackend", "kernel_info", "set_kernels", "get_kernels",
 
 MODES = ("cython", "numpy", "auto")
 
-# libgomp's idle workers spin for a long while after each parallel region (300k spins
-# by default). When numpy's OpenBLAS threads run next, the two pools fight over the
-# cores: on 2 cores, alternating our threaded matmul with numpy's took 8 ms a pair
-# instead of ~0.1 ms (measured, n = 128). A short spin keeps back-to-back regions fast
-# (30-45 us vs 27 us at n = 128) without starving BLAS. A user's own setting wins;
-# this only takes effect if libgomp is not loaded yet (it reads the variable once).
+# libgomp's idle workers spin for a while after each parallel region (300k spins by
+# default) before they sleep. Measured on a 2-core machine that other processes were
+# also using, alternating our threaded matmul with numpy's (n = 128) cost 8.4 ms a
+# pair with that default (the spinning pool kept OpenBLAS's threads off the cores),
+# 0.9 ms with 10k spins, 0.2 ms with 1k. But with 1k our workers sleep between calls
+# and, once OpenBLAS's threads exist, are often woken onto the busy core: n = 512 on
+# two threads then took 2.7-3.0 ms (median) instead of 1.5 ms; 10k kept 1.5 ms. So 10k.
+# A user's own setting wins; it only takes effect if libgomp is not loaded yet.
 if "OMP_WAIT_POLICY" not in os.environ:
-    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 try:
     from .. import _cpu_matmul, _cpu_relu
