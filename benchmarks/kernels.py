@@ -16,6 +16,8 @@ of the fastest samples, what a run undisturbed by other processes gets.
   numpy's ``a @ b``, and ``Tensor @ Tensor`` with our kernels vs with numpy's.
 * ReLU forward and backward at 1e3, 1e5, 1e7 elements vs ``np.maximum(x, 0)`` and
   ``g * (x > 0)``.
+* one whole MAML meta-step (benchmarks/maml.py's setting) with the kernels vs in
+  numpy mode: the end-to-end effect (no target).
 * the GPU rows from benchmarks/kernels_gpu.py when CuPy and a GPU are present.
 
 Targets (issue 3): float32 >= 0.90 at n = 512 and 1024 on one thread, >= 0.80 on two;
@@ -161,8 +163,38 @@ def small_rows(quick):
                 rows.append(_row("relu backward", f"{size:.0e}", dtype, threads, stats,
                                  "g * (x > 0)", target,
                                  gbps=3 * xs.nbytes / stats["ours_median"] / 1e9))
+        rows += maml_rows(compare)
     finally:
         cpu.set_kernels(old_mode)
+    return rows
+
+
+def maml_rows(compare):
+    """One MAML meta-step (benchmarks/maml.py's sinusoid setting, vectorised over the
+    task batch) with the kernels in "cython" and "auto" mode vs "numpy" mode, in one
+    process, alternating: the end-to-end effect. No target; [] if that benchmark's
+    helpers cannot be imported."""
+    import itertools
+
+    from tinygrad_meta.backends import cpu
+    try:
+        from benchmarks.maml import make_batches, ours_step_fn
+    except Exception as error:  # another file's API: never let it break this table
+        print(f"MAML rows skipped: benchmarks/maml.py unusable ({type(error).__name__}: {error})",
+              file=sys.stderr)
+        return []
+    rows = []
+    for order in ("second", "first"):
+        step = ours_step_fn(order == "first", True)
+        batches = itertools.cycle(make_batches(8, 25, 10))
+
+        def run(mode):
+            cpu.set_kernels(mode)
+            step(next(batches))
+        for mode in ("cython", "auto"):
+            stats = compare(lambda: run(mode), lambda: run("numpy"))
+            rows.append(_row(f"MAML step ({mode})", f"{order}-order, 25 tasks", "float32", 1,
+                             stats, "numpy mode"))
     return rows
 
 
