@@ -204,10 +204,7 @@ def _t(array):
 
 
 def _mm(be, a, b):
-    """a @ b on raw arrays; an inner dimension of 1 (an outer product, as in a layer with
-    one input feature) is a broadcast multiply, which numpy does ~2x faster than matmul."""
-    if a.shape[-1] == 1 and a.ndim >= 2 and b.ndim >= 2 and b.shape[-2] == 1:
-        return a * b
+    """a @ b on raw arrays through the backend's kernels."""
     if a.ndim == 3 and b.ndim == 3 and b.strides[0] == 0 and a.shape[0] == b.shape[0] > 1:
         # one matrix broadcast over the batch (fast weights before their first update):
         # a single large matmul instead of a batch of small ones

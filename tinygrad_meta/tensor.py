@@ -76,6 +76,14 @@ def _shape_error(name, *shapes):
     return ValueError(f"{name}: shapes {joined} are not compatible (numpy broadcasting rules)")
 
 
+def _matmul_shape_error(shape_a, shape_b):
+    if not shape_a or not shape_b:
+        return ValueError(f"matmul: operands must be at least 1-D, got shapes {shape_a} and {shape_b}")
+    inner_b = shape_b[-2] if len(shape_b) > 1 else shape_b[0]
+    return ValueError(f"matmul: shapes {shape_a} and {shape_b} don't align "
+                      f"({shape_a[-1]} != {inner_b}, or batch dims do not broadcast)")
+
+
 def _coerce(a, b, name):
     """``b`` as a Tensor on a's device with a compatible dtype, or an error naming the problem."""
     if type(b) is not Tensor:
@@ -724,16 +732,12 @@ class Tensor:
         return _make(-self.data, self._be, (self,), _neg_rule)
 
     def __matmul__(self, other):
-        other = _coerce(self, other, "matmul")
-        if self.ndim == 0 or other.ndim == 0:
-            raise ValueError(f"matmul: operands must be at least 1-D, got shapes {self.shape} and {other.shape}")
+        if type(other) is not Tensor or other._be is not self._be or other.data.dtype is not self.data.dtype:
+            other = _coerce(self, other, "matmul")
         try:
             data = self._be.matmul(self.data, other.data)
         except ValueError:
-            raise ValueError(
-                f"matmul: shapes {self.shape} and {other.shape} don't align "
-                f"({self.shape[-1]} != {other.shape[-2] if other.ndim > 1 else other.shape[0]}, "
-                "or batch dims do not broadcast)") from None
+            raise _matmul_shape_error(self.shape, other.shape) from None
         return _make(data, self._be, (self, other), _matmul_rule)
 
     def __rmatmul__(self, other):
