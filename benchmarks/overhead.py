@@ -7,10 +7,13 @@ small network's step is made of) on an 8x8 float32 array, timed three ways in on
 * forward   -- our ops with graph recording;
 * fwd+bwd   -- forward, then ``backward()`` through the whole chain.
 
-Prints microseconds per op (median of repeats) and the ratio to numpy.
-Target (issue 2): forward + backward <= 3 us per op.
+and, when PyTorch is importable, the same chain in PyTorch eager (forward + backward)
+as a second baseline. The configurations are timed round-robin, so a machine that
+slows down mid-run slows all of them alike; each row is the median over rounds.
+Prints microseconds per op and the ratio to numpy.
+Target (issue 2): forward + backward <= 3 us per op (PyTorch CPU: about 4 us).
 
-    python benchmarks/overhead.py [--size 8] [--repeats 30]
+    python benchmarks/overhead.py [--size 8] [--repeats 30] [--no-torch]
 """
 from __future__ import annotations
 
@@ -45,21 +48,40 @@ def tensor_chain(x, w):
     return y.sum()
 
 
-def per_op_microseconds(function, repeats, inner=50):
-    function()  # warm-up
-    samples = []
+def torch_chain(torch, x, w):
+    y = x
+    for _ in range(OPS_PER_CHAIN // 4):
+        y = y * w
+        y = y + 0.1
+        y = torch.tanh(y)
+        y = y * 1.01
+    return y.sum()
+
+
+def round_robin(functions, repeats, inner=50):
+    """Median microseconds per op of each function, timed in alternation."""
+    for function in functions.values():
+        function()  # warm-up
+    samples = {name: [] for name in functions}
     for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(inner):
-            function()
-        samples.append((time.perf_counter() - start) / inner / OPS_PER_CHAIN * 1e6)
-    return statistics.median(samples)
+        for name, function in functions.items():
+            start = time.perf_counter()
+            for _ in range(inner):
+                function()
+            samples[name].append((time.perf_counter() - start) / inner / OPS_PER_CHAIN * 1e6)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def no_grad_forward(x, w):
+    with tgm.no_grad():
+        return tensor_chain(x, w)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=8, help="arrays are size x size")
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--no-torch", action="store_true", help="never import torch")
     args = parser.parse_args(argv)
 
     rng = np.random.default_rng(0)
@@ -71,19 +93,33 @@ def main(argv=None):
     def forward_backward():
         tensor_chain(x, w).backward()
 
-    rows = [
-        ("numpy raw ops", per_op_microseconds(lambda: numpy_chain(x_np, w_np), args.repeats)),
-        ("forward (recording)", per_op_microseconds(lambda: tensor_chain(x, w), args.repeats)),
-        ("forward + backward", per_op_microseconds(forward_backward, args.repeats)),
-    ]
-    with tgm.no_grad():
-        rows.insert(2, ("forward under no_grad", per_op_microseconds(lambda: tensor_chain(x, w), args.repeats)))
+    functions = {
+        "numpy raw ops": lambda: numpy_chain(x_np, w_np),
+        "forward (recording)": lambda: tensor_chain(x, w),
+        "forward under no_grad": lambda: no_grad_forward(x, w),
+        "forward + backward": forward_backward,
+    }
+    if not args.no_torch:
+        try:
+            import torch
+        except ImportError:
+            print("(PyTorch not importable: its row is skipped)")
+        else:
+            torch.set_num_threads(1)
+            x_t = torch.tensor(x_np, requires_grad=True)
+            w_t = torch.tensor(w_np, requires_grad=True)
+            functions[f"torch {torch.__version__} fwd+bwd"] = lambda: torch_chain(torch, x_t, w_t).backward()
+    times = round_robin(functions, args.repeats)
+    rows = list(times.items())
     floor = rows[0][1]
     print(f"chain of {OPS_PER_CHAIN} elementwise ops on {args.size}x{args.size} float32")
     print(f"{'what':<24}{'us/op':>8}{'x numpy':>10}")
     for name, value in rows:
         print(f"{name:<24}{value:>8.2f}{value / floor:>10.2f}")
-    fwd_bwd = rows[-1][1]
+    fwd_bwd = times["forward + backward"]
+    for name, value in rows:
+        if name.startswith("torch"):
+            print(f"ours / torch, forward + backward: {fwd_bwd / value:.2f}")
     verdict = "meets" if fwd_bwd <= 3.0 else "MISSES"
     print(f"target forward+backward <= 3.00 us/op: {fwd_bwd:.2f} ({verdict})")
 
