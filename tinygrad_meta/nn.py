@@ -27,6 +27,29 @@ from .tensor import Tensor
 __all__ = ["Module", "Linear", "MLP", "Sequential"]
 
 
+def load_parameters(params, state_dict, caller):
+    """Copy ``state_dict`` (name -> array or Tensor) into the tensors of ``params`` in place.
+
+    All or nothing: every name must be present, no extra names are allowed and every
+    shape must match, or nothing is written and a KeyError/ValueError names the problem.
+    Values are cast to each parameter's dtype and kept on its device.
+    """
+    missing = [name for name in params if name not in state_dict]
+    unexpected = [name for name in state_dict if name not in params]
+    if missing or unexpected:
+        raise KeyError(f"{caller}: missing parameters {missing}, unexpected names {unexpected}")
+    new_data = {}
+    for name, p in params.items():
+        value = state_dict[name]
+        array = value.numpy() if isinstance(value, Tensor) else np.asarray(value)
+        if array.shape != p.shape:
+            raise ValueError(f"{caller}: {name!r} has shape {array.shape}, the parameter has "
+                             f"shape {p.shape}")
+        new_data[name] = p._be.asarray(np.array(array, dtype=p.dtype))
+    for name, p in params.items():
+        p.data = new_data[name]
+
+
 class Module:
     """Base class: assigning a Tensor that requires grad to an attribute registers a
     parameter; assigning a Module registers a submodule.
@@ -105,22 +128,7 @@ class Module:
         Every parameter must be present, no extra names are allowed, and shapes must match
         exactly; values are cast to each parameter's dtype and kept on its device.
         """
-        params = self.parameters()
-        missing = [name for name in params if name not in state_dict]
-        unexpected = [name for name in state_dict if name not in params]
-        if missing or unexpected:
-            raise KeyError(f"{type(self).__name__}.load_state_dict: missing parameters {missing}, "
-                           f"unexpected names {unexpected}")
-        new_data = {}
-        for name, p in params.items():
-            value = state_dict[name]
-            array = value.numpy() if isinstance(value, Tensor) else np.asarray(value)
-            if array.shape != p.shape:
-                raise ValueError(f"{type(self).__name__}.load_state_dict: {name!r} has shape "
-                                 f"{array.shape}, the parameter has shape {p.shape}")
-            new_data[name] = p._be.asarray(np.array(array, dtype=p.dtype))
-        for name, p in params.items():  # only after every check passed: all or nothing
-            p.data = new_data[name]
+        load_parameters(self.parameters(), state_dict, f"{type(self).__name__}.load_state_dict")
         return self
 
     def to(self, device):

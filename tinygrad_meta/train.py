@@ -202,18 +202,10 @@ def build_optimizer(config, algorithm):
 
 
 def _load_parameters(algorithm, saved, where):
-    params = algorithm.meta_parameters()
-    missing = [name for name in params if name not in saved]
-    unexpected = [name for name in saved if name not in params]
-    if missing or unexpected:
-        raise CheckpointError(f"{where}: parameters do not match the model (missing {missing}, "
-                              f"unexpected {unexpected})")
-    for name, p in params.items():
-        value = np.asarray(saved[name])
-        if value.shape != tuple(p.shape):
-            raise CheckpointError(f"{where}: parameter {name!r} has shape {value.shape}, the model "
-                                  f"expects {tuple(p.shape)}")
-        p.data = p._be.asarray(value.astype(p.data.dtype, copy=False))
+    try:
+        algorithm.load_state_dict(saved)
+    except (KeyError, ValueError) as error:
+        raise CheckpointError(f"{where}: parameters do not match the model ({error.args[0]})") from None
 
 
 def _parameters_as_numpy(algorithm):

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..autograd import _GradMode, enable_grad, grad, no_grad
 from ..functional import _sum_to, mse_loss
-from ..nn import Module
+from ..nn import Module, load_parameters
 from ..tensor import Tensor, _constant, _make, unbroadcast
 
 __all__ = ["MAML", "MetaLearner", "sgd_update"]
@@ -185,22 +185,7 @@ class MetaLearner:
 
     def load_state_dict(self, state_dict):
         """Copy values into the meta-parameters in place; names and shapes must match."""
-        params = self.meta_parameters()
-        missing = [n for n in params if n not in state_dict]
-        unexpected = [n for n in state_dict if n not in params]
-        if missing or unexpected:
-            raise KeyError(f"{type(self).__name__}.load_state_dict: missing {missing}, "
-                           f"unexpected {unexpected}")
-        for name, p in params.items():
-            value = state_dict[name]
-            array = value.numpy() if isinstance(value, Tensor) else np.asarray(value)
-            if array.shape != p.shape:
-                raise ValueError(f"{type(self).__name__}.load_state_dict: {name!r} has shape "
-                                 f"{array.shape}, expected {p.shape}")
-        for name, p in params.items():
-            value = state_dict[name]
-            array = value.numpy() if isinstance(value, Tensor) else np.asarray(value)
-            p.data = p._be.asarray(np.array(array, dtype=p.dtype))
+        load_parameters(self.meta_parameters(), state_dict, f"{type(self).__name__}.load_state_dict")
         return self
 
     # ---- task batches ----------------------------------------------------------------
