@@ -173,6 +173,18 @@ def _plot_schedule(out, lr, best_lr, history):
 
 # ----------------------------------------------------------------------------------
 def _hd_problem(name):
+    if name == "logreg784":
+        # the size of the paper's MNIST logistic regression (784 -> 10, 7,850 parameters),
+        # on noisy 10-class Gaussian blobs generated offline
+        data = make_classification("gaussians", n_train=1000, n_val=200, classes=10, features=784,
+                                   noise=20.0, seed=0)
+        init = mlp_init([784, 10], seed=1)
+        train_loss, _ = classification_losses(data)
+
+        def objective(p):
+            return train_loss(p) + 0.005 * (p["layer0.weight"] ** 2).sum()
+        return objective, init, ("L2-regularised logistic regression of the paper's size "
+                                 "(784 -> 10, gaussians, 1000 points)")
     if name == "logreg":
         data = make_classification("gaussians", n_train=200, n_val=200, classes=5, features=10,
                                    noise=1.0, seed=0)
@@ -219,8 +231,30 @@ def section_hd(args):
                           f"({gap * 100:+6.1f}% vs tuned, {'within' if gap <= 0.10 else 'NOT within'} 10%), "
                           f"final lr {opt.lr:.3g}{note}")
                     trajectories[(problem, hd_class.__name__, beta, lr0)] = opt.lr_history
+    section_hd_paper_size(args, trajectories)
     if args.plots:
         _plot_hd(args.plots, trajectories)
+
+
+def section_hd_paper_size(args, trajectories):
+    """The paper's defaults (beta 1e-3 for SGD, 1e-7 for Adam) on a problem of the paper's
+    size, next to the same optimizer left at the poor initial rate."""
+    iters = args.hd_paper_iters
+    objective, init, label = _hd_problem("logreg784")
+    print(f"{label}; {iters} full-batch steps; the paper's default betas")
+    for base, hd_class, beta, grid in (("SGD", SGDHD, 1e-3, np.geomspace(1e-2, 3.0, 6)),
+                                       ("Adam", AdamHD, 1e-7, np.geomspace(1e-3, 1e-1, 6))):
+        base_class = optim.SGD if base == "SGD" else optim.Adam
+        tuned = min((_train(objective, init, lambda p: base_class(p, lr=lr), iters)[0], lr) for lr in grid)
+        print(f"  tuned {base}: lr {tuned[1]:.3g} -> {tuned[0]:.4f}")
+        for lr0 in (1e-4, 1e-1):
+            final, opt = _train(objective, init, lambda p: hd_class(p, lr=lr0, hypergrad_lr=beta), iters)
+            plain, _ = _train(objective, init, lambda p: base_class(p, lr=lr0), iters)
+            gap, plain_gap = final / tuned[0] - 1.0, plain / tuned[0] - 1.0
+            print(f"  {hd_class.__name__:6} beta {beta:<6g} lr0 {lr0:<6g}: {final:.4f} ({gap * 100:+6.1f}% vs "
+                  f"tuned, {'within' if gap <= 0.10 else 'NOT within'} 10%), final lr {opt.lr:.3g}; "
+                  f"plain {base} at lr {lr0:g}: {plain:.4f} ({plain_gap * 100:+.1f}%)")
+            trajectories[("logreg784", hd_class.__name__, beta, lr0)] = opt.lr_history
 
 
 def _plot_hd(out, trajectories):
@@ -339,6 +373,7 @@ def main(argv=None):
     parser.add_argument("--grid-lr0", type=float, default=0.1)
     parser.add_argument("--meta-lr", type=float, default=0.1)
     parser.add_argument("--hd-iters", type=int, default=300)
+    parser.add_argument("--hd-paper-iters", type=int, default=1000)
     parser.add_argument("--cost-steps", default="10,50,100,200")
     parser.add_argument("--cost-truncate", default="10,50,100")
     parser.add_argument("--implicit-steps", default="500,2000")
