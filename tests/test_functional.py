@@ -4,21 +4,13 @@ softmax family stays exact and finite at magnitude 1e4.
 """
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import tinygrad_meta as tgm
-from tinygrad_meta.testing import gradcheck, gradgradcheck, shapes
-
-EXAMPLES = settings(max_examples=30, deadline=None)
-
-# grid values k/10 + 0.05: well separated, so the max used for stability never ties
-grid = st.integers(-20, 19).map(lambda k: k / 10 + 0.05)
-
-
-def arrays(shape, elements=grid, unique=False):
-    return hnp.arrays(np.float64, shape, elements=elements, unique=unique)
+from float64_checks import EXAMPLES, T, arrays, assert_forward, check_orders_1_and_2
+from tinygrad_meta.testing import shapes
 
 
 @st.composite
@@ -31,23 +23,6 @@ def shape_and_axis(draw):
         choices.append(st.integers(-ndim, ndim - 1))
         choices.append(st.lists(st.integers(0, ndim - 1), unique=True, min_size=1).map(tuple))
     return shape, draw(st.one_of(*choices)), draw(st.booleans())
-
-
-def T(array):
-    return tgm.Tensor(array, dtype="float64")
-
-
-def check_orders_1_and_2(f, *inputs):
-    """gradcheck and gradgradcheck, both in float64, on whole Jacobians (these inputs are
-    small enough that comparing every entry is cheap; random projections would be weaker)."""
-    assert gradcheck(f, list(inputs), mode="full")
-    assert gradgradcheck(f, list(inputs), mode="full")
-
-
-def assert_forward(result, expected):
-    assert result.dtype == np.float64
-    assert result.shape == np.shape(expected)
-    np.testing.assert_allclose(result.numpy(), expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])

@@ -8,39 +8,16 @@ differences use eps=1e-6, far smaller than that margin.
 """
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import tinygrad_meta as tgm
+from float64_checks import EXAMPLES, T, arrays, assert_forward, check_orders_1_and_2, grid
 from tinygrad_meta.testing import broadcastable_shapes, gradcheck, gradgradcheck, shapes
 
-EXAMPLES = settings(max_examples=30, deadline=None)
 
-# grid values: never 0, never +-0.5 or +-1 exactly, pairwise at least 0.1 apart
-grid = st.integers(-20, 19).map(lambda k: k / 10 + 0.05)
 positive = st.integers(2, 25).map(lambda k: k / 10 + 0.05)
-
-
-def arrays(shape, elements=grid, unique=False):
-    return hnp.arrays(np.float64, shape, elements=elements, unique=unique)
-
-
-def T(array):
-    return tgm.Tensor(array, dtype="float64")
-
-
-def check_orders_1_and_2(f, *inputs):
-    """gradcheck and gradgradcheck, both in float64, on whole Jacobians (these inputs are
-    small enough that comparing every entry is cheap; random projections would be weaker)."""
-    assert gradcheck(f, list(inputs), mode="full")
-    assert gradgradcheck(f, list(inputs), mode="full")
-
-
-def assert_forward(result, expected):
-    assert result.dtype == np.float64
-    assert result.shape == np.shape(expected)
-    np.testing.assert_allclose(result.numpy(), expected, rtol=1e-12, atol=1e-12)
 
 
 # ---- binary arithmetic with broadcasting ----------------------------------------------
