@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import tinygrad_meta as tgm
-from tinygrad_meta.testing import gradcheck, gradgradcheck
+from tinygrad_meta.testing import gradcheck, gradgradcheck, shapes
 
 EXAMPLES = settings(max_examples=30, deadline=None)
 
@@ -37,3 +37,15 @@ def assert_forward(result, expected):
     assert result.dtype == np.float64
     assert result.shape == np.shape(expected)
     np.testing.assert_allclose(result.numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+@st.composite
+def shape_and_axis(draw, max_dims=3):
+    """A shape, an axis argument for it (None, an int or a tuple) and keepdims."""
+    shape = draw(shapes(max_dims=max_dims))
+    ndim = len(shape)
+    choices = [st.none()]
+    if ndim:
+        choices.append(st.integers(-ndim, ndim - 1))
+        choices.append(st.lists(st.integers(0, ndim - 1), unique=True, min_size=1).map(tuple))
+    return shape, draw(st.one_of(*choices)), draw(st.booleans())

@@ -9,20 +9,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import tinygrad_meta as tgm
-from float64_checks import EXAMPLES, T, arrays, assert_forward, check_orders_1_and_2
+from float64_checks import EXAMPLES, T, arrays, assert_forward, check_orders_1_and_2, shape_and_axis
 from tinygrad_meta.testing import shapes
-
-
-@st.composite
-def shape_and_axis(draw):
-    """A shape, an axis argument for it (None, an int or a tuple) and keepdims."""
-    shape = draw(shapes())
-    ndim = len(shape)
-    choices = [st.none()]
-    if ndim:
-        choices.append(st.integers(-ndim, ndim - 1))
-        choices.append(st.lists(st.integers(0, ndim - 1), unique=True, min_size=1).map(tuple))
-    return shape, draw(st.one_of(*choices)), draw(st.booleans())
 
 
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])

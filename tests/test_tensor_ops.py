@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import tinygrad_meta as tgm
-from float64_checks import EXAMPLES, T, arrays, assert_forward, check_orders_1_and_2, grid
+from float64_checks import (EXAMPLES, T, arrays, assert_forward, check_orders_1_and_2, grid,
+                            shape_and_axis)
 from tinygrad_meta.testing import broadcastable_shapes, gradcheck, gradgradcheck, shapes
 
 
@@ -125,16 +126,6 @@ def test_matmul_each_layout(shape_a, shape_b):
 
 
 # ---- reductions ----------------------------------------------------------------------
-
-@st.composite
-def shape_and_axis(draw, max_dims=3):
-    shape = draw(shapes(max_dims=max_dims))
-    ndim = len(shape)
-    choices = [st.none()]
-    if ndim:
-        choices.append(st.integers(-ndim, ndim - 1))
-        choices.append(st.lists(st.integers(0, ndim - 1), unique=True, min_size=1).map(tuple))
-    return shape, draw(st.one_of(*choices)), draw(st.booleans())
 
 
 @pytest.mark.parametrize("name", ["sum", "mean", "max", "min"])
