@@ -1,15 +1,17 @@
-"""03: add your own op (softplus) with its backward in Tensor ops, then prove it right.
+"""03: add your own op (softplus) with its backward rule, then prove it right.
 
 What it teaches:
-* An op is a forward on raw arrays plus a backward rule `rule(out, g) -> (grad per parent,)`
-  written in *Tensor ops*; `tinygrad_meta.tensor._make` records the node.
-* Because the rule is made of Tensor ops, the op can be differentiated again for free.
+* An op is what every entry of the engine's op table (tinygrad_meta/ops.py) is: a
+  forward on raw arrays plus a backward rule `vjp(o, g, out, ins, params, needs)` written
+  once over the namespace `o`. `record(op, x)` applies it to Tensors.
+* At first order the rule runs on raw arrays; with `create_graph=True` the same code runs
+  on Tensors and is recorded, so the op can be differentiated again for free.
 * `gradcheck` checks first derivatives against finite differences, `gradgradcheck` the
   second; the hypothesis strategy `tensors()` throws many shapes and values at them.
-* The classic bug: computing the derivative on raw arrays (numpy) inside the rule. The
-  first derivative is right, so `gradcheck` passes -- but the graph is cut, the second
-  derivative comes out 0, and `gradgradcheck` catches it. A rule whose own derivative
-  has the wrong formula is caught the same way.
+* The classic bug: computing the derivative with numpy directly inside the rule, instead
+  of through `o`. The first derivative is right, so `gradcheck` passes -- but the result
+  is a constant to autograd, the second derivative comes out 0, and `gradgradcheck`
+  catches it. A rule whose own derivative has the wrong formula is caught the same way.
 
 Run: python examples/03_property_testing_your_op.py [--quick]
 Ends with a printed table of which checks pass and fail.
@@ -19,58 +21,56 @@ import numpy as np
 from _common import quick_mode, table
 
 import tinygrad_meta as tgm
-from tinygrad_meta.tensor import Tensor, _constant, _make
+from tinygrad_meta.ops import Op
+from tinygrad_meta.tensor import Tensor, record
 from tinygrad_meta.testing import GradcheckError, gradcheck, gradgradcheck
 
 QUICK = quick_mode()
 
 
+def softplus_forward(x):
+    """log(1 + exp(x)), computed stably as logaddexp(0, x)."""
+    return np.logaddexp(0, x).astype(x.dtype, copy=False)
+
+
 # ---- the op, done right ---------------------------------------------------------------
 
-def _softplus_rule(out, g):
-    # d/dx log(1 + e^x) = sigmoid(x), in Tensor ops: differentiable again
-    (x,) = out._parents
-    return (g * x.sigmoid(),)
+def softplus_vjp(o, g, out, ins, params, needs):
+    # d/dx log(1 + e^x) = sigmoid(x), through o: raw arrays at first order, Tensors after
+    return (g * o.sigmoid(ins[0]),)
+
+
+SOFTPLUS = Op("my_softplus", softplus_forward, 1, softplus_vjp)
 
 
 def softplus(x):
-    """log(1 + exp(x)), computed stably as logaddexp(0, x)."""
-    data = x._be.xp.logaddexp(0, x.data).astype(x.dtype, copy=False)
-    return _make(data, x._be, (x,), _softplus_rule)
+    return record(SOFTPLUS, x)
 
 
-# ---- bug 1: the derivative computed on raw arrays -------------------------------------
+# ---- bug 1: the derivative computed with numpy directly ------------------------------------
 
-def _softplus_rule_raw(out, g):
-    (x,) = out._parents
-    s = 1.0 / (1.0 + np.exp(-x.data))          # numpy: right numbers, but outside the graph
-    return (g * _constant(s, x._be),)
+def softplus_vjp_numpy(o, g, out, ins, params, needs):
+    s = 1.0 / (1.0 + np.exp(-o.raw(ins[0])))     # numpy: right numbers, but outside the graph
+    return (g * s,)
+
+
+SOFTPLUS_NUMPY = Op("my_softplus_numpy", softplus_forward, 1, softplus_vjp_numpy)
 
 
 def softplus_raw_rule(x):
-    data = x._be.xp.logaddexp(0, x.data).astype(x.dtype, copy=False)
-    return _make(data, x._be, (x,), _softplus_rule_raw)
+    return record(SOFTPLUS_NUMPY, x)
 
 
 # ---- bug 2: a hand-written sigmoid op whose own derivative has the wrong sign ----------
 
-def _sigmoid_op_rule_wrong(out, g):
-    return (g * out * (1.0 + out),)             # should be out * (1 - out)
-
-
-def _sigmoid_op(x):
-    data = (1.0 / (1.0 + x._be.xp.exp(-x.data))).astype(x.dtype, copy=False)
-    return _make(data, x._be, (x,), _sigmoid_op_rule_wrong)
-
-
-def _softplus_rule_wrong_second(out, g):
-    (x,) = out._parents
-    return (g * _sigmoid_op(x),)
+SIGMOID_WRONG = Op("my_sigmoid", lambda x: (1.0 / (1.0 + np.exp(-x))).astype(x.dtype, copy=False), 1,
+                   lambda o, g, out, ins, params, needs: (g * out * (1.0 + out),))  # should be 1 - out
+SOFTPLUS_WRONG_SECOND = Op("my_softplus_wrong_second", softplus_forward, 1,
+                           lambda o, g, out, ins, params, needs: (g * o.apply(SIGMOID_WRONG, ins[0]),))
 
 
 def softplus_wrong_second(x):
-    data = x._be.xp.logaddexp(0, x.data).astype(x.dtype, copy=False)
-    return _make(data, x._be, (x,), _softplus_rule_wrong_second)
+    return record(SOFTPLUS_WRONG_SECOND, x)
 
 
 # ---- the checks ---------------------------------------------------------------------------
@@ -93,8 +93,8 @@ def main():
           f"softplus(800) = {big[1]:.6g}\n")
 
     rows, results, messages = [], {}, []
-    for name, f in [("softplus (rule in Tensor ops)", softplus),
-                    ("bug 1: rule on raw numpy arrays", softplus_raw_rule),
+    for name, f in [("softplus (rule through o)", softplus),
+                    ("bug 1: rule computed with numpy", softplus_raw_rule),
                     ("bug 2: wrong derivative of the rule", softplus_wrong_second)]:
         (first, why_first), (second, why_second) = outcome(gradcheck, f, x), outcome(gradgradcheck, f, x)
         results[name] = (first, second)
@@ -104,8 +104,8 @@ def main():
     print("\nwhat the failing checks said:")
     print("\n".join(messages) + "\n")
     # the whole point: both bugs get past the first-order check and are caught by the second
-    assert results["softplus (rule in Tensor ops)"] == ("pass", "pass")
-    for name in ("bug 1: rule on raw numpy arrays", "bug 2: wrong derivative of the rule"):
+    assert results["softplus (rule through o)"] == ("pass", "pass")
+    for name in ("bug 1: rule computed with numpy", "bug 2: wrong derivative of the rule"):
         assert results[name] == ("pass", "FAIL"), name
 
     # the second derivative the raw-array rule gives is exactly 0: the graph was cut

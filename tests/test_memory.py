@@ -44,7 +44,7 @@ def test_graph_nodes_die_with_the_output_without_the_cycle_collector():
     params = mlp_parameters()
     with _NoCycleCollector():
         loss = mlp_loss(params, X, Y)
-        nodes = [weakref.ref(n) for n in toposort([loss]) if n._rule is not None]
+        nodes = [weakref.ref(n) for n in toposort([loss]) if n._op is not None]
         assert len(nodes) >= 8  # matmul, add, relu, ... for three layers and the loss
         loss.backward()
         del loss
@@ -57,7 +57,7 @@ def test_second_order_graphs_die_too():
         loss = mlp_loss(params, X, Y)
         grads = tgm.grad(loss, params, create_graph=True)
         penalty = sum((g * g).sum() for g in grads)
-        nodes = [weakref.ref(n) for n in toposort([penalty]) if n._rule is not None]
+        nodes = [weakref.ref(n) for n in toposort([penalty]) if n._op is not None]
         tgm.grad(penalty, params)
         del loss, grads, penalty
         assert [r for r in nodes if r() is not None] == []

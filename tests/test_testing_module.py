@@ -11,28 +11,39 @@ from hypothesis import find, given, settings
 from hypothesis import strategies as st
 
 import tinygrad_meta as tgm
-from tinygrad_meta.tensor import _make
+from tinygrad_meta.ops import Op
+from tinygrad_meta.tensor import record
 from tinygrad_meta.testing import (GradcheckError, broadcastable_shapes, check_grads, gradcheck,
                                    gradgradcheck, shapes, tensors)
 
 
-# ---- deliberately wrong ops, built on the engine's own node constructor ---------------
+# ---- deliberately wrong ops, declared like the engine's own table entries ------------
+
+def _rule(vjp):
+    return lambda o, g, out, ins, params, needs: (vjp(o, g, ins[0]),)
+
+
+SQUARE_WRONG = Op("square_wrong", lambda x: x ** 2, 1, _rule(lambda o, g, x: g * x * 3.0))
+# right first derivative (2x) from the raw values, a constant to autograd: its second
+# derivative comes out 0 instead of 2
+SQUARE_RIGHT_ONCE = Op("square_right_once", lambda x: x ** 2, 1,
+                       _rule(lambda o, g, x: g * o.raw(x) * 2.0))
+# 3 * square_right_once(x): first and second derivatives right, third 0 instead of 6
+CUBE_RIGHT_TWICE = Op("cube_right_twice", lambda x: x ** 3, 1,
+                      _rule(lambda o, g, x: g * o.apply(SQUARE_RIGHT_ONCE, x) * 3.0))
+
 
 def square_with_wrong_gradient(x):
     """x**2 whose backward claims 3x."""
-    return _make(x.data ** 2, x._be, (x,), lambda out, g: (g * out._parents[0] * 3.0,))
+    return record(SQUARE_WRONG, x)
 
 
 def square_right_once(x):
-    """x**2 with a right first derivative (2x) that is a constant to autograd (x detached),
-    so its second derivative comes out 0 instead of 2."""
-    return _make(x.data ** 2, x._be, (x,), lambda out, g: (g * out._parents[0].detach() * 2.0,))
+    return record(SQUARE_RIGHT_ONCE, x)
 
 
 def cube_right_twice(x):
-    """x**3 whose rule is 3 * square_right_once(x): first and second derivatives right,
-    third derivative 0 instead of 6."""
-    return _make(x.data ** 3, x._be, (x,), lambda out, g: (g * square_right_once(out._parents[0]) * 3.0,))
+    return record(CUBE_RIGHT_TWICE, x)
 
 
 def vector(*values):
@@ -145,8 +156,11 @@ def test_projection_mode_catches_a_wrong_gradient_and_names_the_input():
 
 
 def test_a_gradient_of_the_wrong_shape_is_reported():
+    bad_sum_op = Op("bad_sum", lambda x: x.sum(), 1,
+                    _rule(lambda o, g, x: o.reshape(g, (1,)) * 1.0))
+
     def bad_sum(x):
-        return _make(x.data.sum(), x._be, (x,), lambda out, g: (g.reshape(1) * 1.0,))
+        return record(bad_sum_op, x)
 
     with pytest.raises(GradcheckError, match=r"gradient for input 0 has shape \(1,\).*shape \(3,\)"):
         gradcheck(bad_sum, [vector(1.0, 2.0, 3.0)])

@@ -86,9 +86,9 @@ def test_nodes_recorded_by_a_backward_pass_sit_in_backward_clusters():
     nodes, _, _ = viz._collect([dy])
     ids = {id(node): f"v{i}" for i, node in enumerate(nodes)}
     in_clusters = {box for members in found.values() for box in members}
-    backward_ops = [ids[id(node)] for node in nodes if viz.node_order(node) == 1 and node._rule is not None]
+    backward_ops = [ids[id(node)] for node in nodes if viz.node_order(node) == 1 and node._op is not None]
     assert backward_ops and set(backward_ops) <= in_clusters
-    forward_ops = [ids[id(node)] for node in nodes if node._rule is not None and viz.node_order(node) == 0]
+    forward_ops = [ids[id(node)] for node in nodes if node._op is not None and viz.node_order(node) == 0]
     assert forward_ops and not set(forward_ops) & in_clusters
 
 

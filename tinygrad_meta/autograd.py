@@ -2,47 +2,59 @@
 
 A node is any object with these attributes:
 
-* ``requires_grad`` -- whether gradients flow into it;
-* ``_parents``      -- the tuple of nodes it was computed from (empty for a leaf);
-* ``_rule``         -- ``rule(node, g) -> tuple`` giving, for each parent, the
-  gradient contribution (or ``None``); ``None`` for a leaf;
-* ``grad``          -- where ``backward()`` accumulates a leaf's gradient;
-* ``_origin``       -- None, or the node whose backward rule recorded this one;
-* ``_seq``          -- creation order (from ``next_seq()``): a node can only have
-  ancestors created before it, which lets ``grad`` skip the older part of a graph;
+* ``_requires_grad`` -- whether gradients flow into it (``requires_grad`` is the public view);
+* ``_data``      -- its raw value (an array for a Tensor, a float for a Value);
+* ``_parents``   -- the tuple of nodes it was computed from (empty for a leaf);
+* ``_op``        -- the table entry that made it (see ops.py), None for a leaf;
+* ``_params``    -- the op's non-differentiable parameters (axes, shapes, constants);
+* ``_origin``    -- None, or the node whose backward rule recorded this one;
+* ``_seq``       -- creation order (from ``next_seq()``): a node can only have ancestors
+  created before it, which lets ``grad`` skip the older part of a graph;
+* ``_version``   -- 0, or the ``next_seq()`` number of the last in-place change of its
+  values; a node whose inputs changed after it was recorded cannot be differentiated;
 
-and the method ``_ones_like()`` (the seed gradient of a scalar output).
+the class attributes ``_raw_ops`` and ``_graph_ops`` (the namespaces its rules run in at
+first order and with ``create_graph=True``), and the methods ``_ones_like()`` (the seed of a scalar output), ``_as_gradient(seed,
+caller)`` and ``_wrap(raw)`` (a raw gradient as a constant node of the same type).
 
-Derivative rules are written in the node type's own differentiable ops. With
-``create_graph=False`` they run under ``no_grad`` and record nothing; with
-``create_graph=True`` they record a graph like any forward pass, so the result
-can be differentiated again, to any order.
+The backward pass calls each node's rule ``op.vjp(o, g, out, ins, params, needs)``
+(ops.py). With ``create_graph=False`` the rule runs on raw values in the raw namespace
+and records nothing; with ``create_graph=True`` it runs on the nodes
+themselves in the node type's recording namespace, so its result is a graph that can be
+differentiated again, to any order.
+
+Grad mode and the ``_origin`` tag are per thread: two threads training two models, or one
+of them under ``no_grad``, never see each other's mode.
 """
 from __future__ import annotations
 
+import contextvars
 import functools
 import itertools
 
 __all__ = ["grad", "backward", "no_grad", "enable_grad", "is_grad_enabled", "toposort"]
 
-# Every recorded node and every leaf that requires grad takes the next number.
+# Every recorded node, every leaf that requires grad and every in-place change takes the
+# next number. (itertools.count's __next__ is atomic under the GIL.)
 next_seq = itertools.count(1).__next__
 
 
-class _GradMode:
-    """Process-wide state read by every op before it records a graph node.
-
-    ``enabled``: ops record the graph. ``origin``: while the backward rule of node N
-    runs with ``create_graph=True``, N; every node recorded then gets ``_origin = N``,
-    which is how ``viz`` tells the graph a backward pass recorded from the forward one.
-    """
-    enabled = True
-    origin = None
+# Per-thread (and per-asyncio-task) state read by every op before it records a node.
+# A ContextVar rather than threading.local: a new thread starts from the defaults, and
+# reading one costs half as much, which matters on every op.
+#
+# grad enabled: ops record the graph. origin: while the backward rule of node N runs
+# with create_graph=True, N; every node recorded then gets ``_origin = N``, which is how
+# ``viz`` tells the graph a backward pass recorded from the forward one.
+_GRAD_ENABLED = contextvars.ContextVar("tinygrad_meta.grad_enabled", default=True)
+_ORIGIN = contextvars.ContextVar("tinygrad_meta.origin", default=None)
+grad_enabled = _GRAD_ENABLED.get
+current_origin = _ORIGIN.get
 
 
 def is_grad_enabled() -> bool:
     """True when ops record the graph (the default)."""
-    return _GradMode.enabled
+    return _GRAD_ENABLED.get()
 
 
 class _SetGradMode:
@@ -53,12 +65,11 @@ class _SetGradMode:
         self.previous = []
 
     def __enter__(self):
-        self.previous.append(_GradMode.enabled)
-        _GradMode.enabled = self.mode
+        self.previous.append(_GRAD_ENABLED.set(self.mode))
         return self
 
     def __exit__(self, *exc):
-        _GradMode.enabled = self.previous.pop()
+        _GRAD_ENABLED.reset(self.previous.pop())
         return False
 
     def __call__(self, function):
@@ -97,14 +108,14 @@ def toposort(roots, oldest=0) -> list:
     order = []
     visited = set()
     for root in roots:
-        if id(root) in visited or not root.requires_grad:
+        if id(root) in visited or not root._requires_grad:
             continue
         visited.add(id(root))
         stack = [(root, iter(root._parents))]
         while stack:
             node, parents = stack[-1]
             for parent in parents:
-                if parent.requires_grad and id(parent) not in visited and parent._seq >= oldest:
+                if parent._requires_grad and id(parent) not in visited and parent._seq >= oldest:
                     visited.add(id(parent))
                     stack.append((parent, iter(parent._parents)))
                     break
@@ -114,7 +125,7 @@ def toposort(roots, oldest=0) -> list:
     return order
 
 
-def _seed_gradients(outputs, grad_outputs, caller):
+def _seed_gradients(outputs, grad_outputs, caller, create_graph):
     """Pair each output with the gradient that starts the backward pass."""
     if grad_outputs is None:
         grad_outputs = [None] * len(outputs)
@@ -133,17 +144,31 @@ def _seed_gradients(outputs, grad_outputs, caller):
             seed = output._ones_like()
         else:
             seed = output._as_gradient(seed, caller)
-        seeds.append(seed)
+        seeds.append(seed if create_graph else seed._data)
     return seeds
+
+
+_ONE_INPUT = (True,)  # a recorded one-input node exists because its input needs a gradient
+
+
+def _modified_error(node, parent):
+    op = node._op.name
+    which = "its output" if parent is node else "an input"
+    return RuntimeError(
+        f"backward: {which} of {op!r} (shape {tuple(parent.shape)}) was modified in place "
+        "(an optimizer step or a .data assignment) after the op was recorded, so its "
+        "gradient would use the new values; recompute the forward pass after changing it")
 
 
 def _run_backward(outputs, seeds, create_graph, capture=None):
     """Walk the graph from ``outputs`` in reverse topological order.
 
-    ``capture``: None (collect every leaf's gradient) or a dict ``id(node) -> node`` of
-    the nodes whose gradients are wanted; then only the part of the graph between the
-    outputs and those nodes is walked.
-    Returns the dict ``id(node) -> (node, accumulated gradient)`` of what was collected.
+    ``seeds``: one gradient per output, raw values when ``create_graph`` is False,
+    nodes otherwise. ``capture``: None (collect every leaf's gradient) or a dict
+    ``id(node) -> node`` of the nodes whose gradients are wanted; then only the part of
+    the graph between the outputs and those nodes is walked.
+    Returns the dict ``id(node) -> (node, accumulated gradient)`` of what was collected
+    (raw values when ``create_graph`` is False).
     """
     if capture is None:
         order = toposort(outputs)
@@ -153,22 +178,24 @@ def _run_backward(outputs, seeds, create_graph, capture=None):
         needed = _leading_to(order, capture)
     grads = {}
     for output, seed in zip(outputs, seeds):
-        if output.requires_grad:
+        if output._requires_grad:
             key = id(output)
             grads[key] = grads[key] + seed if key in grads else seed
     captured = {}
-    owned = set()  # gradients this pass allocated itself, safe to add into in place
+    owned = set()  # raw gradients this pass allocated itself, safe to add into in place
     pop = grads.pop
-    previous_mode, previous_origin = _GradMode.enabled, _GradMode.origin
-    _GradMode.enabled = create_graph
+    node_type = type(outputs[0])
+    graph_ops, raw_ops = node_type._graph_ops, node_type._raw_ops
+    mode_token = _GRAD_ENABLED.set(True) if create_graph else None
+    origin_token = _ORIGIN.set(None) if create_graph else None
     try:
         for node in reversed(order):
             key = id(node)
             g = pop(key, None)
             if g is None:
                 continue
-            rule = node._rule
-            if rule is None:
+            op = node._op
+            if op is None:
                 if capture is None or key in capture:
                     captured[key] = (node, g)
                 continue
@@ -176,10 +203,36 @@ def _run_backward(outputs, seeds, create_graph, capture=None):
                 captured[key] = (node, g)
                 if len(captured) == len(capture):
                     break
+            parents = node._parents
+            seq = node._seq
+            if node._version:
+                raise _modified_error(node, node)
+            # the common one- and two-input cases without building lists
+            if len(parents) == 1:
+                first = parents[0]
+                if first._version > seq:
+                    raise _modified_error(node, first)
+                needs = _ONE_INPUT
+                ins = parents if create_graph else (first._data,)
+            elif len(parents) == 2:
+                first, second = parents
+                if first._version > seq or second._version > seq:
+                    raise _modified_error(node, first if first._version > seq else second)
+                needs = (first._requires_grad, second._requires_grad)
+                ins = parents if create_graph else (first._data, second._data)
+            else:
+                for parent in parents:
+                    if parent._version > seq:
+                        raise _modified_error(node, parent)
+                needs = tuple([parent._requires_grad for parent in parents])
+                ins = parents if create_graph else tuple([parent._data for parent in parents])
             if create_graph:
-                _GradMode.origin = node
-            for parent, contribution in zip(node._parents, rule(node, g)):
-                if contribution is None or not parent.requires_grad:
+                _ORIGIN.set(node)
+                contributions = op.vjp(graph_ops, g, node, ins, node._params, needs)
+            else:
+                contributions = op.vjp(raw_ops, g, node._data, ins, node._params, needs)
+            for parent, contribution, need in zip(parents, contributions, needs):
+                if contribution is None or not need:
                     continue
                 pkey = id(parent)
                 if needed is not None and pkey not in needed:
@@ -191,10 +244,11 @@ def _run_backward(outputs, seeds, create_graph, capture=None):
                     if not create_graph:
                         owned.add(pkey)
                 else:
-                    # nothing is recorded: add into the buffer we allocated (no new node)
-                    grads[pkey].data += contribution.data
+                    grads[pkey] += contribution  # a buffer we allocated: add in place
     finally:
-        _GradMode.enabled, _GradMode.origin = previous_mode, previous_origin
+        if create_graph:
+            _ORIGIN.reset(origin_token)
+            _GRAD_ENABLED.reset(mode_token)
     return captured
 
 
@@ -234,17 +288,23 @@ def grad(outputs, inputs, grad_outputs=None, create_graph=False, allow_unused=Fa
     inputs = [inputs] if single_input else list(inputs)
     if not inputs:
         raise ValueError("grad: inputs is empty")
+    if not outputs:
+        raise ValueError("grad: outputs is empty")
+    _check_nodes(outputs, "output", "grad")
+    _check_nodes(inputs, "input", "grad")
+    if len({type(node) for node in outputs + inputs}) > 1:
+        raise TypeError("grad: outputs and inputs mix Tensors and Values; use one kind")
     for index, node in enumerate(inputs):
-        if not getattr(node, "requires_grad", False):
+        if not node._requires_grad:
             raise RuntimeError(
                 f"grad: input {index} does not require grad; create it with requires_grad=True "
                 "or call .requires_grad_() on it")
     for index, node in enumerate(outputs):
-        if not node.requires_grad:
+        if not node._requires_grad:
             raise RuntimeError(
                 f"grad: output {index} does not require grad and has no graph; it does not "
                 "depend on any input that requires grad (or was computed under no_grad)")
-    seeds = _seed_gradients(outputs, grad_outputs, "grad")
+    seeds = _seed_gradients(outputs, grad_outputs, "grad", create_graph)
     captured = _run_backward(outputs, seeds, create_graph, capture={id(node): node for node in inputs})
     results = []
     for index, node in enumerate(inputs):
@@ -255,21 +315,30 @@ def grad(outputs, inputs, grad_outputs=None, create_graph=False, allow_unused=Fa
                     f"grad: input {index} was not used to compute the outputs; pass "
                     "allow_unused=True to get None for it")
         elif not create_graph:
-            g = g.detach()
+            g = node._wrap(g)
         results.append(g)
     return tuple(results)
 
 
+def _check_nodes(items, what, caller):
+    for index, node in enumerate(items):
+        if not hasattr(node, "_graph_ops"):
+            raise TypeError(f"{caller}: {what} {index} is {type(node).__name__}, "
+                            "not a Tensor or a Value")
+
+
 def backward(output, gradient=None, create_graph=False):
     """Accumulate d(output)/d(leaf) into ``leaf.grad`` for every leaf that requires grad."""
-    if not output.requires_grad:
+    _check_nodes([output], "output", "backward")
+    if not output._requires_grad:
         raise RuntimeError(
             "backward: the output does not require grad and has no graph; it does not depend "
             "on any tensor created with requires_grad=True (or was computed under no_grad)")
-    seeds = _seed_gradients([output], None if gradient is None else [gradient], "backward")
+    seeds = _seed_gradients([output], None if gradient is None else [gradient], "backward",
+                            create_graph)
     captured = _run_backward([output], seeds, create_graph)
     with _SetGradMode(create_graph):
         for leaf, g in captured.values():
             if not create_graph:
-                g = g.detach()
+                g = leaf._wrap(g)
             leaf.grad = g if leaf.grad is None else leaf.grad + g

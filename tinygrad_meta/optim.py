@@ -22,57 +22,22 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .tensor import Tensor, _constant, _make
+from . import ops
+from .tensor import Tensor, _constant, record
 
 __all__ = ["sgd_step", "adam_step", "SGD", "Adam", "Optimizer"]
 
 
-# ----------------------------------------------------------------------------------
-# A sqrt whose derivative is finite at 0, for Adam's denominator
-# ----------------------------------------------------------------------------------
-# d sqrt(v)/dv = 1/(2 sqrt(v)) is infinite at v = 0. In Adam, v = b2*v_prev + (1-b2)*g^2
-# is exactly 0 when every gradient so far was exactly 0 (a dead ReLU unit, an unused
-# parameter), and the chain rule then multiplies inf by dv/dg = 0 and gives NaN, in the
-# first derivative of the step already and in every higher one (higher #125, torchopt #26).
-#
-# Our choice: every derivative of sqrt is defined as 0 where v == 0 exactly, and is the
-# exact value everywhere else. Why 0 rather than the derivative at a clamp max(v, tiny):
-# near g = 0 the update lr*g/(sqrt(c*g^2)+eps) = lr*g/(c|g|+eps) is smooth in its first
-# derivative (lr/eps, which the chain rule recovers for any finite d sqrt/dv because
-# dv/dg = 0 there) and has a kink in its second (one-sided values -+2c*lr/eps^2); the
-# masked rule gives 0, the average of the two one-sided values, while a clamp gives a
-# huge spurious number (0.5/sqrt(tiny) * 2c). Each derivative is again a primitive of
-# the same kind (coef * v**power, masked), so this stays finite to any order.
-
-def _masked_power_rule(out, g):
-    (v,) = out._parents
-    coef, power = out._ctx
-    return (g * _masked_power(v, coef * power, power - 1.0),)
-
-
-def _masked_power(v, coef, power):
-    """coef * v**power where v > 0, and 0 where v == 0 (v must be >= 0)."""
-    xp = v._be.xp
-    positive = v.data > 0
-    safe = xp.where(positive, v.data, 1)
-    data = xp.where(positive, coef * safe ** power, 0).astype(v.data.dtype, copy=False)
-    return _make(data, v._be, (v,), _masked_power_rule, (coef, power))
-
-
-def _sqrt_rule(out, g):
-    (v,) = out._parents
-    return (g * _masked_power(v, 0.5, -0.5),)
-
-
 def safe_sqrt(v):
-    """sqrt(v) for v >= 0 whose derivatives (of every order) are 0 where v == 0.
+    """sqrt(v) for v >= 0 whose derivatives (of every order) are 0 where v == 0 (the
+    rule and why: ops.safe_sqrt).
 
     >>> import tinygrad_meta as tgm
     >>> v = tgm.Tensor([0.0, 4.0], requires_grad=True)
     >>> tgm.grad(safe_sqrt(v).sum(), [v])[0].numpy().tolist()
     [0.0, 0.25]
     """
-    return _make(v._be.xp.sqrt(v.data), v._be, (v,), _sqrt_rule)
+    return record(ops.safe_sqrt, v)
 
 
 # ----------------------------------------------------------------------------------

@@ -1,29 +1,36 @@
 """Tensor: n-d arrays with reverse-mode autograd to any order.
 
-Each op computes its forward on raw arrays through the tensor's backend and records
-one graph node: the parents, a backward rule, and what the rule needs (``_ctx``).
-Every backward rule is a plain module-level function written in Tensor ops, so the
-backward pass is itself differentiable when ``create_graph=True``.
+This file is the user-facing API: argument checks, dtype and device rules, and one call
+into the op table per op. Every forward and every derivative rule lives in ops.py;
+``_make`` is the one node constructor and ``record`` applies any table op to Tensors.
 
-All derivative rules live in this file, next to their forward, one short function each.
+dtype rules (as PyTorch): float32 and float64 never mix implicitly (a TypeError names
+both); an integer or boolean operand of a float tensor takes the float's dtype; integer
+tensors in floating ops (exp, sigmoid, division, mean, ...) compute in the default
+float dtype, float32.
 """
 from __future__ import annotations
 
+import functools
 import numbers
 import operator
 
 import numpy as np
 
-from .autograd import _GradMode, backward as _backward, next_seq
+from . import ops
+from .autograd import backward as _backward, current_origin, grad_enabled, next_seq
 from .backends import get_backend
 
 __all__ = [
     "Tensor", "tensor", "zeros", "ones", "zeros_like", "ones_like", "full",
-    "concatenate", "stack", "where", "maximum", "minimum", "unbroadcast",
+    "concatenate", "stack", "where", "maximum", "minimum", "unbroadcast", "record",
 ]
 
 DEFAULT_DTYPE = np.dtype("float32")
 _new = object.__new__
+
+
+_backend = get_backend
 
 
 def _resolve_dtype(dtype):
@@ -33,400 +40,235 @@ def _resolve_dtype(dtype):
         raise TypeError(f"unknown dtype {dtype!r}; use 'float32' or 'float64'") from None
 
 
-def _make(data, backend, parents, rule, ctx=None):
+# ----------------------------------------------------------------------------------
+# Nodes
+# ----------------------------------------------------------------------------------
+
+def _make(data, be, parents, op, params=()):
     """Wrap a raw result; record a graph node only when some parent needs a gradient."""
     out = _new(Tensor)
-    out.data = data
+    out._data = data
     out.grad = None
-    out._be = backend
-    if _GradMode.enabled:
+    out._be = be
+    out._version = 0
+    if grad_enabled():
         for parent in parents:
-            if parent.requires_grad:
-                out.requires_grad = True
+            if parent._requires_grad:
+                out._requires_grad = True
                 out._parents = parents
-                out._rule = rule
-                out._ctx = ctx
-                out._origin = _GradMode.origin
+                out._op = op
+                out._params = params
+                out._origin = current_origin()
                 out._seq = next_seq()
                 return out
-    out.requires_grad = False
+    out._requires_grad = False
     out._parents = ()
-    out._rule = None
-    out._ctx = None
+    out._op = None
+    out._params = ()
     out._origin = None
     return out
 
 
-def _constant(data, backend):
+def _constant(data, be):
     """A raw array as a Tensor that never requires grad."""
     out = _new(Tensor)
-    out.data = data
+    out._data = data
     out.grad = None
-    out._be = backend
-    out.requires_grad = False
+    out._be = be
+    out._version = 0
+    out._requires_grad = False
     out._parents = ()
-    out._rule = None
-    out._ctx = None
+    out._op = None
+    out._params = ()
     out._origin = None
     return out
 
+
+def record(op, *args):
+    """Apply table op ``op`` to Tensors: ``record(ops.exp, x)``, ``record(ops.sum_, x, axes,
+    keepdims)``. The first ``op.nin`` arguments are inputs (numbers become constants of
+    the first Tensor's dtype), the rest parameters. No argument checks: the user-facing
+    functions check, then call this."""
+    if op.nin is None:
+        inputs, params = tuple(args[0]), args[1:]
+    else:
+        inputs, params = args[:op.nin], args[op.nin:]
+    anchor = next(x for x in inputs if isinstance(x, Tensor))
+    be = anchor._be
+    if not all(type(x) is Tensor for x in inputs):
+        inputs = tuple(x if isinstance(x, Tensor) else
+                       _constant(be.asarray(x, dtype=anchor._data.dtype), be) for x in inputs)
+    datas = [x._data for x in inputs]
+    data = op.forward(datas, *params) if op.nin is None else op.forward(*datas, *params)
+    return _make(data, be, inputs, op, params)
+
+
+class _GraphOps:
+    """The namespace rules see with ``create_graph=True``: ``o.name(...)`` records table op
+    ``name`` on Tensors (see ops.py)."""
+
+    recording = True
+
+    def __getattr__(self, name):
+        try:
+            op = ops.TABLE[name]
+        except KeyError:
+            raise AttributeError(f"no op named {name!r} in the table") from None
+        call = functools.partial(record, op)
+        setattr(self, name, call)
+        return call
+
+    @staticmethod
+    def raw(x):
+        return x._data if isinstance(x, Tensor) else x
+
+    @staticmethod
+    def backend(x):
+        return x._be
+
+    @staticmethod
+    def apply(op, *args):
+        return record(op, *args)
+
+    @staticmethod
+    def to(x, source, target):
+        return x.to(target)
+
+
+def unbroadcast(g, shape):
+    """Sum the Tensor ``g`` down to ``shape``: the adjoint of numpy broadcasting."""
+    return ops.unbroadcast(_GraphOps.instance, g, tuple(shape))
+
+
+_GraphOps.instance = _GraphOps()
+
+
+# ----------------------------------------------------------------------------------
+# Operand rules
+# ----------------------------------------------------------------------------------
 
 def _shape_error(name, *shapes):
     joined = " and ".join(str(tuple(s)) for s in shapes)
     return ValueError(f"{name}: shapes {joined} are not compatible (numpy broadcasting rules)")
 
 
-def _matmul_shape_error(shape_a, shape_b):
+def _matmul_shape_error(shape_a, shape_b, name="matmul"):
     if not shape_a or not shape_b:
-        return ValueError(f"matmul: operands must be at least 1-D, got shapes {shape_a} and {shape_b}")
+        return ValueError(f"{name}: operands must be at least 1-D, got shapes {shape_a} and {shape_b}")
     inner_b = shape_b[-2] if len(shape_b) > 1 else shape_b[0]
-    return ValueError(f"matmul: shapes {shape_a} and {shape_b} don't align "
+    return ValueError(f"{name}: shapes {shape_a} and {shape_b} don't align "
                       f"({shape_a[-1]} != {inner_b}, or batch dims do not broadcast)")
 
 
-def _coerce(a, b, name):
-    """``b`` as a Tensor on a's device with a compatible dtype, or an error naming the problem."""
-    if type(b) is not Tensor:
-        if isinstance(b, Tensor):
-            pass
-        elif hasattr(b, "_parents") and not hasattr(b, "shape"):
+def _as_operand(value, like, name):
+    """A non-Tensor operand (number, list, array) as a constant on ``like``'s device.
+
+    None, strings and other non-numeric objects are a TypeError naming the op."""
+    if isinstance(value, (bool, numbers.Number, np.generic)) and not isinstance(value, complex):
+        array = np.asarray(value)
+    elif isinstance(value, (list, tuple)) or hasattr(value, "__array__") or \
+            hasattr(value, "__cuda_array_interface__"):
+        try:
+            array = like._be.asarray(value)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"{name}: cannot use {type(value).__name__} as a tensor operand "
+                            f"({error})") from None
+    else:
+        raise TypeError(f"{name}: cannot use {type(value).__name__} as a tensor operand "
+                        "(expected a Tensor, a number or an array)")
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: cannot use an operand of dtype {array.dtype} "
+                        "(expected numbers)")
+    dtype = like._data.dtype
+    if dtype.kind == "f":
+        array = array.astype(dtype, copy=False)
+    elif array.dtype.kind == "f":
+        array = array.astype(DEFAULT_DTYPE, copy=False)
+    return _constant(like._be.asarray(array), like._be)
+
+
+def _floating(x):
+    """``x`` itself when floating; an integer or boolean tensor as the default float."""
+    if x._data.dtype.kind == "f":
+        return x
+    return _constant(x._data.astype(DEFAULT_DTYPE), x._be)
+
+
+def _pair(a, b, name):
+    """Two operands on one device with one dtype, or an error naming the problem."""
+    if not isinstance(b, Tensor):
+        if hasattr(b, "_graph_ops"):
             raise TypeError(f"{name}: cannot combine a Tensor with {type(b).__name__}")
-        else:
-            try:
-                dtype = a.data.dtype if a.data.dtype.kind == "f" else None
-                return _constant(a._be.asarray(b, dtype=dtype), a._be)
-            except (TypeError, ValueError) as error:
-                raise TypeError(f"{name}: cannot use {type(b).__name__} as a tensor operand ({error})") from None
+        b = _as_operand(b, a, name)
     if b._be is not a._be:
         raise RuntimeError(
             f"{name}: tensors are on different devices ({a.device} and {b.device}); "
             "move one with .to(device)")
-    da, db = a.data.dtype, b.data.dtype
-    if da is not db and da != db:
+    da, db = a._data.dtype, b._data.dtype
+    if da != db:
         if da.kind == "f" and db.kind == "f":
             raise TypeError(
                 f"{name}: dtype mismatch {da} and {db}; cast one with .astype() (no implicit promotion)")
         if da.kind == "f":
-            return _constant(b.data.astype(da), b._be)
-    return b
-
-
-def unbroadcast(g, shape):
-    """Sum ``g`` down to ``shape``: the adjoint of numpy broadcasting."""
-    if g.data.shape == shape:
-        return g
-    shape = tuple(shape)
-    extra = g.ndim - len(shape)
-    axes = tuple(range(extra)) + tuple(
-        extra + i for i, n in enumerate(shape) if n == 1 and g.shape[extra + i] != 1)
-    if axes:
-        g = g.sum(axis=axes, keepdims=True)
-    return g.reshape(shape) if g.shape != shape else g
+            b = _constant(b._data.astype(da), b._be)
+        elif db.kind == "f":
+            a = _constant(a._data.astype(db), a._be)
+    return a, b
 
 
 def _normalize_axis(axis, ndim, name):
     if axis is None:
         return None
+    if isinstance(axis, bool) or not isinstance(axis, (numbers.Integral, tuple, list)):
+        raise TypeError(f"{name}: axis must be an int, a tuple of ints or None, got {axis!r}")
     axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
     normalized = []
     for ax in axes:
+        if isinstance(ax, bool) or not isinstance(ax, numbers.Integral):
+            raise TypeError(f"{name}: axis must be an int, a tuple of ints or None, got {axis!r}")
         if not -ndim <= ax < ndim:  # like numpy: a 0-d tensor has no axis to name
             raise ValueError(f"{name}: axis {ax} is out of range for a tensor with {ndim} dims")
-        normalized.append(ax % ndim if ndim else 0)
+        normalized.append(int(ax) % ndim if ndim else 0)
     if len(set(normalized)) != len(normalized):
         raise ValueError(f"{name}: repeated axis in {axis}")
     return tuple(sorted(normalized))
 
 
-def _keepdims_shape(shape, axes):
-    if axes is None:
-        return (1,) * len(shape)
-    return tuple(1 if i in axes else n for i, n in enumerate(shape))
-
-
-# ----------------------------------------------------------------------------------
-# Backward rules: rule(out, g) -> one gradient (or None) per parent, in Tensor ops.
-# ----------------------------------------------------------------------------------
-
-def _add_rule(out, g):
-    a, b = out._parents
-    return (unbroadcast(g, a.data.shape) if a.requires_grad else None,
-            unbroadcast(g, b.data.shape) if b.requires_grad else None)
-
-
-def _sub_rule(out, g):
-    a, b = out._parents
-    return (unbroadcast(g, a.data.shape) if a.requires_grad else None,
-            unbroadcast(-g, b.data.shape) if b.requires_grad else None)
-
-
-def _mul_rule(out, g):
-    a, b = out._parents
-    return (unbroadcast(g * b, a.data.shape) if a.requires_grad else None,
-            unbroadcast(g * a, b.data.shape) if b.requires_grad else None)
-
-
-def _div_rule(out, g):
-    a, b = out._parents
-    return (unbroadcast(g / b, a.data.shape) if a.requires_grad else None,
-            unbroadcast(-(g * out) / b, b.data.shape) if b.requires_grad else None)
-
-
-def _pow_rule(out, g):
-    a, b = out._parents
-    ga = gb = None
-    if a.requires_grad:
-        ga = unbroadcast(g * b * a ** (b - 1.0), a.shape)
-    if b.requires_grad:
-        gb = unbroadcast(g * out * a.log(), b.shape)
-    return ga, gb
-
-
-def _add_scalar_rule(out, g):
-    return (g,)
-
-
-def _mul_scalar_rule(out, g):
-    return (g * out._ctx,)
-
-
-def _pow_scalar_rule(out, g):
-    (a,) = out._parents
-    p = out._ctx
-    if p == 2:
-        return (g * (a * 2.0),)
-    if p == 0:  # x**0 is constant; a ** -1 would turn 0 * inf into nan at x = 0
-        return (g * 0.0,)
-    return (g * (a ** (p - 1) * p),)
-
-
-def _rpow_scalar_rule(out, g):
-    # d/db c**b = c**b * log(c)
-    return (g * out * float(np.log(out._ctx)),)
-
-
-def _rdiv_scalar_rule(out, g):
-    (a,) = out._parents
-    return (-(g * out) / a,)
-
-
-def _neg_rule(out, g):
-    return (-g,)
+_keepdims_shape = ops.keepdims_shape
 
 
 def _swap_last(t):
-    axes = list(range(t.ndim))
-    axes[-1], axes[-2] = axes[-2], axes[-1]
-    return t.permute(*axes)
-
-
-def _matmul_rule(out, g):
-    a, b = out._parents
-    if a.ndim == 1 and b.ndim == 1:
-        return (g * b if a.requires_grad else None, g * a if b.requires_grad else None)
-    a2 = a if a.ndim > 1 else a.reshape(1, a.shape[0])
-    b2 = b if b.ndim > 1 else b.reshape(b.shape[0], 1)
-    if a.ndim == 1:
-        g = g.reshape(g.shape[:-1] + (1, g.shape[-1]))
-    elif b.ndim == 1:
-        g = g.reshape(g.shape + (1,))
-    ga = gb = None
-    if a.requires_grad:
-        ga = unbroadcast(g @ _swap_last(b2), a2.shape).reshape(a.shape)
-    if b.requires_grad:
-        gb = unbroadcast(_swap_last(a2) @ g, b2.shape).reshape(b.shape)
-    return ga, gb
-
-
-def _sum_rule(out, g):
-    (a,) = out._parents
-    axes, keepdims = out._ctx
-    if not keepdims:
-        g = g.reshape(_keepdims_shape(a.shape, axes))
-    return (g.broadcast_to(a.shape),)
-
-
-def _extremum_rule(out, g):
-    # The gradient is split evenly between tied extreme elements.
-    (a,) = out._parents
-    axes, keepdims, weights = out._ctx
-    if not keepdims:
-        g = g.reshape(_keepdims_shape(a.shape, axes))
-    return (g * weights,)
-
-
-def _reshape_rule(out, g):
-    return (g.reshape(out._parents[0].shape),)
-
-
-def _permute_rule(out, g):
-    return (g.permute(*np.argsort(out._ctx).tolist()),)
-
-
-def _broadcast_rule(out, g):
-    return (unbroadcast(g, out._parents[0].shape),)
-
-
-def _getitem_rule(out, g):
-    (a,) = out._parents
-    return (_index_put(g, out._ctx, a.shape),)
-
-
-def _index_put_rule(out, g):
-    return (g[out._ctx],)
-
-
-def _concatenate_rule(out, g):
-    axis = out._ctx
-    grads, start = [], 0
-    for part in out._parents:
-        stop = start + part.shape[axis]
-        if part.requires_grad:
-            index = (slice(None),) * axis + (slice(start, stop),)
-            grads.append(g[index])
-        else:
-            grads.append(None)
-        start = stop
-    return tuple(grads)
-
-
-def _stack_rule(out, g):
-    axis = out._ctx
-    return tuple(g[(slice(None),) * axis + (i,)] if part.requires_grad else None
-                 for i, part in enumerate(out._parents))
-
-
-def _exp_rule(out, g):
-    return (g * out,)
-
-
-def _log_rule(out, g):
-    return (g / out._parents[0],)
-
-
-def _sqrt_rule(out, g):
-    return (g / (out * 2.0),)
-
-
-def _abs_rule(out, g):
-    a = out._parents[0]
-    return (g * _constant(a._be.xp.sign(a.data), a._be),)
-
-
-def _tanh_rule(out, g):
-    return (_tanh_grad(g, out),)
-
-
-def _tanh_grad_rule(node, gg):
-    # node = g * (1 - y*y) with parents (g, y)
-    g, y = node._parents
-    return (_tanh_grad(gg, y) if g.requires_grad else None,
-            gg * g * y * -2.0 if y.requires_grad else None)
-
-
-def _sigmoid_rule(out, g):
-    return (_sigmoid_grad(g, out),)
-
-
-def _sigmoid_grad_rule(node, gg):
-    # node = g * s * (1 - s) with parents (g, s)
-    g, s = node._parents
-    return (_sigmoid_grad(gg, s) if g.requires_grad else None,
-            gg * g * (1.0 - s * 2.0) if s.requires_grad else None)
-
-
-def _relu_rule(out, g):
-    return (_relu_grad(g, out._parents[0]),)
-
-
-def _relu_grad_rule(out, g):
-    # relu'(x) is a step: the mask is constant, so only g carries a gradient.
-    return (_relu_grad(g, out._parents[1]), None)
-
-
-def _mask_rule(out, g):
-    return (g * out._ctx,)
-
-
-def _where_rule(out, g):
-    a, b = out._parents
-    cond = out._ctx
-    zero = 0.0
-    return (unbroadcast(where(cond, g, zero), a.data.shape) if a.requires_grad else None,
-            unbroadcast(where(cond, zero, g), b.data.shape) if b.requires_grad else None)
-
-
-def _pairwise_extremum_rule(out, g):
-    a, b = out._parents
-    weight_a = out._ctx
-    return (unbroadcast(g * weight_a, a.data.shape) if a.requires_grad else None,
-            unbroadcast(g * (1.0 - weight_a), b.data.shape) if b.requires_grad else None)
-
-
-def _astype_rule(out, g):
-    return (g.astype(out._parents[0].dtype),)
-
-
-def _to_rule(out, g):
-    return (g.to(out._parents[0].device),)
+    return t.swapaxes(-1, -2)
 
 
 # ----------------------------------------------------------------------------------
-# Ops that need a function rather than a method
+# Functions of several tensors
 # ----------------------------------------------------------------------------------
-
-def _is_advanced(index):
-    items = index if isinstance(index, tuple) else (index,)
-    return any(not (isinstance(i, (numbers.Integral, slice)) or i is None or i is Ellipsis)
-               for i in items)
-
-
-def _index_put(g, index, shape):
-    """Zeros of ``shape`` with ``g`` added at ``index`` (repeated indices accumulate)."""
-    xp = g._be.xp
-    data = xp.zeros(shape, dtype=g.data.dtype)
-    if _is_advanced(index):
-        xp.add.at(data, index, g.data)
-    else:
-        data[index] = g.data
-    return _make(data, g._be, (g,), _index_put_rule, index)
-
-
-def _tanh_grad(g, y):
-    """``g * (1 - y**2)``, tanh's backward fused into one node (itself differentiable)."""
-    y_data = y.data
-    return _make(g.data * (1 - y_data * y_data), g._be, (g, y), _tanh_grad_rule)
-
-
-def _sigmoid_grad(g, s):
-    """``g * s * (1 - s)``, sigmoid's backward fused into one node (itself differentiable)."""
-    s_data = s.data
-    return _make(g.data * (s_data * (1 - s_data)), g._be, (g, s), _sigmoid_grad_rule)
-
-
-def _relu_grad(g, x):
-    """``g * (x > 0)`` in one fused kernel; differentiable in g."""
-    return _make(g._be.relu_backward(g.data, x.data), g._be, (g, x), _relu_grad_rule)
-
 
 def _as_tensors(items, name):
     tensors = [t for t in items if isinstance(t, Tensor)]
     if not tensors:
         raise TypeError(f"{name}: expected a sequence of Tensors")
     first = tensors[0]
-    return [first if t is first else _coerce(first, t, name) for t in items]
+    converted = [first if t is first else _pair(first, t, name)[1] for t in items]
+    if first._data.dtype.kind != "f" and any(t._data.dtype.kind == "f" for t in converted):
+        dtype = next(t._data.dtype for t in converted if t._data.dtype.kind == "f")
+        converted = [t if t._data.dtype == dtype else _constant(t._data.astype(dtype), t._be)
+                     for t in converted]
+    return converted
 
 
 def concatenate(tensors, axis=0):
     """Join tensors along an existing axis (like ``numpy.concatenate``)."""
     tensors = _as_tensors(list(tensors), "concatenate")
     first = tensors[0]
+    if first.ndim == 0:
+        raise ValueError("concatenate: zero-dimensional tensors cannot be concatenated")
     axis = _normalize_axis(axis, first.ndim, "concatenate")[0]
     try:
-        data = first._be.xp.concatenate([t.data for t in tensors], axis=axis)
+        return record(ops.concatenate, tensors, axis)
     except ValueError:
         raise _shape_error("concatenate", *[t.shape for t in tensors]) from None
-    return _make(data, first._be, tuple(tensors), _concatenate_rule, axis)
 
 
 def stack(tensors, axis=0):
@@ -437,8 +279,7 @@ def stack(tensors, axis=0):
     shapes = {t.shape for t in tensors}
     if len(shapes) != 1:
         raise ValueError(f"stack: all tensors must have one shape, got {sorted(shapes)}")
-    data = first._be.xp.stack([t.data for t in tensors], axis=axis)
-    return _make(data, first._be, tuple(tensors), _stack_rule, axis)
+    return record(ops.stack, tensors, axis)
 
 
 def where(condition, a, b):
@@ -446,48 +287,53 @@ def where(condition, a, b):
     anchor = a if isinstance(a, Tensor) else b if isinstance(b, Tensor) else None
     if anchor is None:
         raise TypeError("where: a or b must be a Tensor")
-    a = _coerce(anchor, a, "where")
-    b = _coerce(anchor, b, "where")
-    if isinstance(condition, Tensor) and condition._be is not anchor._be:
-        raise RuntimeError(f"where: condition is on {condition.device} but the values are on "
-                           f"{anchor.device}; move it with .to(device)")
-    cond = condition.data if isinstance(condition, Tensor) else anchor._be.asarray(condition)
+    a, b = _pair(anchor, a, "where")[1], _pair(anchor, b, "where")[1]
+    a, b = _pair(a, b, "where")
+    if isinstance(condition, Tensor):
+        if condition._be is not anchor._be:
+            raise RuntimeError(f"where: condition is on {condition.device} but the values are on "
+                               f"{anchor.device}; move it with .to(device)")
+        cond = condition._data
+    elif condition is None or isinstance(condition, str):
+        raise TypeError(f"where: condition must be a boolean Tensor or array, got "
+                        f"{type(condition).__name__}")
+    else:
+        cond = anchor._be.asarray(condition)
     cond = cond.astype(bool, copy=False)
     try:
-        data = anchor._be.xp.where(cond, a.data, b.data)
+        return record(ops.where, a, b, cond)
     except ValueError:
         raise _shape_error("where", cond.shape, a.shape, b.shape) from None
-    return _make(data, anchor._be, (a, b), _where_rule, cond)
 
 
-def _pairwise_extremum(a, b, name):
+def _pairwise(a, b, op):
     anchor = a if isinstance(a, Tensor) else b
-    a = _coerce(anchor, a, name)
-    b = _coerce(anchor, b, name)
-    xp = anchor._be.xp
+    if not isinstance(anchor, Tensor):
+        raise TypeError(f"{op.name}: a or b must be a Tensor")
+    a, b = _pair(anchor, a, op.name)[1], _pair(anchor, b, op.name)[1]
+    a, b = _pair(a, b, op.name)
     try:
-        data = getattr(xp, name)(a.data, b.data)
+        return record(op, a, b)
     except ValueError:
-        raise _shape_error(name, a.shape, b.shape) from None
-    # a gets the gradient where it wins, half of it at ties
-    weight_a = (data == a.data).astype(data.dtype) - 0.5 * (a.data == b.data).astype(data.dtype)
-    return _make(data, anchor._be, (a, b), _pairwise_extremum_rule,
-                 _constant(xp.broadcast_to(weight_a, data.shape), anchor._be))
+        raise _shape_error(op.name, a.shape, b.shape) from None
 
 
 def maximum(a, b):
     """Elementwise maximum; at ties each side gets half the gradient."""
-    return _pairwise_extremum(a, b, "maximum")
+    return _pairwise(a, b, ops.maximum)
 
 
 def minimum(a, b):
     """Elementwise minimum; at ties each side gets half the gradient."""
-    return _pairwise_extremum(a, b, "minimum")
+    return _pairwise(a, b, ops.minimum)
 
 
 # ----------------------------------------------------------------------------------
 # Tensor
 # ----------------------------------------------------------------------------------
+
+# the ops on the per-op hot path, bound once
+_ADD, _MUL, _ADD_SCALAR, _MUL_SCALAR = ops.add, ops.mul, ops.add_scalar, ops.mul_scalar
 
 class Tensor:
     """An n-d array (numpy on "cpu", CuPy on "cuda") that records how it was computed.
@@ -507,19 +353,23 @@ class Tensor:
     [[2.0, 4.0]]
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "_parents", "_rule", "_ctx", "_be", "_origin", "_seq",
-                 "__weakref__")
+    __slots__ = ("_data", "grad", "_requires_grad", "_parents", "_op", "_params", "_be",
+                 "_origin", "_seq", "_version", "__weakref__")
     __array_ufunc__ = None  # numpy defers to our reflected operators
     __hash__ = object.__hash__
+    _graph_ops = _GraphOps.instance
+    _raw_ops = ops.RAW
 
     def __init__(self, data, dtype=None, device="cpu", requires_grad=False):
-        backend = get_backend(device)
+        backend = _backend(device)
         from_tensor = isinstance(data, Tensor)
         if from_tensor:
             if data._be is not backend:
                 raise RuntimeError(
                     f"Tensor: data is on {data.device} but device={backend.name!r}; use .to()")
-            data = data.data
+            data = data._data
+        elif data is None:
+            raise TypeError("Tensor: cannot make an array from None")
         if dtype is not None:
             dtype = _resolve_dtype(dtype)
         try:
@@ -530,33 +380,59 @@ class Tensor:
             raise TypeError(f"Tensor: unsupported dtype {array.dtype} (use float32 or float64)")
         if dtype is None and array.dtype.kind == "f" and not from_tensor:
             array = array.astype(DEFAULT_DTYPE, copy=False)
-        self.data = array
+        self._data = array
         self.grad = None
         self._be = backend
         self._parents = ()
-        self._rule = None
-        self._ctx = None
+        self._op = None
+        self._params = ()
         self._origin = None
-        self.requires_grad = False
+        self._version = 0
+        self._requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
 
     # ---- properties ----------------------------------------------------------
     @property
+    def data(self):
+        """The raw array. Assigning to it changes the tensor in place (it counts as a
+        modification: a graph recorded before cannot be differentiated afterwards)."""
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        if isinstance(value, Tensor):
+            value = value._data
+        self._data = value
+        self._version = next_seq()
+
+    def _bump_version(self):
+        """Mark an in-place change of ``_data`` (optimizers call this)."""
+        self._version = next_seq()
+
+    @property
+    def requires_grad(self):
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value):
+        self.requires_grad_(value)
+
+    @property
     def shape(self):
-        return self.data.shape
+        return self._data.shape
 
     @property
     def ndim(self):
-        return self.data.ndim
+        return self._data.ndim
 
     @property
     def size(self):
-        return self.data.size
+        return self._data.size
 
     @property
     def dtype(self):
-        return self.data.dtype
+        return self._data.dtype
 
     @property
     def device(self):
@@ -564,7 +440,7 @@ class Tensor:
 
     @property
     def is_leaf(self):
-        return self._rule is None
+        return self._op is None
 
     @property
     def T(self):
@@ -584,7 +460,7 @@ class Tensor:
         return self.shape[0]
 
     def __repr__(self):
-        extra = ", requires_grad=True" if self.requires_grad else ""
+        extra = ", requires_grad=True" if self._requires_grad else ""
         device = "" if self.device == "cpu" else f", device={self.device!r}"
         body = np.array2string(self.numpy(), separator=", ", prefix="Tensor(")
         return f"Tensor({body}, dtype={self.dtype}{device}{extra})"
@@ -592,19 +468,29 @@ class Tensor:
     # ---- conversion ----------------------------------------------------------
     def numpy(self):
         """The values as a numpy array (a copy from the GPU, the array itself on the CPU)."""
-        return self._be.to_numpy(self.data)
+        return self._be.to_numpy(self._data)
+
+    def __array__(self, dtype=None, copy=None):
+        """``np.asarray(t)`` gives the values (no graph)."""
+        array = np.asarray(self.numpy())
+        if dtype is not None:
+            array = array.astype(dtype, copy=False)
+        return array.copy() if copy else array
 
     def item(self):
         """The single value of a one-element tensor, as a Python number."""
         if self.size != 1:
             raise ValueError(f"item: tensor has {self.size} elements, expected 1")
-        return self.data.item()
+        return self._data.item()
 
     def tolist(self):
         return self.numpy().tolist()
 
     def __float__(self):
         return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
 
     def __bool__(self):
         if self.size != 1:
@@ -613,36 +499,36 @@ class Tensor:
 
     def detach(self):
         """The same values, cut from the graph (shares memory)."""
-        return _constant(self.data, self._be)
+        return _constant(self._data, self._be)
 
     def requires_grad_(self, requires_grad=True):
         """Mark this leaf as needing gradients (in place); returns self."""
-        if requires_grad and self.data.dtype.kind != "f":
+        requires_grad = bool(requires_grad)
+        if requires_grad and self._data.dtype.kind != "f":
             raise TypeError(f"requires_grad: only floating point tensors can require grad, not {self.dtype}")
-        if not requires_grad and self._rule is not None:
+        if not requires_grad and self._op is not None:
             raise RuntimeError("requires_grad_(False) on a non-leaf; use .detach()")
         if requires_grad and not hasattr(self, "_seq"):
             self._seq = next_seq()  # its first moment as a graph leaf (see autograd.toposort)
-        self.requires_grad = bool(requires_grad)
+        self._requires_grad = requires_grad
         return self
 
     def astype(self, dtype):
         """A copy in another dtype (differentiable between float dtypes)."""
         dtype = _resolve_dtype(dtype)
-        if dtype == self.data.dtype:
+        if dtype == self._data.dtype:
             return self
         if dtype.kind != "f":
-            return _constant(self.data.astype(dtype), self._be)
-        return _make(self.data.astype(dtype), self._be, (self,), _astype_rule)
+            return _constant(self._data.astype(dtype), self._be)
+        return record(ops.astype, self, dtype)
 
     def to(self, device):
         """This tensor on ``device`` ("cpu" or "cuda"); differentiable; no copy if already there."""
-        backend = get_backend(device)
+        backend = _backend(device)
         if backend is self._be:
             return self
-        data = backend.asarray(self._be.to_numpy(self.data)) if backend.name != "cpu" \
-            else self._be.to_numpy(self.data)
-        return _make(data, backend, (self,), _to_rule)
+        data = ops.to.forward(self._data, self._be, backend)
+        return _make(data, backend, (self,), ops.to, (self._be, backend))
 
     def cpu(self):
         return self.to("cpu")
@@ -652,14 +538,23 @@ class Tensor:
 
     # ---- autograd hooks used by autograd.py ----------------------------------
     def _ones_like(self):
-        return _constant(self._be.xp.ones(self.shape, dtype=self.data.dtype), self._be)
+        return _constant(self._be.xp.ones(self.shape, dtype=self._data.dtype), self._be)
 
     def _as_gradient(self, seed, caller):
-        seed = _coerce(self, seed, caller)
+        if seed is None or isinstance(seed, str):
+            raise TypeError(f"{caller}: a gradient must be a Tensor or an array, got "
+                            f"{type(seed).__name__}")
+        _, seed = _pair(self, seed, caller)
         if seed.shape != self.shape:
             raise ValueError(
                 f"{caller}: grad_outputs has shape {seed.shape} but the output has shape {self.shape}")
         return seed
+
+    def _wrap(self, raw):
+        """A raw gradient of this tensor as a constant Tensor in its dtype."""
+        if getattr(raw, "dtype", None) != self._data.dtype:
+            raw = self._be.xp.asarray(raw, dtype=self._data.dtype)
+        return _constant(raw, self._be)
 
     def backward(self, gradient=None, create_graph=False):
         """Accumulate gradients of this tensor into the ``.grad`` of every leaf it depends on.
@@ -670,115 +565,141 @@ class Tensor:
         _backward(self, gradient, create_graph)
 
     # ---- arithmetic ----------------------------------------------------------
-    def _binary(self, other, forward, rule, name):
-        if type(other) is not Tensor or other._be is not self._be or other.data.dtype is not self.data.dtype:
-            other = _coerce(self, other, name)
+    def _binary(self, other, op):
+        a, b = self, other
+        if type(b) is not Tensor or b._be is not a._be or b._data.dtype is not a._data.dtype:
+            a, b = _pair(a, b, op.name)
         try:
-            data = forward(self.data, other.data)
+            data = op.forward(a._data, b._data)
         except ValueError:
-            raise _shape_error(name, self.shape, other.shape) from None
-        return _make(data, self._be, (self, other), rule)
+            raise _shape_error(op.name, a.shape, b.shape) from None
+        return _make(data, a._be, (a, b), op)
 
-    # Python int/float operands skip the constant tensor: one node, and the rule needs no tensor
+    def _scalar(self, other, op):
+        """An op with a Python number: one node, and the rule needs no tensor. An integer
+        tensor with a float number computes in the default float dtype."""
+        x = self if type(other) is int or self._data.dtype.kind == "f" else _floating(self)
+        return _make(op.forward(x._data, other), x._be, (x,), op, (other,))
+
     def __add__(self, other):
         if type(other) is float or type(other) is int:
-            return _make(self.data + other, self._be, (self,), _add_scalar_rule)
-        return self._binary(other, operator.add, _add_rule, "add")
+            return self._scalar(other, _ADD_SCALAR)
+        return self._binary(other, _ADD)
 
     __radd__ = __add__
 
     def __sub__(self, other):
         if type(other) is float or type(other) is int:
-            return _make(self.data - other, self._be, (self,), _add_scalar_rule)
-        return self._binary(other, operator.sub, _sub_rule, "sub")
+            return self._scalar(-other, _ADD_SCALAR)
+        return self._binary(other, ops.sub)
 
     def __rsub__(self, other):
         if type(other) is float or type(other) is int:
-            return _make(other - self.data, self._be, (self,), _neg_rule)
-        return _coerce(self, other, "sub")._binary(self, operator.sub, _sub_rule, "sub")
+            return self._scalar(other, ops.rsub_scalar)
+        return _pair(self, other, "sub")[1]._binary(self, ops.sub)
 
     def __mul__(self, other):
         if type(other) is float or type(other) is int:
-            return _make(self.data * other, self._be, (self,), _mul_scalar_rule, other)
-        return self._binary(other, operator.mul, _mul_rule, "mul")
+            return self._scalar(other, _MUL_SCALAR)
+        return self._binary(other, _MUL)
 
     __rmul__ = __mul__
 
     def __truediv__(self, other):
         if type(other) is float or type(other) is int:
-            return self.__mul__(1.0 / other)
-        return self._binary(other, operator.truediv, _div_rule, "div")
+            return _floating(self)._scalar(1.0 / other, ops.mul_scalar)
+        if isinstance(other, Tensor) and other._data.dtype.kind != "f" and \
+                self._data.dtype.kind != "f":
+            other = _floating(other)
+        return _floating(self)._binary(other, ops.div)
 
     def __rtruediv__(self, other):
         if type(other) is float or type(other) is int:
-            return _make(other / self.data, self._be, (self,), _rdiv_scalar_rule)
-        return _coerce(self, other, "div")._binary(self, operator.truediv, _div_rule, "div")
+            return _floating(self)._scalar(float(other), ops.rdiv_scalar)
+        return _pair(_floating(self), other, "div")[1]._binary(_floating(self), ops.div)
 
     def __pow__(self, exponent):
         if type(exponent) is float or type(exponent) is int:
             if exponent == 1:
                 return self
-            return _make(self.data ** exponent, self._be, (self,), _pow_scalar_rule, exponent)
-        return self._binary(exponent, operator.pow, _pow_rule, "pow")
+            return self._scalar(exponent, ops.pow_scalar)
+        return self._binary(exponent, ops.pow_)
 
     def __rpow__(self, base):
         if type(base) is float or type(base) is int:
-            if base <= 0:
-                raise ValueError(f"pow: a number base must be positive to differentiate, got {base}")
-            return _make(base ** self.data, self._be, (self,), _rpow_scalar_rule, base)
-        return _coerce(self, base, "pow")._binary(self, operator.pow, _pow_rule, "pow")
+            if base < 0 and self._requires_grad:
+                raise ValueError(f"pow: a number base must be >= 0 to differentiate, got {base}")
+            return _floating(self)._scalar(float(base), ops.rpow_scalar)
+        return _pair(self, base, "pow")[1]._binary(self, ops.pow_)
 
     def __neg__(self):
-        return _make(-self.data, self._be, (self,), _neg_rule)
+        return _make(-self._data, self._be, (self,), ops.neg)
 
     def __matmul__(self, other):
-        if type(other) is not Tensor or other._be is not self._be or other.data.dtype is not self.data.dtype:
-            other = _coerce(self, other, "matmul")
+        a, b = self, other
+        if type(b) is not Tensor or b._be is not a._be or b._data.dtype is not a._data.dtype:
+            a, b = _pair(a, b, "matmul")
+        if a.ndim >= 2 and b.ndim >= 2:
+            try:
+                data = ops.matmul.forward(a._data, b._data, False, False, a._be)
+            except ValueError:
+                raise _matmul_shape_error(a.shape, b.shape) from None
+            return _make(data, a._be, (a, b), ops.matmul, (False, False, a._be))
+        if a.ndim == 0 or b.ndim == 0:
+            raise _matmul_shape_error(a.shape, b.shape)
+        # 1-D operands: numpy's rules, through the 2-D product and reshapes
+        a2 = a.reshape(1, a.shape[0]) if a.ndim == 1 else a
+        b2 = b.reshape(b.shape[0], 1) if b.ndim == 1 else b
         try:
-            data = self._be.matmul(self.data, other.data)
+            out = a2 @ b2
         except ValueError:
-            raise _matmul_shape_error(self.shape, other.shape) from None
-        return _make(data, self._be, (self, other), _matmul_rule)
+            raise _matmul_shape_error(a.shape, b.shape) from None
+        shape = out.shape[:-2] + (out.shape[-2:-1] if a.ndim > 1 else ()) + \
+            (out.shape[-1:] if b.ndim > 1 else ())
+        return out.reshape(shape)
 
     def __rmatmul__(self, other):
-        return _coerce(self, other, "matmul").__matmul__(self)
+        return _pair(self, other, "matmul")[1].__matmul__(self)
 
     matmul = __matmul__
 
     # comparisons give boolean tensors, outside the graph
-    def _compare(self, other, op):
+    def _compare(self, other, op, name):
         if isinstance(other, Tensor):
             if other._be is not self._be:
                 raise RuntimeError(
                     f"compare: tensors are on different devices ({self.device} and {other.device}); "
                     "move one with .to(device)")
-            other = other.data
-        return _constant(op(self.data, other), self._be)
+            other = other._data
+        elif other is None or isinstance(other, str):
+            raise TypeError(f"{name}: cannot compare a Tensor with {type(other).__name__}")
+        return _constant(op(self._data, other), self._be)
 
     def __lt__(self, other):
-        return self._compare(other, operator.lt)
+        return self._compare(other, operator.lt, "lt")
 
     def __le__(self, other):
-        return self._compare(other, operator.le)
+        return self._compare(other, operator.le, "le")
 
     def __gt__(self, other):
-        return self._compare(other, operator.gt)
+        return self._compare(other, operator.gt, "gt")
 
     def __ge__(self, other):
-        return self._compare(other, operator.ge)
+        return self._compare(other, operator.ge, "ge")
 
     def __eq__(self, other):
-        return self._compare(other, operator.eq)
+        return self._compare(other, operator.eq, "eq")
 
     def __ne__(self, other):
-        return self._compare(other, operator.ne)
+        return self._compare(other, operator.ne, "ne")
 
     # ---- reductions ----------------------------------------------------------
     def sum(self, axis=None, keepdims=False):
         """Sum over ``axis`` (an int, a tuple, or None for all)."""
         axes = _normalize_axis(axis, self.ndim, "sum")
-        data = self.data.sum(axis=axes, keepdims=keepdims)
-        return _make(data, self._be, (self,), _sum_rule, (axes, keepdims))
+        keepdims = bool(keepdims)
+        data = ops.sum_.forward(self._data, axes, keepdims)
+        return _make(data, self._be, (self,), ops.sum_, (axes, keepdims))
 
     def mean(self, axis=None, keepdims=False):
         """Mean over ``axis``."""
@@ -786,26 +707,21 @@ class Tensor:
         count = self.size if axes is None else int(np.prod([self.shape[i] for i in axes]))
         if count == 0:
             raise ValueError(f"mean: reducing over an empty axis of shape {self.shape}")
-        return self.sum(axis=axes, keepdims=keepdims) * (1.0 / count)
+        return _floating(self).sum(axis=axes, keepdims=keepdims) * (1.0 / count)
 
-    def _extremum(self, axis, keepdims, reduce, name):
-        axes = _normalize_axis(axis, self.ndim, name)
+    def _extremum(self, axis, keepdims, op):
+        axes = _normalize_axis(axis, self.ndim, op.name)
         if self.size == 0:
-            raise ValueError(f"{name}: empty tensor of shape {self.shape} has no {name}")
-        kept = reduce(self.data, axis=axes, keepdims=True)
-        mask = (self.data == kept).astype(self.data.dtype)
-        weights = _constant(mask / mask.sum(axis=axes, keepdims=True), self._be)
-        data = kept if keepdims else kept.reshape([n for i, n in enumerate(kept.shape)
-                                                   if axes is not None and i not in axes])
-        return _make(data, self._be, (self,), _extremum_rule, (axes, keepdims, weights))
+            raise ValueError(f"{op.name}: empty tensor of shape {self.shape} has no {op.name}")
+        return record(op, self, axes, bool(keepdims))
 
     def max(self, axis=None, keepdims=False):
         """Maximum over ``axis``; tied maxima share the gradient equally."""
-        return self._extremum(axis, keepdims, self._be.xp.max, "max")
+        return self._extremum(axis, keepdims, ops.max_)
 
     def min(self, axis=None, keepdims=False):
         """Minimum over ``axis``; tied minima share the gradient equally."""
-        return self._extremum(axis, keepdims, self._be.xp.min, "min")
+        return self._extremum(axis, keepdims, ops.min_)
 
     # ---- shape ---------------------------------------------------------------
     def reshape(self, *shape):
@@ -813,19 +729,22 @@ class Tensor:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         try:
-            data = self.data.reshape(shape)
-        except ValueError:
+            data = self._data.reshape(shape)
+        except (ValueError, TypeError):
             raise ValueError(f"reshape: cannot reshape {self.shape} ({self.size} elements) into {shape}") from None
-        return _make(data, self._be, (self,), _reshape_rule)
+        return _make(data, self._be, (self,), ops.reshape, (data.shape,))
 
     def permute(self, *axes):
         """Reorder the axes (like ``numpy.transpose(x, axes)``)."""
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
             axes = tuple(axes[0])
-        if sorted(a % self.ndim if self.ndim else a for a in axes) != list(range(self.ndim)):
-            raise ValueError(f"permute: {axes} is not a permutation of the {self.ndim} axes of {self.shape}")
-        axes = tuple(a % self.ndim for a in axes)
-        return _make(self.data.transpose(axes), self._be, (self,), _permute_rule, axes)
+        ndim = self.ndim
+        if len(axes) != ndim or any(isinstance(a, bool) or not isinstance(a, numbers.Integral)
+                                    or not -ndim <= a < ndim for a in axes) or \
+                sorted(a % ndim for a in axes) != list(range(ndim)):
+            raise ValueError(f"permute: {axes} is not a permutation of the {ndim} axes of {self.shape}")
+        axes = tuple(int(a) % ndim for a in axes)
+        return _make(self._data.transpose(axes), self._be, (self,), ops.permute, (axes,))
 
     def transpose(self, *axes):
         """With no arguments reverse the axes; otherwise like ``permute``."""
@@ -833,7 +752,8 @@ class Tensor:
 
     def swapaxes(self, axis1, axis2):
         for ax in (axis1, axis2):
-            if not -self.ndim <= ax < self.ndim:
+            if isinstance(ax, bool) or not isinstance(ax, numbers.Integral) or \
+                    not -self.ndim <= ax < self.ndim:
                 raise ValueError(f"swapaxes: axis {ax} is out of range for shape {self.shape}")
         axes = list(range(self.ndim))
         axes[axis1], axes[axis2] = axes[axis2], axes[axis1]
@@ -845,66 +765,67 @@ class Tensor:
         if shape == self.shape:
             return self
         try:
-            data = self._be.xp.broadcast_to(self.data, shape)
+            data = ops.broadcast_to.forward(self._data, shape)
         except ValueError:
             raise ValueError(f"broadcast_to: cannot broadcast shape {self.shape} to {shape}") from None
-        return _make(data, self._be, (self,), _broadcast_rule)
+        return _make(data, self._be, (self,), ops.broadcast_to, (shape,))
 
     expand = broadcast_to
 
     def __getitem__(self, index):
         if isinstance(index, Tensor):
-            index = index.data
+            index = index._data
         elif isinstance(index, tuple):
-            index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
+            index = tuple(i._data if isinstance(i, Tensor) else i for i in index)
         elif isinstance(index, list):
             index = self._be.asarray(index)
         try:
-            data = self.data[index]
+            data = self._data[index]
         except IndexError as error:
             raise IndexError(f"getitem: {error} (tensor shape {self.shape})") from None
-        return _make(data, self._be, (self,), _getitem_rule, index)
+        return _make(data, self._be, (self,), ops.getitem, (index,))
 
     # ---- elementwise ---------------------------------------------------------
+    def _unary(self, op):
+        x = self if self._data.dtype.kind == "f" else _floating(self)
+        return _make(op.forward(x._data), x._be, (x,), op)
+
     def exp(self):
-        return _make(self._be.xp.exp(self.data), self._be, (self,), _exp_rule)
+        return self._unary(ops.exp)
 
     def log(self):
-        return _make(self._be.xp.log(self.data), self._be, (self,), _log_rule)
+        return self._unary(ops.log)
 
     def sqrt(self):
-        return _make(self._be.xp.sqrt(self.data), self._be, (self,), _sqrt_rule)
+        return self._unary(ops.sqrt)
 
     def abs(self):
         """Absolute value; the gradient at 0 is 0 (sign(0))."""
-        return _make(self._be.xp.abs(self.data), self._be, (self,), _abs_rule)
+        return _make(ops.abs_.forward(self._data), self._be, (self,), ops.abs_)
 
     __abs__ = abs
 
     def tanh(self):
-        return _make(self._be.xp.tanh(self.data), self._be, (self,), _tanh_rule)
+        return self._unary(ops.tanh)
 
     def sigmoid(self):
-        xp = self._be.xp
-        data = xp.exp(-xp.logaddexp(0, -self.data)).astype(self.data.dtype, copy=False)
-        return _make(data, self._be, (self,), _sigmoid_rule)
+        return self._unary(ops.sigmoid)
 
     def relu(self):
         """max(x, 0); the gradient at 0 is 0. NaN stays NaN."""
-        return _make(self._be.relu(self.data), self._be, (self,), _relu_rule)
+        return record(ops.relu, self, self._be)
 
     def clip(self, min=None, max=None):
         """Limit values to [min, max]; the gradient is 1 inside (bounds included), 0 outside."""
         if min is None and max is None:
             raise ValueError("clip: give min, max or both")
-        # numpy scalar bounds (np.float64) would promote a float32 tensor; keep its dtype
-        data = self._be.xp.clip(self.data, min, max).astype(self.data.dtype, copy=False)
-        mask = self._be.xp.ones(self.shape, dtype=self.data.dtype)
-        if min is not None:
-            mask = mask * (self.data >= min)
-        if max is not None:
-            mask = mask * (self.data <= max)
-        return _make(data, self._be, (self,), _mask_rule, _constant(mask, self._be))
+        for bound in (min, max):
+            if bound is not None and (isinstance(bound, bool) or not isinstance(bound, numbers.Real)):
+                raise TypeError(f"clip: bounds must be numbers, got {type(bound).__name__}")
+        x = self
+        if x._data.dtype.kind != "f" and any(b is not None and float(b) != int(b) for b in (min, max)):
+            x = _floating(x)
+        return record(ops.clip, x, min, max)
 
 
 def tensor(data, dtype=None, device="cpu", requires_grad=False):
@@ -913,7 +834,7 @@ def tensor(data, dtype=None, device="cpu", requires_grad=False):
 
 
 def _filled(shape, value, dtype, device, requires_grad):
-    backend = get_backend(device)
+    backend = _backend(device)
     dtype = DEFAULT_DTYPE if dtype is None else _resolve_dtype(dtype)
     shape = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
     if any(n < 0 for n in shape):

@@ -48,17 +48,10 @@ class GraphvizNotFoundError(RuntimeError):
 def op_name(node):
     """The name of the op that produced ``node`` ("mul", "tanh", "*", ...), None for a leaf.
 
-    Tensor ops are named after their backward rule (``_mul_rule`` -> "mul"); Value ops
-    carry their symbol in ``_op``.
+    The name is the op table's (ops.py; Value's ops in scalar.py are named by symbol).
     """
-    rule = getattr(node, "_rule", None)
-    if rule is None:
-        return None
-    symbol = getattr(node, "_op", "")
-    if symbol:
-        return symbol
-    name = getattr(rule, "__name__", type(rule).__name__).strip("_")
-    return name[:-len("_rule")] if name.endswith("_rule") else name
+    op = getattr(node, "_op", None)
+    return None if op is None else op.name
 
 
 def node_order(node):
@@ -116,7 +109,7 @@ def _collect(outputs):
 
 
 def _kind(node):
-    if getattr(node, "_rule", None) is not None:
+    if getattr(node, "_op", None) is not None:
         return "op"
     return "leaf" if node.requires_grad else "const"
 

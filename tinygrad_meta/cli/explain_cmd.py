@@ -109,7 +109,7 @@ def explain(expression, point, max_order=4):
     rows, seen = [], set()
     for order, value in enumerate(values):
         nodes, _, _ = viz._collect([value])
-        ops = [node for node in nodes if node._rule is not None]
+        ops = [node for node in nodes if node._op is not None]
         new_ops = sum(1 for node in ops if id(node) not in seen)
         seen.update(id(node) for node in ops)
         by_order = {}

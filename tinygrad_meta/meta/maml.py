@@ -34,10 +34,11 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..autograd import _GradMode, enable_grad, grad, no_grad
-from ..functional import _sum_to, mse_loss
+from .. import ops
+from ..autograd import enable_grad, grad, no_grad
+from ..functional import mse_loss
 from ..nn import Module, load_parameters
-from ..tensor import Tensor, _constant, _make, unbroadcast
+from ..tensor import Tensor, _constant, record
 
 __all__ = ["MAML", "MetaLearner", "sgd_update"]
 
@@ -46,42 +47,10 @@ __all__ = ["MAML", "MetaLearner", "sgd_update"]
 # The inner-loop update as one node
 # ----------------------------------------------------------------------------------
 
-def _sgd_update_rule(out, g):
-    parents = out._parents
-    param, grad_ = parents[0], parents[1]
-    lr = parents[2] if len(parents) == 3 else None
-    scale = out._ctx
-    if not _GradMode.enabled:  # nothing recorded: raw arrays, no Tensor op overhead
-        be, gd = param._be, g.data
-        grads = [_constant(_sum_to(gd, param.shape), be) if param.requires_grad else None,
-                 None]
-        if grad_.requires_grad:
-            grads[1] = _constant(_sum_to(gd * scale if lr is None else -(gd * lr.data),
-                                         grad_.shape), be)
-        if lr is not None:
-            grads.append(_constant(_sum_to(-(gd * grad_.data), lr.shape), be)
-                         if lr.requires_grad else None)
-        return tuple(grads)
-    grad_param = unbroadcast(g, param.shape) if param.requires_grad else None
-    grad_grad = grad_lr = None
-    if grad_.requires_grad:
-        grad_grad = unbroadcast(g * scale if lr is None else -(g * lr), grad_.shape)
-    if lr is not None and lr.requires_grad:
-        grad_lr = unbroadcast(-(g * grad_), lr.shape)
-    return (grad_param, grad_grad) if lr is None else (grad_param, grad_grad, grad_lr)
-
-
-def _expand_rule(out, g):
-    if not _GradMode.enabled:
-        return (_constant(g.data.sum(axis=0), g._be),)
-    return (g.sum(axis=0),)
-
-
 def _expand_tasks(param, tasks):
     """``param`` repeated along a new leading task axis, as a zero-copy broadcast view
     (which the fused linear ops turn into one large matmul); its gradient sums the tasks."""
-    data = param._be.xp.broadcast_to(param.data, (tasks,) + param.shape)
-    return _make(data, param._be, (param,), _expand_rule)
+    return param.broadcast_to((tasks,) + param.shape)
 
 
 def sgd_update(param, gradient, lr):
@@ -95,10 +64,8 @@ def sgd_update(param, gradient, lr):
     [0.5]
     """
     if type(lr) is float or isinstance(lr, numbers.Real):
-        return _make(param.data - float(lr) * gradient.data, param._be, (param, gradient),
-                     _sgd_update_rule, -float(lr))
-    return _make(param.data - lr.data * gradient.data, param._be, (param, gradient, lr),
-                 _sgd_update_rule, None)
+        return record(ops.sgd_update, (param, gradient), -float(lr))
+    return record(ops.sgd_update, (param, gradient, lr), None)
 
 
 # ----------------------------------------------------------------------------------
