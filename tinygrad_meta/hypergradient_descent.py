@@ -35,6 +35,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .gradient_checks import checked_gradients
 from .tensor import Tensor
 
 __all__ = ["SGDHD", "AdamHD"]
@@ -70,19 +71,9 @@ class _HypergradientOptimizer:
             p.grad = None
 
     def _gather(self, grads):
-        name = type(self).__name__
-        out = OrderedDict()
-        for key, p in self.params.items():
-            g = p.grad if grads is None else grads.get(key)
-            if g is None:
-                raise RuntimeError(f"{name}.step: parameter {key!r} has no gradient; call "
-                                   "backward() first or pass grads=")
-            data = g.data if isinstance(g, Tensor) else p._be.asarray(g)
-            if data.shape != p.data.shape:
-                raise ValueError(f"{name}.step: gradient of {key!r} has shape {data.shape}, the "
-                                 f"parameter has shape {p.data.shape}")
-            out[key] = data.astype(p.data.dtype, copy=False)
-        return out
+        grads = checked_gradients(self.params, grads, f"{type(self).__name__}.step",
+                                  use_dot_grad=True)
+        return OrderedDict((key, g.data) for key, g in grads.items())
 
     def _adapt_lr(self, grads):
         # the hypergradient step on α: its sign says whether the last step undershot

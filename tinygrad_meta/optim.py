@@ -23,6 +23,7 @@ from collections import OrderedDict
 import numpy as np
 
 from . import ops
+from .gradient_checks import checked_gradients
 from .tensor import Tensor, _constant, record
 
 __all__ = ["sgd_step", "adam_step", "SGD", "Adam", "Optimizer"]
@@ -47,19 +48,10 @@ def safe_sqrt(v):
 def _check_dicts(params, grads, caller):
     if not isinstance(params, dict):
         raise TypeError(f"{caller}: params must be a dict name -> Tensor, got {type(params).__name__}")
-    if not isinstance(grads, dict):
-        raise TypeError(f"{caller}: grads must be a dict name -> Tensor, got {type(grads).__name__}")
-    missing = [name for name in params if name not in grads]
-    extra = [name for name in grads if name not in params]
-    if missing or extra:
-        raise KeyError(f"{caller}: grads do not match params (missing {missing}, unexpected {extra})")
     for name, p in params.items():
-        g = grads[name]
-        if not isinstance(p, Tensor) or not isinstance(g, Tensor):
-            raise TypeError(f"{caller}: params[{name!r}] and grads[{name!r}] must be Tensors")
-        if p.shape != g.shape:
-            raise ValueError(f"{caller}: grads[{name!r}] has shape {g.shape} but the parameter "
-                             f"has shape {p.shape}")
+        if not isinstance(p, Tensor):
+            raise TypeError(f"{caller}: params[{name!r}] must be a Tensor, got {type(p).__name__}")
+    return checked_gradients(params, grads, caller)
 
 
 def _hyper(value, name, hyper_name, caller):
@@ -109,7 +101,7 @@ def sgd_step(params, grads, lr, momentum=0.0, weight_decay=0.0, nesterov=False, 
     [0.949999988079071, 2.0999999046325684]
     """
     caller = "sgd_step"
-    _check_dicts(params, grads, caller)
+    grads = _check_dicts(params, grads, caller)
     buffers = {} if state is None else state.get("momentum", {})
     new_params, new_buffers = OrderedDict(), OrderedDict()
     for name, p in params.items():
@@ -152,7 +144,7 @@ def adam_step(params, grads, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
     (0.9, 1)
     """
     caller = "adam_step"
-    _check_dicts(params, grads, caller)
+    grads = _check_dicts(params, grads, caller)
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"{caller}: betas must be a pair (beta1, beta2), got {betas!r}")
     if not isinstance(eps, numbers.Real) or eps < 0:
@@ -226,21 +218,9 @@ class Optimizer:
             p.grad = None
 
     def _gather_grads(self, grads):
-        if grads is None:
-            grads = OrderedDict()
-            for name, p in self.params.items():
-                if p.grad is None:
-                    raise RuntimeError(f"{type(self).__name__}.step: parameter {name!r} has no "
-                                       ".grad; call backward() first or pass grads=")
-                grads[name] = p.grad
-        out = OrderedDict()
-        for name, p in self.params.items():
-            if name not in grads:
-                raise KeyError(f"{type(self).__name__}.step: no gradient for parameter {name!r}")
-            g = grads[name]
-            g = g if isinstance(g, Tensor) else Tensor(g, dtype=p.dtype, device=p.device)
-            out[name] = g.detach()
-        return out
+        grads = checked_gradients(self.params, grads, f"{type(self).__name__}.step",
+                                  use_dot_grad=True)
+        return OrderedDict((name, g.detach()) for name, g in grads.items())
 
     def step(self, grads=None):
         """Update every parameter in place. ``grads``: dict name -> Tensor, or None to use
