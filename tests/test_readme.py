@@ -2,7 +2,8 @@
 every docstring example in the package passes (doctest).
 
 A README block preceded by a ``<!-- no-test -->`` line is skipped (for snippets that need
-outside programs or variables from prose)."""
+outside programs or variables from prose); one preceded by ``<!-- excerpt: PATH -->`` is
+not run but must appear verbatim in PATH, so a quoted rule cannot drift from the code."""
 import doctest
 import importlib
 import pathlib
@@ -16,6 +17,20 @@ import tinygrad_meta
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 SKIP_MARK = "<!-- no-test -->"
+EXCERPT_MARK = "<!-- excerpt: "
+
+
+def test_readme_excerpts_appear_verbatim_in_their_source_files():
+    lines = README.read_text().splitlines()
+    excerpts = 0
+    for i, line in enumerate(lines):
+        if line.strip().startswith(EXCERPT_MARK):
+            path = line.strip()[len(EXCERPT_MARK):].rstrip(" ->")
+            end = lines.index("```", i + 2)
+            code = "\n".join(lines[i + 2:end])
+            assert code in (ROOT / path).read_text(), f"README line {i + 1}: excerpt not in {path}"
+            excerpts += 1
+    assert excerpts >= 1
 
 
 def python_blocks(text):
@@ -30,7 +45,7 @@ def python_blocks(text):
             while end < len(lines) and lines[end].strip() != "```":
                 end += 1
             previous = next((lines[j].strip() for j in range(i - 1, -1, -1) if lines[j].strip()), "")
-            if previous != SKIP_MARK:
+            if previous != SKIP_MARK and not previous.startswith(EXCERPT_MARK):
                 blocks.append((start + 1, "\n".join(lines[start:end])))
             i = end
         i += 1
