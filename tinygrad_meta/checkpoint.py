@@ -49,7 +49,7 @@ import numpy as np
 __all__ = ["CheckpointError", "Checkpoint", "save_checkpoint", "load_checkpoint",
            "generator_state", "restore_generator", "CHECKPOINT_NAME", "FORMAT_VERSION",
            "MAX_CHECKPOINT_BYTES", "MAX_MANIFEST_BYTES", "MAX_MANIFEST_DEPTH", "MAX_MEMBERS",
-           "RunFileError", "run_file", "check_writable", "format_bytes"]
+           "RunFileError", "run_file", "make_folder", "check_writable", "format_bytes"]
 
 CHECKPOINT_NAME = "checkpoint.npz"
 FORMAT_VERSION = 1
@@ -100,6 +100,14 @@ def run_file(what, path):
         raise
     except OSError as error:
         raise RunFileError(what, path, error) from error
+
+
+def make_folder(path, what="run folder"):
+    """``os.makedirs(path, exist_ok=True)``, failing as ``RunFileError``: ``cannot create run folder PATH: ...``."""
+    with run_file(f"cannot create {what}", path):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise NotADirectoryError(errno.ENOTDIR, "a file is in the way", os.fspath(path))
+        os.makedirs(path, exist_ok=True)
 
 
 def check_writable(path, what="checkpoint"):

@@ -26,7 +26,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .autograd import grad, no_grad
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, run_file, save_checkpoint
 from .tasks import get_task
 from .tasks.sinusoid import STREAM_EVAL, STREAM_PRETRAIN, task_rng
 from .tensor import Tensor
@@ -246,7 +246,8 @@ def _evaluate(run_dir, config, algorithm, iteration, num_tasks, shots, steps, ba
               "inner_lr": config["inner_lr"], "learned_rates": _learned_rates(algorithm) is not None,
               "steps": list(steps), "rows": rows}
     if run_dir:
-        with open(os.path.join(run_dir, "eval.json"), "w", encoding="utf-8") as handle:
+        path = os.path.join(run_dir, "eval.json")
+        with run_file("cannot write evaluation table", path), open(path, "w", encoding="utf-8") as handle:
             json.dump(report, handle, indent=1)
     if plot:
         k = 5 if 5 in batches else shots[0]
@@ -335,8 +336,11 @@ def save_plot(path, algorithm, pretrained, evaluation, config, device="cpu", log
             if row == 0 and column == 0:
                 ax.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    try:
+        with run_file("cannot write plot", path):
+            figure.savefig(path, dpi=110)
+    finally:
+        plt.close(figure)
     log(f"saved the plot to {path}")
     return path
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .checkpoint import (CHECKPOINT_NAME, CheckpointError, generator_state, load_checkpoint,
-                         restore_generator, save_checkpoint)
+from .checkpoint import (CHECKPOINT_NAME, CheckpointError, check_writable, generator_state, load_checkpoint,
+                         make_folder, restore_generator, run_file, save_checkpoint)
 from .tasks import get_task
 from .tasks.sinusoid import STREAM_TRAIN, STREAM_VALIDATION, task_rng
 
@@ -281,7 +281,8 @@ def _to_device(batch, device):
 
 def _resume_config(run_dir, overrides):
     if not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"--resume: run folder {run_dir} does not exist")
+        problem = "is not a folder" if os.path.exists(run_dir) else "does not exist"
+        raise FileNotFoundError(f"--resume: run folder {run_dir} {problem}")
     checkpoint = load_checkpoint(run_dir)
     saved = checkpoint.config
     requested = make_config(dict(overrides, out=run_dir))
@@ -382,7 +383,9 @@ def train(overrides=None, resume=None, force=False, progress=True, log=print) ->
         config = make_config(overrides)
     task = get_task(config["task"])
     check_device(config["device"])
-    os.makedirs(config["out"], exist_ok=True)
+    make_folder(config["out"])
+    # fail now, not at the first checkpoint: a folder that refuses files, a directory in the way
+    check_writable(os.path.join(config["out"], CHECKPOINT_NAME))
     if checkpoint is None:
         note = _check_fresh_folder(config, force)
         if note:
@@ -501,11 +504,11 @@ def _remove_stale_temporaries(folder, log):
 
 
 def _write_metrics(path, history):
-    with open(path, "w", encoding="utf-8") as handle:
+    with run_file("cannot write metrics", path), open(path, "w", encoding="utf-8") as handle:
         for entry in history:
             handle.write(json.dumps(entry) + "\n")
 
 
 def _append_metrics(path, entry):
-    with open(path, "a", encoding="utf-8") as handle:
+    with run_file("cannot write metrics", path), open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(entry) + "\n")

@@ -35,11 +35,14 @@ def register(subparsers):
 def run(args) -> int:
     import os
 
-    from ..checkpoint import CheckpointError
+    from ..checkpoint import CheckpointError, check_writable
     from ..evaluate import evaluate_run, format_table
     try:
         if not os.path.isdir(args.run_dir):
-            raise FileNotFoundError(f"run folder {args.run_dir} does not exist")
+            problem = "is not a folder" if os.path.exists(args.run_dir) else "does not exist"
+            raise FileNotFoundError(f"run folder {args.run_dir} {problem}")
+        # the table goes to DIR/eval.json: find out now, not after the evaluation
+        check_writable(os.path.join(args.run_dir, "eval.json"), "evaluation table")
         report = evaluate_run(args.run_dir, num_tasks=args.tasks, shots=_shots(args.shots),
                               baseline=not args.no_baseline, plot=not args.no_plot, device=args.device,
                               baseline_iters=args.baseline_iters)
