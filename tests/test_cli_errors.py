@@ -132,3 +132,74 @@ def test_a_checkpoint_write_the_kernel_refuses_keeps_the_old_checkpoint(capsys, 
 def test_an_unexpected_os_error_still_names_its_file():
     assert os_error_message(PermissionError(13, "Permission denied", "/x/y")) == "cannot use /x/y: Permission denied"
     assert os_error_message(FileNotFoundError("no checkpoint at /x")) == "no checkpoint at /x"
+
+
+# ---- impossible sizes ----------------------------------------------------------------
+
+@pytest.mark.parametrize("flags, named", [
+    (["--shots", "1e9"], "--shots 1000000000"),
+    (["--hidden", "100000,100000"], "--hidden 100000,100000: 10,000,400,001 parameters"),
+    (["--meta-batch", "1e7"], "--meta-batch 10000000"),
+    (["--algo", "reptile", "--inner-steps", "1000000"], "inner_steps must be at most 10000, got 1000000"),
+    (["--inner-steps", "1000000"], "inner_steps must be at most 10000, got 1000000"),
+    (["--eval-tasks", "1e9"], "adapting 1,000,000,000 tasks at once (--eval-tasks"),
+])
+def test_impossible_sizes_are_refused_before_anything_is_written(capsys, tmp_path, flags, named):
+    out = tmp_path / "run"
+    err = one_error_line(capsys, ["train", "--out", str(out), "--no-progress", *flags])
+    assert named in err
+    assert "at most 10000" in err or "this machine has" in err  # the limit, named
+    assert not out.exists()
+
+
+def test_eval_refuses_more_tasks_than_fit_before_evaluating(capsys, tmp_path):
+    out = tmp_path / "run"
+    train(capsys, out)
+    err = one_error_line(capsys, ["eval", str(out), "--tasks", "1e10"])
+    assert "adapting 10,000,000,000 tasks at once (--tasks" in err and "this machine has" in err
+    assert sorted(os.listdir(out)) == [CHECKPOINT_NAME, "metrics.jsonl"]
+
+
+def test_a_checkpoint_beyond_the_readers_limit_is_refused_whatever_the_memory():
+    from tinygrad_meta.train import check_sizes, make_config
+    config = make_config({"hidden": [20_000, 20_000], "eval_tasks": 0})  # 400 M parameters, 4.8 GB stored
+    with pytest.raises(ValueError, match="checkpoint would take about 4.5 GiB .* more than the 1.0 GiB a checkpoint may hold"):
+        check_sizes(config, limit=2 ** 60)
+
+
+def test_counts_read_1e6_style_numbers_and_refuse_fractions(capsys):
+    from tinygrad_meta.cli.arguments import whole_number
+    assert whole_number("1e6") == 1_000_000 and whole_number("30_000") == 30_000
+    with pytest.raises(SystemExit):
+        main(["train", "--shots", "1.5"])
+    assert "--shots: expected a whole number such as 1000 or 1e6, got '1.5'" in capsys.readouterr().err
+
+
+def test_help_states_the_limits(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--inner-steps is at most 10000" in text and "must fit this machine's memory" in text
+    assert "a checkpoint (parameters and optimizer state) may take at most 1.0 GiB" in text
+
+
+@pytest.mark.parametrize("algo, inner_steps", [("maml", 1), ("maml", 3), ("fomaml", 3), ("metasgd", 2), ("reptile", 5)])
+def test_the_memory_estimate_bounds_a_measured_meta_iteration(algo, inner_steps):
+    import tracemalloc
+
+    from tinygrad_meta.tasks.sinusoid import STREAM_TRAIN, sample_batch, task_rng
+    from tinygrad_meta.train import _to_device, build_algorithm, build_model, check_sizes, make_config
+    config = make_config({"algo": algo, "hidden": [64, 32], "meta_batch": 8, "shots": 20,
+                          "inner_steps": inner_steps, "eval_tasks": 0})
+    algorithm = build_algorithm(config, build_model(config))
+    batch = _to_device(sample_batch(8, 20, task_rng(0, 0, STREAM_TRAIN)), "cpu")
+    algorithm.meta_step(batch)  # warm caches outside the measurement
+    tracemalloc.start()
+    try:
+        algorithm.meta_step(batch)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    with pytest.raises(ValueError, match="one meta-iteration needs"):
+        check_sizes(config, limit=peak)  # the estimate is above what one meta-iteration takes...
+    check_sizes(config, limit=4 * peak)  # ...and within a factor of 4 of it

@@ -126,7 +126,7 @@ def check_writable(path, what="checkpoint"):
 
 def format_bytes(count) -> str:
     """``1.5 GiB``, ``8.0 TiB``, ``512 bytes``: a size for a message."""
-    for unit, scale in (("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+    for unit, scale in (("PiB", 2 ** 50), ("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
         if count >= scale:
             return f"{count / scale:.1f} {unit}"
     return f"{count} bytes"

@@ -208,7 +208,7 @@ def evaluate_run(run_dir, num_tasks=600, shots=EVAL_SHOTS, steps=EVAL_STEPS, bas
     the baseline's regression steps (default: the run's config, else 5000).
     Out: ``{"rows": [{"model", "shots", "steps": {s: [mean, ci]}}...], ...}``.
     """
-    from .train import load_run, pinned_kernels
+    from .train import check_evaluation_size, load_run, pinned_kernels
     if algorithm is None or config is None:
         config, algorithm, checkpoint = load_run(run_dir, device=device)
         iteration = checkpoint.iteration
@@ -216,6 +216,7 @@ def evaluate_run(run_dir, num_tasks=600, shots=EVAL_SHOTS, steps=EVAL_STEPS, bas
         iteration = None
     if isinstance(num_tasks, bool) or not isinstance(num_tasks, (int, np.integer)) or num_tasks < 2:
         raise ValueError(f"evaluate: need at least 2 tasks for a confidence interval, got {num_tasks!r}")
+    check_evaluation_size(config, int(num_tasks), shots)
     device = config.get("device", "cpu") if device is None else device
     # the run's kernels, so that the same checkpoint always gives the same table
     with pinned_kernels(config, log):

@@ -31,14 +31,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .checkpoint import (CHECKPOINT_NAME, CheckpointError, check_writable, generator_state, load_checkpoint,
-                         make_folder, restore_generator, run_file, save_checkpoint)
+from .checkpoint import (CHECKPOINT_NAME, MAX_CHECKPOINT_BYTES, CheckpointError, check_writable, format_bytes,
+                         generator_state, load_checkpoint, make_folder, restore_generator, run_file,
+                         save_checkpoint)
 from .tasks import get_task
 from .tasks.sinusoid import STREAM_TRAIN, STREAM_VALIDATION, task_rng
 
 __all__ = ["ALGORITHMS", "DEFAULTS", "make_config", "build_model", "build_algorithm",
            "build_optimizer", "load_run", "train", "TrainResult", "ConfigConflictError",
-           "pinned_kernels", "check_device"]
+           "pinned_kernels", "check_device", "check_sizes", "check_evaluation_size", "memory_limit",
+           "MAX_INNER_STEPS"]
 
 ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
 
@@ -73,6 +75,10 @@ FIXED_ON_RESUME = ("algo", "task", "shots", "inner_lr", "inner_steps", "meta_bat
 
 _VALIDATION_TASKS = 100
 
+# Every inner step is a forward and backward pass per task per meta-iteration (the MAML
+# paper takes 1 to 10; Reptile's 5 to 32); beyond this a run cannot finish.
+MAX_INNER_STEPS = 10_000
+
 
 class ConfigConflictError(ValueError):
     """``--resume`` was given settings that contradict the checkpoint's config."""
@@ -93,13 +99,15 @@ class TrainResult:
 # Config
 # ----------------------------------------------------------------------------------
 
-def _int_at_least(config, key, low):
+def _int_at_least(config, key, low, high=None):
     value = config[key]
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"train: {key} must be an integer, got {value!r}")
+    what = {"shots": "shots K"}.get(key, key)
     if value < low:
-        what = {"shots": "shots K"}.get(key, key)
         raise ValueError(f"train: {what} must be at least {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"train: {what} must be at most {high}, got {value}")
     config[key] = int(value)
 
 
@@ -130,7 +138,7 @@ def make_config(overrides=None) -> dict:
     _int_at_least(config, "shots", 1)
     if config["inner_steps"] is None:
         config["inner_steps"] = 5 if config["algo"] == "reptile" else 1
-    _int_at_least(config, "inner_steps", 0 if config["algo"] != "reptile" else 1)
+    _int_at_least(config, "inner_steps", 0 if config["algo"] != "reptile" else 1, MAX_INNER_STEPS)
     _int_at_least(config, "meta_batch", 1)
     _int_at_least(config, "iters", 0)
     _int_at_least(config, "seed", 0)
@@ -160,6 +168,77 @@ def make_config(overrides=None) -> dict:
         config["out"] = os.path.join("runs", f"{config['algo']}-{config['task']}")
     config["out"] = os.fspath(config["out"])
     return config
+
+
+# ----------------------------------------------------------------------------------
+# Sizes: estimated peak memory, measured on the engine (float32, one meta-step's
+# tracemalloc peak, below these for every algorithm and shape tried)
+# ----------------------------------------------------------------------------------
+
+def memory_limit() -> int:
+    """Bytes of memory a run may use: the machine's physical memory, or its cgroup's limit when lower."""
+    limits = []
+    try:
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path, encoding="ascii") as handle:
+                text = handle.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limits.append(int(text))
+    return min(limits) if limits else 16 * 2 ** 30
+
+
+def _parameter_count(hidden):
+    widths = [1, *hidden, 1]
+    return sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(widths, widths[1:]))
+
+
+def _sizes(config):
+    return f"--hidden {','.join(map(str, config['hidden']))}: {_parameter_count(config['hidden']):,} parameters"
+
+
+def check_sizes(config, limit=None):
+    """Raise ValueError, naming the limit, if the run could not fit: one meta-iteration or
+    the final evaluation needing more than ``limit`` bytes (default ``memory_limit()``),
+    or a checkpoint beyond ``checkpoint.MAX_CHECKPOINT_BYTES``. Cheap; call before training.
+    """
+    limit = memory_limit() if limit is None else limit
+    params = _parameter_count(config["hidden"])
+    meta_params = 2 * params if config["algo"] == "metasgd" else params  # Meta-SGD learns a rate per weight
+    # the meta-gradient's graph keeps every inner step's fast weights (Reptile's keeps none)
+    kept = 2 if config["algo"] == "reptile" else config["inner_steps"] + 1
+    activations = 5 * config["shots"] * sum(config["hidden"])
+    needed = 4 * (kept * config["meta_batch"] * (3 * meta_params + activations) + 4 * meta_params)
+    if needed > limit:
+        raise ValueError(
+            f"train: one meta-iteration needs about {format_bytes(needed)} of memory (--meta-batch "
+            f"{config['meta_batch']}, --shots {config['shots']}, --inner-steps {config['inner_steps']}, "
+            f"{_sizes(config)}), more than the {format_bytes(limit)} this machine has")
+    if config["eval_tasks"]:
+        from .evaluate import EVAL_SHOTS
+        check_evaluation_size(config, max(config["eval_tasks"], 2), EVAL_SHOTS, "--eval-tasks", limit)
+    stored = 12 * meta_params  # the parameters and Adam's two moments, float32
+    if stored > MAX_CHECKPOINT_BYTES:
+        raise ValueError(f"train: its checkpoint would take about {format_bytes(stored)} ({_sizes(config)}, and "
+                         f"the optimizer's state), more than the {format_bytes(MAX_CHECKPOINT_BYTES)} a checkpoint "
+                         "may hold")
+
+
+def check_evaluation_size(config, num_tasks, shots, flag="--tasks", limit=None):
+    """Raise ValueError, naming the limit, if adapting ``num_tasks`` tasks at once (K up to
+    ``max(shots)``, 100 query points each) needs more than ``limit`` bytes of memory."""
+    limit = memory_limit() if limit is None else limit
+    points = 3 * (100 + max(shots)) * sum(config["hidden"])
+    needed = 4 * num_tasks * (5 * _parameter_count(config["hidden"]) + points)
+    if needed > limit:
+        raise ValueError(f"evaluate: adapting {num_tasks:,} tasks at once ({flag}, K up to {max(shots)}, "
+                         f"{_sizes(config)}) needs about {format_bytes(needed)} of memory, more than the "
+                         f"{format_bytes(limit)} this machine has")
 
 
 # ----------------------------------------------------------------------------------
@@ -381,6 +460,7 @@ def train(overrides=None, resume=None, force=False, progress=True, log=print) ->
         config, checkpoint = _resume_config(os.fspath(resume), overrides)
     else:
         config = make_config(overrides)
+    check_sizes(config)
     task = get_task(config["task"])
     check_device(config["device"])
     make_folder(config["out"])
