@@ -203,3 +203,24 @@ def test_the_memory_estimate_bounds_a_measured_meta_iteration(algo, inner_steps)
     with pytest.raises(ValueError, match="one meta-iteration needs"):
         check_sizes(config, limit=peak)  # the estimate is above what one meta-iteration takes...
     check_sizes(config, limit=4 * peak)  # ...and within a factor of 4 of it
+
+
+# ---- a readable checkpoint whose contents do not fit a run ------------------------------
+
+@pytest.mark.parametrize("change, message", [
+    ({"config": {"algo": "maml", "shots": "ten"}}, "holds an invalid config (train: shots must be an integer"),
+    ({"extra": {"history": [1, 2]}}, "its history is not a list of entries with an iteration"),
+    ({"optimizer_state": {"nonsense": 1}}, "optimizer state does not match the run (Adam.load_state_dict"),
+], ids=["config", "history", "optimizer-state"])
+def test_resuming_a_checkpoint_whose_contents_do_not_fit_names_it(capsys, tmp_path, change, message):
+    from tinygrad_meta.checkpoint import save_checkpoint
+    out = tmp_path / "run"
+    train(capsys, out)
+    saved = load_checkpoint(out)
+    state = dict(params=saved.params, optimizer_state=saved.optimizer_state, rng_state=saved.rng_state,
+                 iteration=saved.iteration, config=saved.config, extra=saved.extra)
+    if "config" in change:
+        change = {"config": dict(saved.config, **change["config"])}
+    save_checkpoint(out / CHECKPOINT_NAME, **dict(state, **change))
+    err = one_error_line(capsys, ["train", "--resume", str(out), "--iters", "5", "--no-progress"])
+    assert str(out / CHECKPOINT_NAME) in err and message in err

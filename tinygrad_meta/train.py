@@ -291,13 +291,21 @@ def _parameters_as_numpy(algorithm):
     return OrderedDict((name, np.array(p.numpy(), copy=True)) for name, p in algorithm.meta_parameters().items())
 
 
+def _saved_config(checkpoint):
+    """The full config of a checkpoint's run; a CheckpointError naming the file if it is invalid."""
+    try:
+        return make_config({k: v for k, v in checkpoint.config.items() if k in DEFAULTS})
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {checkpoint.path} holds an invalid config ({error})") from None
+
+
 def load_run(run_dir, device=None):
     """Rebuild a trained run from its folder: ``(config, algorithm, checkpoint)``.
 
     >>> config, algorithm, ckpt = load_run(result.out)  # doctest: +SKIP
     """
     checkpoint = load_checkpoint(run_dir)
-    config = make_config({k: v for k, v in checkpoint.config.items() if k in DEFAULTS})
+    config = _saved_config(checkpoint)
     if device is not None:
         config["device"] = device
     check_device(config["device"])
@@ -373,7 +381,7 @@ def _resume_config(run_dir, overrides):
         raise ConfigConflictError(
             f"cannot resume {checkpoint.path}: it was trained with a different config ("
             + "; ".join(conflicts) + "). Drop those flags, or start a new run with another --out.")
-    config = make_config({k: v for k, v in saved.items() if k in DEFAULTS})
+    config = _saved_config(checkpoint)
     for key, value in overrides.items():
         if key not in FIXED_ON_RESUME and value is not None:
             config[key] = requested[key]
@@ -483,9 +491,17 @@ def _train(config, checkpoint, task, progress, log):
     start, history = 0, []
     if checkpoint is not None:
         _load_parameters(algorithm, checkpoint.params, checkpoint.path)
-        optimizer.load_state_dict(checkpoint.optimizer_state)
+        try:
+            optimizer.load_state_dict(checkpoint.optimizer_state)
+        except (KeyError, ValueError, TypeError) as error:
+            raise CheckpointError(f"{checkpoint.path}: optimizer state does not match the run "
+                                  f"({error.args[0] if error.args else error})") from None
         start = checkpoint.iteration
-        history = [entry for entry in checkpoint.extra.get("history", []) if entry["iteration"] <= start]
+        history = checkpoint.extra.get("history", [])
+        if not (isinstance(history, list) and all(isinstance(entry, dict) and type(entry.get("iteration")) is int
+                                                  for entry in history)):
+            raise CheckpointError(f"{checkpoint.path}: its history is not a list of entries with an iteration")
+        history = [entry for entry in history if entry["iteration"] <= start]
         _restore_algorithm_rng(algorithm, checkpoint.rng_state, config, start)
         log(f"resuming {config['out']} at iteration {start} of {config['iters']}")
 
