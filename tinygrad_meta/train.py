@@ -171,8 +171,8 @@ def make_config(overrides=None) -> dict:
 
 
 # ----------------------------------------------------------------------------------
-# Sizes: estimated peak memory, measured on the engine (float32, one meta-step's
-# tracemalloc peak, below these for every algorithm and shape tried)
+# Sizes: upper bounds on peak memory (float32), which tests/test_cli_errors.py checks
+# against the measured peak of a meta-iteration
 # ----------------------------------------------------------------------------------
 
 def memory_limit() -> int:
@@ -210,7 +210,7 @@ def check_sizes(config, limit=None):
     limit = memory_limit() if limit is None else limit
     params = _parameter_count(config["hidden"])
     meta_params = 2 * params if config["algo"] == "metasgd" else params  # Meta-SGD learns a rate per weight
-    # the meta-gradient's graph keeps every inner step's fast weights (Reptile's keeps none)
+    # the meta-gradient's graph keeps every inner step's fast weights; Reptile detaches each step
     kept = 2 if config["algo"] == "reptile" else config["inner_steps"] + 1
     activations = 5 * config["shots"] * sum(config["hidden"])
     needed = 4 * (kept * config["meta_batch"] * (3 * meta_params + activations) + 4 * meta_params)
