@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from .checkpoint import RunFileError
+
 # the order commands are listed in --help
 COMMANDS = ["train", "eval", "info", "hyperopt", "explain"]
 
@@ -30,13 +32,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def os_error_message(error: OSError) -> str:
+    """One line for an OSError: ``cannot write checkpoint runs/x/checkpoint.npz: Is a directory``."""
+    if isinstance(error, RunFileError) or error.errno is None or not error.filename:
+        return str(error)  # RunFileError and our own messages (``no checkpoint at ...``) say it all
+    return f"cannot use {error.filename}: {error.strerror}"
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except OSError as error:
+        # a full disk, a read-only folder, a directory where a file goes: one line, no traceback
+        print(f"error: {os_error_message(error)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

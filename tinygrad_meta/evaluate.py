@@ -26,7 +26,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .autograd import grad, no_grad
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, run_file, save_checkpoint
 from .tasks import get_task
 from .tasks.sinusoid import STREAM_EVAL, STREAM_PRETRAIN, task_rng
 from .tensor import Tensor
@@ -208,7 +208,7 @@ def evaluate_run(run_dir, num_tasks=600, shots=EVAL_SHOTS, steps=EVAL_STEPS, bas
     the baseline's regression steps (default: the run's config, else 5000).
     Out: ``{"rows": [{"model", "shots", "steps": {s: [mean, ci]}}...], ...}``.
     """
-    from .train import load_run, pinned_kernels
+    from .train import check_evaluation_size, load_run, pinned_kernels
     if algorithm is None or config is None:
         config, algorithm, checkpoint = load_run(run_dir, device=device)
         iteration = checkpoint.iteration
@@ -216,6 +216,7 @@ def evaluate_run(run_dir, num_tasks=600, shots=EVAL_SHOTS, steps=EVAL_STEPS, bas
         iteration = None
     if isinstance(num_tasks, bool) or not isinstance(num_tasks, (int, np.integer)) or num_tasks < 2:
         raise ValueError(f"evaluate: need at least 2 tasks for a confidence interval, got {num_tasks!r}")
+    check_evaluation_size(config, int(num_tasks), shots)
     device = config.get("device", "cpu") if device is None else device
     # the run's kernels, so that the same checkpoint always gives the same table
     with pinned_kernels(config, log):
@@ -246,7 +247,8 @@ def _evaluate(run_dir, config, algorithm, iteration, num_tasks, shots, steps, ba
               "inner_lr": config["inner_lr"], "learned_rates": _learned_rates(algorithm) is not None,
               "steps": list(steps), "rows": rows}
     if run_dir:
-        with open(os.path.join(run_dir, "eval.json"), "w", encoding="utf-8") as handle:
+        path = os.path.join(run_dir, "eval.json")
+        with run_file("cannot write evaluation table", path), open(path, "w", encoding="utf-8") as handle:
             json.dump(report, handle, indent=1)
     if plot:
         k = 5 if 5 in batches else shots[0]
@@ -335,8 +337,11 @@ def save_plot(path, algorithm, pretrained, evaluation, config, device="cpu", log
             if row == 0 and column == 0:
                 ax.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    try:
+        with run_file("cannot write plot", path):
+            figure.savefig(path, dpi=110)
+    finally:
+        plt.close(figure)
     log(f"saved the plot to {path}")
     return path
 

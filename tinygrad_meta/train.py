@@ -31,14 +31,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .checkpoint import (CHECKPOINT_NAME, CheckpointError, generator_state, load_checkpoint,
-                         restore_generator, save_checkpoint)
+from .checkpoint import (CHECKPOINT_NAME, MAX_CHECKPOINT_BYTES, CheckpointError, check_writable, format_bytes,
+                         generator_state, load_checkpoint, make_folder, restore_generator, run_file,
+                         save_checkpoint)
 from .tasks import get_task
 from .tasks.sinusoid import STREAM_TRAIN, STREAM_VALIDATION, task_rng
 
 __all__ = ["ALGORITHMS", "DEFAULTS", "make_config", "build_model", "build_algorithm",
            "build_optimizer", "load_run", "train", "TrainResult", "ConfigConflictError",
-           "pinned_kernels", "check_device"]
+           "pinned_kernels", "check_device", "check_sizes", "check_evaluation_size", "memory_limit",
+           "MAX_INNER_STEPS"]
 
 ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
 
@@ -73,6 +75,10 @@ FIXED_ON_RESUME = ("algo", "task", "shots", "inner_lr", "inner_steps", "meta_bat
 
 _VALIDATION_TASKS = 100
 
+# Every inner step is a forward and backward pass per task per meta-iteration (the MAML
+# paper takes 1 to 10; Reptile's 5 to 32); beyond this a run cannot finish.
+MAX_INNER_STEPS = 10_000
+
 
 class ConfigConflictError(ValueError):
     """``--resume`` was given settings that contradict the checkpoint's config."""
@@ -93,13 +99,15 @@ class TrainResult:
 # Config
 # ----------------------------------------------------------------------------------
 
-def _int_at_least(config, key, low):
+def _int_at_least(config, key, low, high=None):
     value = config[key]
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"train: {key} must be an integer, got {value!r}")
+    what = {"shots": "shots K"}.get(key, key)
     if value < low:
-        what = {"shots": "shots K"}.get(key, key)
         raise ValueError(f"train: {what} must be at least {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"train: {what} must be at most {high}, got {value}")
     config[key] = int(value)
 
 
@@ -130,7 +138,7 @@ def make_config(overrides=None) -> dict:
     _int_at_least(config, "shots", 1)
     if config["inner_steps"] is None:
         config["inner_steps"] = 5 if config["algo"] == "reptile" else 1
-    _int_at_least(config, "inner_steps", 0 if config["algo"] != "reptile" else 1)
+    _int_at_least(config, "inner_steps", 0 if config["algo"] != "reptile" else 1, MAX_INNER_STEPS)
     _int_at_least(config, "meta_batch", 1)
     _int_at_least(config, "iters", 0)
     _int_at_least(config, "seed", 0)
@@ -160,6 +168,77 @@ def make_config(overrides=None) -> dict:
         config["out"] = os.path.join("runs", f"{config['algo']}-{config['task']}")
     config["out"] = os.fspath(config["out"])
     return config
+
+
+# ----------------------------------------------------------------------------------
+# Sizes: upper bounds on peak memory (float32), which tests/test_cli_errors.py checks
+# against the measured peak of a meta-iteration
+# ----------------------------------------------------------------------------------
+
+def memory_limit() -> int:
+    """Bytes of memory a run may use: the machine's physical memory, or its cgroup's limit when lower."""
+    limits = []
+    try:
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path, encoding="ascii") as handle:
+                text = handle.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limits.append(int(text))
+    return min(limits) if limits else 16 * 2 ** 30
+
+
+def _parameter_count(hidden):
+    widths = [1, *hidden, 1]
+    return sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(widths, widths[1:]))
+
+
+def _sizes(config):
+    return f"--hidden {','.join(map(str, config['hidden']))}: {_parameter_count(config['hidden']):,} parameters"
+
+
+def check_sizes(config, limit=None):
+    """Raise ValueError, naming the limit, if the run could not fit: one meta-iteration or
+    the final evaluation needing more than ``limit`` bytes (default ``memory_limit()``),
+    or a checkpoint beyond ``checkpoint.MAX_CHECKPOINT_BYTES``. Cheap; call before training.
+    """
+    limit = memory_limit() if limit is None else limit
+    params = _parameter_count(config["hidden"])
+    meta_params = 2 * params if config["algo"] == "metasgd" else params  # Meta-SGD learns a rate per weight
+    # the meta-gradient's graph keeps every inner step's fast weights; Reptile detaches each step
+    kept = 2 if config["algo"] == "reptile" else config["inner_steps"] + 1
+    activations = 5 * config["shots"] * sum(config["hidden"])
+    needed = 4 * (kept * config["meta_batch"] * (3 * meta_params + activations) + 4 * meta_params)
+    if needed > limit:
+        raise ValueError(
+            f"train: one meta-iteration needs about {format_bytes(needed)} of memory (--meta-batch "
+            f"{config['meta_batch']}, --shots {config['shots']}, --inner-steps {config['inner_steps']}, "
+            f"{_sizes(config)}), more than the {format_bytes(limit)} this machine has")
+    if config["eval_tasks"]:
+        from .evaluate import EVAL_SHOTS
+        check_evaluation_size(config, max(config["eval_tasks"], 2), EVAL_SHOTS, "--eval-tasks", limit)
+    stored = 12 * meta_params  # the parameters and Adam's two moments, float32
+    if stored > MAX_CHECKPOINT_BYTES:
+        raise ValueError(f"train: its checkpoint would take about {format_bytes(stored)} ({_sizes(config)}, and "
+                         f"the optimizer's state), more than the {format_bytes(MAX_CHECKPOINT_BYTES)} a checkpoint "
+                         "may hold")
+
+
+def check_evaluation_size(config, num_tasks, shots, flag="--tasks", limit=None):
+    """Raise ValueError, naming the limit, if adapting ``num_tasks`` tasks at once (K up to
+    ``max(shots)``, 100 query points each) needs more than ``limit`` bytes of memory."""
+    limit = memory_limit() if limit is None else limit
+    points = 3 * (100 + max(shots)) * sum(config["hidden"])
+    needed = 4 * num_tasks * (5 * _parameter_count(config["hidden"]) + points)
+    if needed > limit:
+        raise ValueError(f"evaluate: adapting {num_tasks:,} tasks at once ({flag}, K up to {max(shots)}, "
+                         f"{_sizes(config)}) needs about {format_bytes(needed)} of memory, more than the "
+                         f"{format_bytes(limit)} this machine has")
 
 
 # ----------------------------------------------------------------------------------
@@ -212,13 +291,21 @@ def _parameters_as_numpy(algorithm):
     return OrderedDict((name, np.array(p.numpy(), copy=True)) for name, p in algorithm.meta_parameters().items())
 
 
+def _saved_config(checkpoint):
+    """The full config of a checkpoint's run; a CheckpointError naming the file if it is invalid."""
+    try:
+        return make_config({k: v for k, v in checkpoint.config.items() if k in DEFAULTS})
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {checkpoint.path} holds an invalid config ({error})") from None
+
+
 def load_run(run_dir, device=None):
     """Rebuild a trained run from its folder: ``(config, algorithm, checkpoint)``.
 
     >>> config, algorithm, ckpt = load_run(result.out)  # doctest: +SKIP
     """
     checkpoint = load_checkpoint(run_dir)
-    config = make_config({k: v for k, v in checkpoint.config.items() if k in DEFAULTS})
+    config = _saved_config(checkpoint)
     if device is not None:
         config["device"] = device
     check_device(config["device"])
@@ -281,7 +368,8 @@ def _to_device(batch, device):
 
 def _resume_config(run_dir, overrides):
     if not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"--resume: run folder {run_dir} does not exist")
+        problem = "is not a folder" if os.path.exists(run_dir) else "does not exist"
+        raise FileNotFoundError(f"--resume: run folder {run_dir} {problem}")
     checkpoint = load_checkpoint(run_dir)
     saved = checkpoint.config
     requested = make_config(dict(overrides, out=run_dir))
@@ -293,7 +381,7 @@ def _resume_config(run_dir, overrides):
         raise ConfigConflictError(
             f"cannot resume {checkpoint.path}: it was trained with a different config ("
             + "; ".join(conflicts) + "). Drop those flags, or start a new run with another --out.")
-    config = make_config({k: v for k, v in saved.items() if k in DEFAULTS})
+    config = _saved_config(checkpoint)
     for key, value in overrides.items():
         if key not in FIXED_ON_RESUME and value is not None:
             config[key] = requested[key]
@@ -380,9 +468,12 @@ def train(overrides=None, resume=None, force=False, progress=True, log=print) ->
         config, checkpoint = _resume_config(os.fspath(resume), overrides)
     else:
         config = make_config(overrides)
+    check_sizes(config)
     task = get_task(config["task"])
     check_device(config["device"])
-    os.makedirs(config["out"], exist_ok=True)
+    make_folder(config["out"])
+    # fail now, not at the first checkpoint: a folder that refuses files, a directory in the way
+    check_writable(os.path.join(config["out"], CHECKPOINT_NAME))
     if checkpoint is None:
         note = _check_fresh_folder(config, force)
         if note:
@@ -400,9 +491,17 @@ def _train(config, checkpoint, task, progress, log):
     start, history = 0, []
     if checkpoint is not None:
         _load_parameters(algorithm, checkpoint.params, checkpoint.path)
-        optimizer.load_state_dict(checkpoint.optimizer_state)
+        try:
+            optimizer.load_state_dict(checkpoint.optimizer_state)
+        except (KeyError, ValueError, TypeError) as error:
+            raise CheckpointError(f"{checkpoint.path}: optimizer state does not match the run "
+                                  f"({error.args[0] if error.args else error})") from None
         start = checkpoint.iteration
-        history = [entry for entry in checkpoint.extra.get("history", []) if entry["iteration"] <= start]
+        history = checkpoint.extra.get("history", [])
+        if not (isinstance(history, list) and all(isinstance(entry, dict) and type(entry.get("iteration")) is int
+                                                  for entry in history)):
+            raise CheckpointError(f"{checkpoint.path}: its history is not a list of entries with an iteration")
+        history = [entry for entry in history if entry["iteration"] <= start]
         _restore_algorithm_rng(algorithm, checkpoint.rng_state, config, start)
         log(f"resuming {config['out']} at iteration {start} of {config['iters']}")
 
@@ -501,11 +600,11 @@ def _remove_stale_temporaries(folder, log):
 
 
 def _write_metrics(path, history):
-    with open(path, "w", encoding="utf-8") as handle:
+    with run_file("cannot write metrics", path), open(path, "w", encoding="utf-8") as handle:
         for entry in history:
             handle.write(json.dumps(entry) + "\n")
 
 
 def _append_metrics(path, entry):
-    with open(path, "a", encoding="utf-8") as handle:
+    with run_file("cannot write metrics", path), open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(entry) + "\n")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import sys
 
+from .arguments import whole_number
+
 
 def _shots(text):
     try:
@@ -22,10 +24,11 @@ def register(subparsers):
                     "for K = 5, 10, 20, next to a 'pretrained on all tasks' baseline. Saves "
                     "DIR/eval.json and, with matplotlib, DIR/eval_plot.png.")
     parser.add_argument("run_dir", metavar="DIR", help="a run folder written by train")
-    parser.add_argument("--tasks", type=int, default=600, help="fresh tasks per K (default 600)")
+    parser.add_argument("--tasks", type=whole_number, default=600,
+                        help="fresh tasks per K, adapted at once: their memory must fit this machine's (default 600)")
     parser.add_argument("--shots", default="5,10,20", help="K values, comma-separated (default 5,10,20)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the pretrained baseline")
-    parser.add_argument("--baseline-iters", type=int, default=None,
+    parser.add_argument("--baseline-iters", type=whole_number, default=None,
                         help="regression steps of the pretrained baseline (default: the run's, 5000)")
     parser.add_argument("--no-plot", action="store_true", help="do not save the plot")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the run's)")
@@ -35,11 +38,14 @@ def register(subparsers):
 def run(args) -> int:
     import os
 
-    from ..checkpoint import CheckpointError
+    from ..checkpoint import CheckpointError, check_writable
     from ..evaluate import evaluate_run, format_table
     try:
         if not os.path.isdir(args.run_dir):
-            raise FileNotFoundError(f"run folder {args.run_dir} does not exist")
+            problem = "is not a folder" if os.path.exists(args.run_dir) else "does not exist"
+            raise FileNotFoundError(f"run folder {args.run_dir} {problem}")
+        # the table goes to DIR/eval.json: find out now, not after the evaluation
+        check_writable(os.path.join(args.run_dir, "eval.json"), "evaluation table")
         report = evaluate_run(args.run_dir, num_tasks=args.tasks, shots=_shots(args.shots),
                               baseline=not args.no_baseline, plot=not args.no_plot, device=args.device,
                               baseline_iters=args.baseline_iters)

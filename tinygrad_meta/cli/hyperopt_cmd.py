@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from ..checkpoint import check_writable, make_folder, run_file
 from ..meta import hyperopt as H
 from ..tasks.classification import PROBLEMS, classification_losses, make_classification, mlp_init
 
@@ -139,7 +140,8 @@ def _plots(out, initial_lr, learned_lr, history):
     ax.set_title("learning-rate schedule")
     fig.tight_layout()
     path = os.path.join(out, "lr_schedule.png")
-    fig.savefig(path, dpi=100)
+    with run_file("cannot write plot", path):
+        fig.savefig(path, dpi=100)
     plt.close(fig)
     written.append(path)
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -149,7 +151,8 @@ def _plots(out, initial_lr, learned_lr, history):
     ax.set_title("hyperparameter meta-optimization")
     fig.tight_layout()
     path = os.path.join(out, "val_loss.png")
-    fig.savefig(path, dpi=100)
+    with run_file("cannot write plot", path):
+        fig.savefig(path, dpi=100)
     plt.close(fig)
     written.append(path)
     return written
@@ -167,12 +170,13 @@ def run(args) -> int:
     if args.truncate is not None and not 1 <= args.truncate <= args.steps:
         print(f"error: --truncate must lie in [1, --steps={args.steps}], got {args.truncate}")
         return 2
-    os.makedirs(args.out, exist_ok=True)
+    make_folder(args.out, "output folder")
     train_loss, val_loss, init, groups, hyper = _build(args, kinds)
     initial_values = H.hyperparameter_values(hyper)
     tuner = H.HyperOptimizer(train_loss, val_loss, init, hyper, args.steps, optimizer=args.optimizer,
                              meta_lr=args.meta_lr, truncate=args.truncate, groups=groups)
     checkpoint = os.path.join(args.out, "checkpoint.npz")
+    check_writable(checkpoint)  # before the first outer step, not at its first checkpoint
     if args.resume:
         if not os.path.exists(checkpoint):
             print(f"error: --resume: no checkpoint at {checkpoint}")
@@ -196,10 +200,12 @@ def run(args) -> int:
     print(f"validation loss after:  {after:.4f}  ({tuner.iteration} outer iterations)")
     print("learned hyperparameters:")
     print(_describe(learned, kinds))
-    with open(os.path.join(args.out, "hyperparams.json"), "w") as handle:
+    path = os.path.join(args.out, "hyperparams.json")
+    with run_file("cannot write hyperparameters", path), open(path, "w") as handle:
         json.dump({"initial": _jsonable(initial_values), "learned": _jsonable(learned),
                    "val_loss_before": before, "val_loss_after": after}, handle, indent=1)
-    with open(os.path.join(args.out, "history.json"), "w") as handle:
+    path = os.path.join(args.out, "history.json")
+    with run_file("cannot write history", path), open(path, "w") as handle:
         json.dump(tuner.history, handle)
     if not args.no_plots:
         for path in _plots(args.out, initial_values["lr"], learned["lr"], tuner.history):
