@@ -122,9 +122,11 @@ class Episodes(NamedTuple):
 
 
 def _as_float(images: np.ndarray) -> np.ndarray:
+    """A new C-contiguous float32 copy; uint8 ink 0..255 becomes 0..1."""
+    result = np.array(images, dtype=np.float32, order="C")
     if images.dtype == np.uint8:
-        return images.astype(np.float32) / np.float32(255.0)
-    return images.astype(np.float32, copy=True)
+        result /= np.float32(255.0)
+    return result
 
 
 def _count(value, name, minimum=1):
@@ -208,18 +210,19 @@ class EpisodeSampler:
         classes = np.argsort(rng.random((tasks, pool.num_classes)), axis=1)[:, :ways]
         drawings = np.argsort(rng.random((tasks, ways, pool.drawings)), axis=2)[:, :, :per_class]
         character, turn = np.divmod(classes, len(pool.rotations))
-        images = _as_float(pool.images[character[:, :, None], drawings])   # (T, N, K+Q, H, W)
+        # gather and rotate in the pool's own dtype (uint8: a quarter of float32's bytes)
+        images = pool.images[character[:, :, None], drawings]                 # (T, N, K+Q, H, W)
         angles = np.asarray(pool.rotations)[turn]
         for angle in set(pool.rotations) - {0}:
             rotate = angles == angle
             images[rotate] = np.rot90(images[rotate], angle // 90, axes=(-2, -1))
         height, width = pool.image_shape
-        support_x = images[:, :, :shots].reshape(tasks, ways * shots, 1, height, width)
-        query_x = images[:, :, shots:].reshape(tasks, ways * queries, 1, height, width)
+        support_x = _as_float(images[:, :, :shots]).reshape(tasks, ways * shots, 1, height, width)
+        query_x = _as_float(images[:, :, shots:]).reshape(tasks, ways * queries, 1, height, width)
         support_y = np.tile(np.repeat(np.arange(ways, dtype=np.int64), shots), (tasks, 1))
         query_y = np.tile(np.repeat(np.arange(ways, dtype=np.int64), queries), (tasks, 1))
         self.batches_drawn += 1
-        episodes = Episodes(np.ascontiguousarray(support_x), support_y, np.ascontiguousarray(query_x), query_y)
+        episodes = Episodes(support_x, support_y, query_x, query_y)
         return (episodes, classes.astype(np.int64)) if return_classes else episodes
 
     def __iter__(self):
