@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from tinygrad_meta.tasks.episodes import ClassPool, EpisodeSampler, Episodes, FewShotSplits
+from tinygrad_meta.tasks.episodes import ClassPool, EpisodeSampler, Episodes, FewShotSplits, split_rotations
 
 
 def labelled_pool(characters=12, drawings=20, rotations=(0,)):
@@ -176,3 +176,11 @@ def test_few_shot_splits_index_by_name():
     assert splits["train"] is pool
     with pytest.raises(KeyError, match="unknown split 'valid'"):
         splits["valid"]
+
+
+def test_split_rotations_name_which_splits_rotate():
+    assert split_rotations() == ((0, 90, 180, 270), (0,), (0,))
+    assert split_rotations("all") == ((0, 90, 180, 270),) * 3
+    assert split_rotations("none") == ((0,),) * 3
+    with pytest.raises(ValueError, match="rotations must be one of"):
+        split_rotations("test")

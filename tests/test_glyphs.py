@@ -80,7 +80,9 @@ def test_splits_are_sized_like_omniglot_with_rotations_only_for_meta_training(de
     # the classes in order: meta-train first (make_glyphs' prefix), meta-test last
     np.testing.assert_array_equal(splits.train.images[:70], make_glyphs(70))
     assert not set(splits.train.names) & set(splits.test.names)
-    assert glyph_splits(300, num_train=200, num_val=50, rotations=False).train.num_classes == 200
+    upright = glyph_splits(300, num_train=200, num_val=50, rotations="none")
+    assert upright.train.num_classes == 200 and upright.test.num_classes == 50
+    assert glyph_splits(300, num_train=200, num_val=50, rotations="all").test.num_classes == 200
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -198,9 +198,15 @@ def test_full_split_with_the_default_sizes_needs_more_than_1200_characters(full_
         load_omniglot(full_dir, cache_dir=False)
 
 
-def test_rotations_false_keeps_meta_train_classes_upright(fixture_dir):
-    splits = load_omniglot(fixture_dir, cache_dir=False, rotations=False)
-    assert splits.train.rotations == (0,) and splits.train.num_classes == len(splits.train.names)
+def test_rotations_can_cover_every_split_or_none(generated_minimal):
+    data_dir, cache_dir = generated_minimal.data_dir, generated_minimal.cache_dir
+    upright = load_omniglot(data_dir, cache_dir=cache_dir, rotations="none")
+    assert [upright[s].rotations for s in ("train", "val", "test")] == [(0,)] * 3
+    turned = load_omniglot(data_dir, cache_dir=cache_dir, rotations="all")
+    assert [turned[s].rotations for s in ("train", "val", "test")] == [(0, 90, 180, 270)] * 3
+    assert turned.test.num_classes == 4 * len(turned.test.names)
+    with pytest.raises(ValueError, match="rotations must be one of"):
+        load_omniglot(data_dir, cache_dir=cache_dir, rotations=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,9 +31,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["ClassPool", "FewShotSplits", "Episodes", "EpisodeSampler"]
+__all__ = ["ClassPool", "FewShotSplits", "Episodes", "EpisodeSampler", "ROTATION_MODES", "split_rotations"]
 
 _ROTATIONS = (0, 90, 180, 270)
+ROTATION_MODES = ("train", "all", "none")
 _STATE_VERSION = 1
 
 
@@ -111,6 +112,19 @@ class FewShotSplits:
         if split not in ("train", "val", "test"):
             raise KeyError(f"unknown split {split!r}; the splits are 'train', 'val', 'test'")
         return getattr(self, split)
+
+
+def split_rotations(rotations: str = "train") -> tuple:
+    """The rotations, in degrees, that the (train, val, test) pools get as extra classes:
+    "train" rotates only the meta-train classes, "all" every split, "none" no split.
+
+    >>> split_rotations("train")
+    ((0, 90, 180, 270), (0,), (0,))
+    """
+    if rotations not in ROTATION_MODES:
+        raise ValueError(f"rotations must be one of {ROTATION_MODES}, got {rotations!r}")
+    turned, upright = _ROTATIONS, (0,)
+    return {"train": (turned, upright, upright), "all": (turned,) * 3, "none": (upright,) * 3}[rotations]
 
 
 class Episodes(NamedTuple):

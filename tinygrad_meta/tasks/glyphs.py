@@ -26,7 +26,7 @@ import numbers
 
 import numpy as np
 
-from .episodes import ClassPool, FewShotSplits
+from .episodes import ClassPool, FewShotSplits, split_rotations
 
 __all__ = ["make_glyphs", "glyph_splits", "NUM_CLASSES", "DRAWINGS"]
 
@@ -171,13 +171,15 @@ def make_glyphs(num_classes: int = NUM_CLASSES, drawings: int = DRAWINGS, seed: 
 
 
 def glyph_splits(num_classes: int = NUM_CLASSES, drawings: int = DRAWINGS, seed: int = 0,
-                 num_train: int = 1100, num_val: int = 100, rotations: bool = True) -> FewShotSplits:
+                 num_train: int = 1100, num_val: int = 100, rotations: str = "train") -> FewShotSplits:
     """Meta-train / validation / meta-test pools of glyphs, sized like the Omniglot split.
 
-    The first ``num_train`` classes meta-train (each also at 90/180/270 degrees when
-    ``rotations``), the next ``num_val`` validate, the rest meta-test (classes are
-    independent draws, so no shuffle is needed). Out: a :class:`FewShotSplits`.
+    The first ``num_train`` classes meta-train, the next ``num_val`` validate, the rest
+    meta-test (classes are independent draws, so no shuffle is needed). ``rotations``:
+    which splits also get every class at 90/180/270 degrees, "train" (default), "all" or
+    "none" (:func:`split_rotations`). Out: a :class:`FewShotSplits`.
     """
+    turns = split_rotations(rotations)
     num_train, num_val = _positive(num_train, "num_train"), _positive(num_val, "num_val")
     if num_train + num_val >= num_classes:
         raise ValueError(f"glyphs: {num_classes} classes are not enough for {num_train} meta-train + "
@@ -185,9 +187,9 @@ def glyph_splits(num_classes: int = NUM_CLASSES, drawings: int = DRAWINGS, seed:
     images = make_glyphs(num_classes, drawings, seed)
     names = tuple(f"glyph{i:04d}" for i in range(num_classes))
     parts = [slice(0, num_train), slice(num_train, num_train + num_val), slice(num_train + num_val, None)]
-    turns = [(0, 90, 180, 270) if rotations else (0,), (0,), (0,)]
     pools = [ClassPool(images[part], names[part], turn, split)
              for part, turn, split in zip(parts, turns, ("train", "val", "test"))]
-    description = (f"glyphs (seed {seed}): {num_train} meta-train classes x {len(turns[0])} rotations, "
-                   f"{num_val} validation, {num_classes - num_train - num_val} meta-test, {drawings} drawings each")
+    description = (f"glyphs (seed {seed}): {num_train} meta-train, {num_val} validation and "
+                   f"{num_classes - num_train - num_val} meta-test classes of {drawings} drawings; rotations "
+                   f"(x4 classes) on {rotations!r} splits")
     return FewShotSplits(*pools, description=description)

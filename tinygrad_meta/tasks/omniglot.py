@@ -31,16 +31,18 @@ Splits (:func:`load_omniglot`):
   ``random.seed(1)``, which no other machine reproduces; here the characters are sorted
   (background set first) and shuffled by ``numpy.random.default_rng(split_seed)``, so the
   counts are MAML's and the split is the same on every machine, but its characters are
-  not MAML's. (ProtoNet's "vinyals" split files, which assign whole alphabets, are not
-  shipped here.)
+  not MAML's. (ProtoNet's "vinyals" split files, which hold out whole alphabets, e.g.
+  Hebrew and Armenian for validation, are not shipped here.)
 * minimal: meta-train on small1 less ``num_val`` (20) characters held out for validation
   (chosen with ``split_seed``); meta-test on the alphabets of small2 that small1 lacks
   (Japanese_(katakana), Sanskrit, Tagalog: 106 characters). Greek and Latin, in both
   sets with identical drawings, are left out of the test split.
 
-Meta-train classes are each character at 0, 90, 180 and 270 degrees (``rotations=True``),
-four classes per character, as in Vinyals et al. and both codes; validation and test
-classes are unrotated.
+Rotations. With ``rotations="train"`` (the default) every meta-train character is four
+classes, at 0, 90, 180 and 270 degrees (Vinyals et al. 2016), and validation and test
+classes are upright. Both codes rotate their evaluation classes too (ProtoNet's
+``splits/vinyals/val.txt`` lists rot000..rot270 classes; MAML rotates meta-test classes
+at random): ``rotations="all"`` does that, ``"none"`` rotates nothing.
 
 Caching. Decoding is done once per source: the arrays go to a ``.npz`` in ``cache_dir``
 (default :func:`default_cache_dir`; ``False`` for none), keyed on the source's size and
@@ -68,7 +70,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .episodes import ClassPool, EpisodeSampler, FewShotSplits
+from .episodes import ClassPool, EpisodeSampler, FewShotSplits, split_rotations
 
 __all__ = ["FULL_SETS", "MINIMAL_SETS", "OmniglotSet", "default_cache_dir", "load_set", "find_sets",
            "load_omniglot", "EpisodeSampler"]
@@ -384,14 +386,14 @@ def _choose_variant(data_dir, found: dict, variant: str) -> str:
 
 
 def load_omniglot(data_dir, variant: str = "auto", image_size: int = 28, resample: str = "nearest",
-                  cache_dir=None, rotations: bool = True, split_seed: int = 1, num_train: int = 1100,
+                  cache_dir=None, rotations: str = "train", split_seed: int = 1, num_train: int = 1100,
                   num_val: int | None = None) -> FewShotSplits:
     """Meta-train, validation and meta-test class pools from the Omniglot files in ``data_dir``.
 
     In: ``data_dir`` holding the full or the minimal set (see the module docstring);
     ``variant`` "auto" (full when present, else minimal), "full" or "minimal";
-    ``image_size``, ``resample``, ``cache_dir`` as :func:`load_set`; ``rotations``: the
-    meta-train classes are each character at 0/90/180/270 degrees; ``split_seed``;
+    ``image_size``, ``resample``, ``cache_dir`` as :func:`load_set`; ``rotations``
+    "train", "all" or "none" (:func:`split_rotations`); ``split_seed``;
     ``num_train`` (full set only, default 1,100) and ``num_val`` (default 100 for the full
     set, 20 for the minimal one) characters. Out: a :class:`FewShotSplits` of ClassPools.
 
@@ -401,19 +403,19 @@ def load_omniglot(data_dir, variant: str = "auto", image_size: int = 28, resampl
     """
     found = find_sets(data_dir)
     variant = _choose_variant(data_dir, found, variant)
-    train_rotations = (0, 90, 180, 270) if rotations else (0,)
+    turns = split_rotations(rotations)
 
     def load(name):
         return load_set(found[name], image_size, resample, cache_dir)
 
     if variant == "full":
-        return _full_splits(load(FULL_SETS[0]), load(FULL_SETS[1]), train_rotations, split_seed, num_train,
+        return _full_splits(load(FULL_SETS[0]), load(FULL_SETS[1]), turns, split_seed, num_train,
                             100 if num_val is None else num_val)
-    return _minimal_splits(load(MINIMAL_SETS[0]), load(MINIMAL_SETS[1]), train_rotations, split_seed,
+    return _minimal_splits(load(MINIMAL_SETS[0]), load(MINIMAL_SETS[1]), turns, split_seed,
                            20 if num_val is None else num_val)
 
 
-def _full_splits(background, evaluation, train_rotations, split_seed, num_train, num_val) -> FewShotSplits:
+def _full_splits(background, evaluation, turns, split_seed, num_train, num_val) -> FewShotSplits:
     if background.images.shape[1:] != evaluation.images.shape[1:]:
         raise ValueError(f"{background.source} holds {background.images.shape[1:]} (drawings, H, W) per "
                          f"character, {evaluation.source} holds {evaluation.images.shape[1:]}")
@@ -423,14 +425,14 @@ def _full_splits(background, evaluation, train_rotations, split_seed, num_train,
     _check_split_sizes(total, num_train, num_val, "the full set")
     order = np.random.default_rng(split_seed).permutation(total)
     train, val, test = (np.sort(part) for part in np.split(order, [num_train, num_train + num_val]))
-    description = (f"Omniglot full set: {num_train} meta-train characters x {len(train_rotations)} rotations, "
-                   f"{num_val} validation, {len(test)} meta-test characters; the MAML code's split sizes "
+    description = (f"Omniglot full set: {num_train} meta-train, {num_val} validation and {len(test)} meta-test "
+                   f"characters ({_rotation_note(turns)}); the MAML code's split sizes "
                    f"(Finn et al. 2017, after Vinyals et al. 2016), shuffled with split_seed={split_seed}")
-    return FewShotSplits(both.pool(train, train_rotations, "train"), both.pool(val, (0,), "val"),
-                         both.pool(test, (0,), "test"), description)
+    return FewShotSplits(both.pool(train, turns[0], "train"), both.pool(val, turns[1], "val"),
+                         both.pool(test, turns[2], "test"), description)
 
 
-def _minimal_splits(small1, small2, train_rotations, split_seed, num_val) -> FewShotSplits:
+def _minimal_splits(small1, small2, turns, split_seed, num_val) -> FewShotSplits:
     _check_split_sizes(len(small1.names), 1, num_val, MINIMAL_SETS[0], test_split=False)
     order = np.random.default_rng(split_seed).permutation(len(small1.names))
     val, train = np.sort(order[:num_val]), np.sort(order[num_val:])
@@ -438,12 +440,17 @@ def _minimal_splits(small1, small2, train_rotations, split_seed, num_val) -> Few
     if not new_alphabets:
         raise ValueError(f"{small2.source} has no alphabet that {small1.source} lacks: nothing to meta-test on")
     test = np.flatnonzero(np.isin(small2.alphabet_of(), new_alphabets))
-    description = (f"Omniglot minimal set: meta-train on {MINIMAL_SETS[0]} ({len(train)} characters x "
-                   f"{len(train_rotations)} rotations; {num_val} more held out for validation), meta-test on "
-                   f"the alphabets of {MINIMAL_SETS[1]} it lacks ({', '.join(new_alphabets)}: "
-                   f"{len(test)} characters)")
-    return FewShotSplits(small1.pool(train, train_rotations, "train"), small1.pool(val, (0,), "val"),
-                         small2.pool(test, (0,), "test"), description)
+    description = (f"Omniglot minimal set: meta-train on {len(train)} characters of {MINIMAL_SETS[0]} "
+                   f"({num_val} more held out for validation), meta-test on the alphabets of "
+                   f"{MINIMAL_SETS[1]} it lacks ({', '.join(new_alphabets)}: {len(test)} characters); "
+                   f"{_rotation_note(turns)}")
+    return FewShotSplits(small1.pool(train, turns[0], "train"), small1.pool(val, turns[1], "val"),
+                         small2.pool(test, turns[2], "test"), description)
+
+
+def _rotation_note(turns) -> str:
+    rotated = [split for split, angles in zip(("meta-train", "validation", "meta-test"), turns) if len(angles) > 1]
+    return f"{', '.join(rotated)} characters x 4 rotations" if rotated else "no rotations"
 
 
 def _check_split_sizes(total: int, num_train: int, num_val: int, what: str, test_split: bool = True) -> None:
