@@ -80,8 +80,10 @@ def full_dir(tmp_path_factory):
 
 @pytest.fixture
 def own_unpacked_dir(tmp_path, unpacked_dir):
-    """A copy of the unpacked sets that a test may change."""
-    return Path(shutil.copytree(unpacked_dir, tmp_path / "data"))
+    """A copy of the unpacked small1 set that a test may change."""
+    name = "images_background_small1"
+    shutil.copytree(unpacked_dir / name, tmp_path / "data" / name)
+    return tmp_path / "data"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ character do while classes stay apart.
 Images are float32 (classes, drawings, 28, 28) in [0, 1], strokes 1.0 on paper 0.0:
 Omniglot's convention in this package. Generation is a pure function of the seed (bit
 for bit with one numpy build; another build's vectorised exp/cos may differ in the last
-bits) and vectorised with numpy: about 2 s for the default 1,623 classes x 20 drawings
-on a 2-core machine. Classes come in blocks of 64 drawn from their own seeded generator,
+bits) and vectorised with numpy: 2-4 s for the default 1,623 classes x 20 drawings
+on a shared 2-core machine. Classes come in blocks of 64 drawn from their own seeded generator,
 so ``make_glyphs(100)`` is exactly the first 100 classes of ``make_glyphs(1623)``.
 
 >>> images = make_glyphs(num_classes=3, drawings=20, seed=0)
