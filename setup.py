@@ -111,9 +111,11 @@ setup(
     cmdclass={"build_py": BuildPyWithCudaSources},
     install_requires=["numpy>=1.23", "tqdm>=4.60"],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6.50"],
+        # Pillow in "test" too, so CI exercises the Omniglot loader
+        "test": ["pytest>=7", "hypothesis>=6.50", "Pillow>=9.1"],
         "gpu": ["cupy>=13"],
         "plot": ["matplotlib>=3.5"],
+        "vision": ["Pillow>=9.1"],        # decodes the Omniglot PNGs (tasks/omniglot.py)
     },
     ext_modules=cython_extensions(),
     zip_safe=False,
