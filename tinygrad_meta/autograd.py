@@ -188,6 +188,7 @@ def _run_backward(outputs, seeds, create_graph, capture=None):
     graph_ops, raw_ops = node_type._graph_ops, node_type._raw_ops
     mode_token = _GRAD_ENABLED.set(True) if create_graph else None
     origin_token = _ORIGIN.set(None) if create_graph else None
+    capturing = capture is not None
     try:
         for node in reversed(order):
             key = id(node)
@@ -196,10 +197,10 @@ def _run_backward(outputs, seeds, create_graph, capture=None):
                 continue
             op = node._op
             if op is None:
-                if capture is None or key in capture:
+                if not capturing or key in capture:
                     captured[key] = (node, g)
                 continue
-            if capture is not None and key in capture:
+            if capturing and key in capture:
                 captured[key] = (node, g)
                 if len(captured) == len(capture):
                     break
@@ -231,8 +232,9 @@ def _run_backward(outputs, seeds, create_graph, capture=None):
                 contributions = op.vjp(graph_ops, g, node, ins, node._params, needs)
             else:
                 contributions = op.vjp(raw_ops, g, node._data, ins, node._params, needs)
-            for parent, contribution, need in zip(parents, contributions, needs):
-                if contribution is None or not need:
+            # a rule gives None for an input that needs no gradient (see ops.py)
+            for parent, contribution in zip(parents, contributions):
+                if contribution is None:
                     continue
                 pkey = id(parent)
                 if needed is not None and pkey not in needed:
@@ -291,9 +293,7 @@ def grad(outputs, inputs, grad_outputs=None, create_graph=False, allow_unused=Fa
     if not outputs:
         raise ValueError("grad: outputs is empty")
     _check_nodes(outputs, "output", "grad")
-    _check_nodes(inputs, "input", "grad")
-    if len({type(node) for node in outputs + inputs}) > 1:
-        raise TypeError("grad: outputs and inputs mix Tensors and Values; use one kind")
+    _check_nodes(inputs, "input", "grad", kind=type(outputs[0]))
     for index, node in enumerate(inputs):
         if not node._requires_grad:
             raise RuntimeError(
@@ -320,11 +320,18 @@ def grad(outputs, inputs, grad_outputs=None, create_graph=False, allow_unused=Fa
     return tuple(results)
 
 
-def _check_nodes(items, what, caller):
+def _check_nodes(items, what, caller, kind=None):
+    """Every item is a node of one kind: ``kind``, or the first item's."""
+    kind = kind or type(items[0])
+    if not hasattr(kind, "_graph_ops"):
+        raise TypeError(f"{caller}: {what} 0 is {kind.__name__}, not a Tensor or a Value")
     for index, node in enumerate(items):
-        if not hasattr(node, "_graph_ops"):
-            raise TypeError(f"{caller}: {what} {index} is {type(node).__name__}, "
-                            "not a Tensor or a Value")
+        if type(node) is not kind:
+            if not hasattr(node, "_graph_ops"):
+                raise TypeError(f"{caller}: {what} {index} is {type(node).__name__}, "
+                                "not a Tensor or a Value")
+            raise TypeError(f"{caller}: {what} {index} is a {type(node).__name__} among "
+                            f"{kind.__name__}s; use one kind")
 
 
 def backward(output, gradient=None, create_graph=False):

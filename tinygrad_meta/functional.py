@@ -139,6 +139,13 @@ def matmul_t(a, b, trans_a=False, trans_b=False):
 
 
 def _check_linear(x, weight, bias, name):
+    if type(x) is Tensor and type(weight) is Tensor and x._be is weight._be and \
+            x._data.dtype is weight._data.dtype and (bias is None or type(bias) is Tensor and
+                                                      bias._data.dtype is weight._data.dtype):
+        xs, ws = x._data.shape, weight._data.shape  # the everyday case: only shapes to check
+        if len(ws) >= 2 and len(xs) >= 2 and xs[-1] == ws[-2] and (
+                bias is None or bias._be is x._be and bias._data.shape in (ws[:-2] + ws[-1:], ws[-1:])):
+            return (x, weight) if bias is None else (x, weight, bias)
     x = _tensor(x, name)
     weight = _tensor(weight, name)
     if x.device != weight.device:

@@ -40,6 +40,10 @@ def checked_gradients(params, grads, caller, use_dot_grad=False):
     out = OrderedDict()
     for name, p in params.items():
         g = grads[name]
+        if type(g) is Tensor and g._be is p._be and g._data.dtype is p._data.dtype and \
+                g._data.shape == p._data.shape:
+            out[name] = g  # the everyday case, checked in one line
+            continue
         if not isinstance(g, Tensor):
             if g is None or isinstance(g, (str, bytes)):
                 raise TypeError(f"{caller}: the gradient of {name!r} is {type(g).__name__}, "

@@ -134,18 +134,16 @@ RAW = _RawOps()
 # ----------------------------------------------------------------------------------
 
 def unbroadcast(o, g, shape):
-    """Sum ``g`` down to ``shape``: the adjoint of numpy broadcasting."""
-    gshape = g.shape
-    if gshape == shape:
+    """Sum ``g`` down to ``shape`` (a tuple): the adjoint of numpy broadcasting."""
+    if g.shape == shape:
         return g
-    shape = tuple(shape)
-    extra = len(gshape) - len(shape)
-    kept = tuple(i for i, n in enumerate(shape) if n == 1 and gshape[extra + i] != 1)
-    if extra:
+    extra = g.ndim - len(shape)
+    if extra:  # leading axes broadcasting added
         g = o.sum(g, tuple(range(extra)), False)
-    if kept:
-        g = o.sum(g, kept, True)
-    return g
+        if g.shape == shape:
+            return g
+    kept = tuple(i for i, (n, m) in enumerate(zip(shape, g.shape)) if n == 1 and m != 1)
+    return o.sum(g, kept, True)
 
 
 def keepdims_shape(shape, axes):
@@ -319,10 +317,12 @@ def matmul_grads(o, g, a, b, trans_a, trans_b, be, needs):
     ga = gb = None
     if needs[0]:
         ga = o.matmul(b, g, trans_b, True, be) if trans_a else o.matmul(g, b, False, not trans_b, be)
-        ga = unbroadcast(o, ga, a.shape)
+        if ga.shape != a.shape:  # a was broadcast over b's batch
+            ga = unbroadcast(o, ga, a.shape)
     if needs[1]:
         gb = o.matmul(g, a, True, trans_a, be) if trans_b else o.matmul(a, g, not trans_a, False, be)
-        gb = unbroadcast(o, gb, b.shape)
+        if gb.shape != b.shape:
+            gb = unbroadcast(o, gb, b.shape)
     return ga, gb
 
 

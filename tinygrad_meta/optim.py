@@ -301,14 +301,14 @@ class SGD(Optimizer):
         buffers = OrderedDict()
         previous = {} if state is None else state["momentum"]
         for name, p in self.params.items():
-            g = grads[name].data
+            g = grads[name]._data
             if self.weight_decay:
-                g = g + self.weight_decay * p.data
+                g = g + self.weight_decay * p._data
             if self.momentum:
-                buf = g if name not in previous else self.momentum * previous[name].data + g
+                buf = g if name not in previous else self.momentum * previous[name]._data + g
                 buffers[name] = _constant(buf, p._be)
                 g = g + self.momentum * buf if self.nesterov else buf
-            p.data = (p.data - self.lr * g).astype(p.data.dtype, copy=False)
+            p.data = (p._data - self.lr * g).astype(p._data.dtype, copy=False)
         return {"momentum": buffers}
 
     def _state_arrays(self):
@@ -367,8 +367,8 @@ class Adam(Optimizer):
             m = xp.zeros(sum(p.size for p in params), dtype=first.dtype)
             v = xp.zeros_like(m)
             if state is not None:  # e.g. after load_state_dict
-                m[...] = xp.concatenate([state["m"][n].data.reshape(-1) for n in self.params])
-                v[...] = xp.concatenate([state["v"][n].data.reshape(-1) for n in self.params])
+                m[...] = xp.concatenate([state["m"][n]._data.reshape(-1) for n in self.params])
+                v[...] = xp.concatenate([state["v"][n]._data.reshape(-1) for n in self.params])
             views_m, views_v, start = OrderedDict(), OrderedDict(), 0
             for name, p in self.params.items():
                 views_m[name] = _constant(m[start:start + p.size].reshape(p.shape), be)
@@ -376,9 +376,9 @@ class Adam(Optimizer):
                 start += p.size
             flat = {"m": m, "v": v, "views_m": views_m, "views_v": views_v}
         beta1, beta2 = self.betas
-        g = xp.concatenate([grads[n].data.reshape(-1) for n in self.params])
+        g = xp.concatenate([grads[n]._data.reshape(-1) for n in self.params])
         if self.weight_decay:
-            g += self.weight_decay * xp.concatenate([p.data.reshape(-1) for p in params])
+            g += self.weight_decay * xp.concatenate([p._data.reshape(-1) for p in params])
         m, v = flat["m"], flat["v"]
         m *= beta1
         m += (1.0 - beta1) * g
@@ -391,7 +391,7 @@ class Adam(Optimizer):
         update /= denominator
         start = 0
         for p in params:
-            p.data = p.data - update[start:start + p.size].reshape(p.shape)
+            p.data = p._data - update[start:start + p.size].reshape(p.shape)
             start += p.size
         new_state = {"step": step, "m": flat["views_m"], "v": flat["views_v"]}
         flat["state"] = new_state
@@ -404,21 +404,21 @@ class Adam(Optimizer):
         correction1, correction2 = 1.0 - beta1 ** step, 1.0 - beta2 ** step
         new_m, new_v = OrderedDict(), OrderedDict()
         for name, p in self.params.items():
-            g = grads[name].data
+            g = grads[name]._data
             xp = p._be.xp
             if self.weight_decay:
-                g = g + self.weight_decay * p.data
+                g = g + self.weight_decay * p._data
             m = (1.0 - beta1) * g
             v = (1.0 - beta2) * (g * g)
             if state is not None:
-                m += beta1 * state["m"][name].data
-                v += beta2 * state["v"][name].data
+                m += beta1 * state["m"][name]._data
+                v += beta2 * state["v"][name]._data
             new_m[name], new_v[name] = _constant(m, p._be), _constant(v, p._be)
             denominator = xp.sqrt(v * (1.0 / correction2))
             denominator += self.eps
             update = m * (self.lr / correction1)
             update /= denominator
-            p.data = (p.data - update).astype(p.data.dtype, copy=False)
+            p.data = (p._data - update).astype(p._data.dtype, copy=False)
         return {"step": step, "m": new_m, "v": new_v}
 
     def _state_arrays(self):

@@ -240,12 +240,12 @@ Value._graph_ops = _ValueOps()
 # ---- derivative rules: vjp(o, g, out, ins, params, needs), as in ops.py ------------
 
 def _add_vjp(o, g, out, ins, params, needs):
-    return g, g
+    return g if needs[0] else None, g if needs[1] else None
 
 
 def _mul_vjp(o, g, out, ins, params, needs):
     a, b = ins
-    return g * b, g * a
+    return g * b if needs[0] else None, g * a if needs[1] else None
 
 
 def _pow_vjp(o, g, out, ins, params, needs):

@@ -89,17 +89,34 @@ def record(op, *args):
     keepdims)``. The first ``op.nin`` arguments are inputs (numbers become constants of
     the first Tensor's dtype), the rest parameters. No argument checks: the user-facing
     functions check, then call this."""
-    if op.nin is None:
+    nin = op.nin
+    if nin == 1:  # the common cases first: every rule recorded with create_graph comes here
+        x = args[0]
+        if type(x) is Tensor:
+            params = args[1:]
+            return _make(op.forward(x._data, *params), x._be, (x,), op, params)
+    elif nin == 2:
+        a, b = args[0], args[1]
+        if type(a) is Tensor and type(b) is Tensor:
+            params = args[2:]
+            return _make(op.forward(a._data, b._data, *params), a._be, (a, b), op, params)
+    if nin is None:
         inputs, params = tuple(args[0]), args[1:]
+        datas = []
+        for x in inputs:  # a loop, not a comprehension: this runs on every fused layer
+            if type(x) is not Tensor:
+                break
+            datas.append(x._data)
+        else:
+            return _make(op.forward(datas, *params), inputs[0]._be, inputs, op, params)
     else:
-        inputs, params = args[:op.nin], args[op.nin:]
+        inputs, params = args[:nin], args[nin:]
     anchor = next(x for x in inputs if isinstance(x, Tensor))
     be = anchor._be
-    if not all(type(x) is Tensor for x in inputs):
-        inputs = tuple(x if isinstance(x, Tensor) else
-                       _constant(be.asarray(x, dtype=anchor._data.dtype), be) for x in inputs)
+    inputs = tuple(x if isinstance(x, Tensor) else
+                   _constant(be.asarray(x, dtype=anchor._data.dtype), be) for x in inputs)
     datas = [x._data for x in inputs]
-    data = op.forward(datas, *params) if op.nin is None else op.forward(*datas, *params)
+    data = op.forward(datas, *params) if nin is None else op.forward(*datas, *params)
     return _make(data, be, inputs, op, params)
 
 
@@ -334,6 +351,8 @@ def minimum(a, b):
 
 # the ops on the per-op hot path, bound once
 _ADD, _MUL, _ADD_SCALAR, _MUL_SCALAR = ops.add, ops.mul, ops.add_scalar, ops.mul_scalar
+# float32 by identity first: much cheaper than dtype.kind on every op
+_F32 = np.dtype("float32")
 
 class Tensor:
     """An n-d array (numpy on "cpu", CuPy on "cuda") that records how it was computed.
@@ -552,7 +571,8 @@ class Tensor:
 
     def _wrap(self, raw):
         """A raw gradient of this tensor as a constant Tensor in its dtype."""
-        if getattr(raw, "dtype", None) != self._data.dtype:
+        dtype = getattr(raw, "dtype", None)
+        if dtype is not self._data.dtype and dtype != self._data.dtype:
             raw = self._be.xp.asarray(raw, dtype=self._data.dtype)
         return _constant(raw, self._be)
 
@@ -578,12 +598,14 @@ class Tensor:
     def _scalar(self, other, op):
         """An op with a Python number: one node, and the rule needs no tensor. An integer
         tensor with a float number computes in the default float dtype."""
-        x = self if type(other) is int or self._data.dtype.kind == "f" else _floating(self)
+        x = self if type(other) is int or self._data.dtype is _F32 or self._data.dtype.kind == "f" else _floating(self)
         return _make(op.forward(x._data, other), x._be, (x,), op, (other,))
 
+    # the two commonest ops take the number path inline (a method call is ~10% of an op)
     def __add__(self, other):
         if type(other) is float or type(other) is int:
-            return self._scalar(other, _ADD_SCALAR)
+            x = self if type(other) is int or self._data.dtype is _F32 or self._data.dtype.kind == "f" else _floating(self)
+            return _make(_ADD_SCALAR.forward(x._data, other), x._be, (x,), _ADD_SCALAR, (other,))
         return self._binary(other, _ADD)
 
     __radd__ = __add__
@@ -600,7 +622,8 @@ class Tensor:
 
     def __mul__(self, other):
         if type(other) is float or type(other) is int:
-            return self._scalar(other, _MUL_SCALAR)
+            x = self if type(other) is int or self._data.dtype is _F32 or self._data.dtype.kind == "f" else _floating(self)
+            return _make(_MUL_SCALAR.forward(x._data, other), x._be, (x,), _MUL_SCALAR, (other,))
         return self._binary(other, _MUL)
 
     __rmul__ = __mul__
@@ -787,7 +810,7 @@ class Tensor:
 
     # ---- elementwise ---------------------------------------------------------
     def _unary(self, op):
-        x = self if self._data.dtype.kind == "f" else _floating(self)
+        x = self if self._data.dtype is _F32 or self._data.dtype.kind == "f" else _floating(self)
         return _make(op.forward(x._data), x._be, (x,), op)
 
     def exp(self):
