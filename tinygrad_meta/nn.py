@@ -87,6 +87,10 @@ class Module:
 
     named_parameters = parameters
 
+    def parameter_dict(self):
+        """OrderedDict name -> Tensor of every parameter (the functional API's form)."""
+        return self.parameters()
+
     def num_parameters(self):
         """Total number of scalar parameters."""
         return int(sum(p.size for p in self.parameters().values()))
