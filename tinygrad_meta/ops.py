@@ -35,6 +35,8 @@ outside the table (``Op(name, forward, nin, vjp)``) works the same way; inside a
 """
 from __future__ import annotations
 
+import fractions
+import math
 import operator
 
 import numpy as np
@@ -868,3 +870,272 @@ def to(x, source, target):
 def _to_vjp(o, g, out, ins, params, needs):
     source, target = params
     return (o.to(g, target, source),)
+
+
+# ==================================================================================
+# The op set users expect (issue 9). Each rule composes table ops, so each is
+# differentiable to any order; piecewise-constant ops have the gradient 0.
+# ==================================================================================
+
+# ----------------------------------------------------------------------------------
+# Trigonometric and hyperbolic functions
+# ----------------------------------------------------------------------------------
+
+sin = primitive("sin", 1)(np.sin)
+
+
+@sin.defvjp
+def _sin_vjp(o, g, out, ins, params, needs):
+    return (g * o.cos(ins[0]),)
+
+
+cos = primitive("cos", 1)(np.cos)
+
+
+@cos.defvjp
+def _cos_vjp(o, g, out, ins, params, needs):
+    return (-(g * o.sin(ins[0])),)
+
+
+tan = primitive("tan", 1)(np.tan)
+
+
+@tan.defvjp
+def _tan_vjp(o, g, out, ins, params, needs):
+    return (g * (out * out + 1.0),)
+
+
+arcsin = primitive("arcsin", 1)(np.arcsin)
+
+
+@arcsin.defvjp
+def _arcsin_vjp(o, g, out, ins, params, needs):
+    x = ins[0]
+    return (g / o.sqrt(1.0 - x * x),)
+
+
+arccos = primitive("arccos", 1)(np.arccos)
+
+
+@arccos.defvjp
+def _arccos_vjp(o, g, out, ins, params, needs):
+    x = ins[0]
+    return (-(g / o.sqrt(1.0 - x * x)),)
+
+
+arctan = primitive("arctan", 1)(np.arctan)
+
+
+@arctan.defvjp
+def _arctan_vjp(o, g, out, ins, params, needs):
+    x = ins[0]
+    return (g / (x * x + 1.0),)
+
+
+sinh = primitive("sinh", 1)(np.sinh)
+
+
+@sinh.defvjp
+def _sinh_vjp(o, g, out, ins, params, needs):
+    return (g * o.cosh(ins[0]),)
+
+
+cosh = primitive("cosh", 1)(np.cosh)
+
+
+@cosh.defvjp
+def _cosh_vjp(o, g, out, ins, params, needs):
+    return (g * o.sinh(ins[0]),)
+
+
+# ----------------------------------------------------------------------------------
+# Rounding: piecewise constant, so the gradient is 0 (zeros, not None: grad() works)
+# ----------------------------------------------------------------------------------
+
+def _zero_vjp(o, g, out, ins, params, needs):
+    return (g * 0.0,)
+
+
+sign = primitive("sign", 1)(np.sign)
+floor = primitive("floor", 1)(np.floor)
+ceil = primitive("ceil", 1)(np.ceil)
+
+
+@primitive("round")
+def round_(x, decimals):
+    return backend_of(x).xp.round(x, decimals)
+
+
+sign.defvjp(_zero_vjp)
+floor.defvjp(_zero_vjp)
+ceil.defvjp(_zero_vjp)
+round_.defvjp(_zero_vjp)
+
+
+# ----------------------------------------------------------------------------------
+# erf, float64-accurate from numpy alone (it has none):
+#   |x| < 1:      x times the Taylor series of erf(x)/x in x**2 (19 terms, exact rationals)
+#   1 <= |x| < 6: 1 - exp(-x**2) h(|x|), where h(a) = erfc(a) exp(a**2) is smooth and slowly
+#                 varying: interpolated at 29 Chebyshev points sampled from math.erfc
+#   |x| >= 6:     +-1 (erfc(6) ~ 2e-17 is below half an ulp of 1)
+# Within 2 ulp of math.erf (tests/test_new_ops.py checks 1e-15 absolute). Plain array
+# arithmetic, so CuPy arrays work too.
+# ----------------------------------------------------------------------------------
+
+_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+_ERF_TAYLOR = [float(fractions.Fraction((-1) ** n, math.factorial(n) * (2 * n + 1)))
+               for n in range(19)]
+
+
+def _chebyshev_fit(f, low, high, degree):
+    """Chebyshev coefficients of the polynomial interpolating ``f`` at the Chebyshev
+    points of [low, high] (numpy's chebinterpolate loses ~1e-15 to rounded angles)."""
+    n = degree + 1
+
+    def cos(m):  # cos(pi m / 2n) with the angle reduced exactly, in integers
+        return math.cos(math.pi * (m % (4 * n)) / (2 * n))
+
+    values = [f((low + high) / 2 + (high - low) / 2 * cos(2 * k + 1)) for k in range(n)]
+    return [math.fsum(v * cos(j * (2 * k + 1)) for k, v in enumerate(values)) * (2 - (j == 0)) / n
+            for j in range(n)]
+
+
+_ERFC_SCALED = _chebyshev_fit(lambda a: math.erfc(a) * math.exp(a * a), 1.0, 6.0, 28)
+
+
+def _erf(x):
+    xp = backend_of(x).xp
+    flat = x.reshape(-1).astype(np.float64)
+    size = xp.abs(flat)
+    result = xp.sign(flat)  # |x| >= 6, and nan
+    small = size < 1.0
+    xs = flat[small]
+    u, series = xs * xs, 0.0
+    for c in reversed(_ERF_TAYLOR):
+        series = series * u + c
+    result[small] = xs * series * _TWO_OVER_SQRT_PI
+    tail = (size >= 1.0) & (size < 6.0)
+    a = size[tail]
+    t = (a - 3.5) / 2.5  # [1, 6] onto [-1, 1]; Clenshaw's recurrence sums the series
+    b1 = b2 = 0.0
+    for c in reversed(_ERFC_SCALED[1:]):
+        b1, b2 = 2.0 * t * b1 - b2 + c, b1
+    result[tail] = xp.sign(flat[tail]) * (1.0 - xp.exp(-a * a) * (t * b1 - b2 + _ERFC_SCALED[0]))
+    return result.reshape(x.shape).astype(x.dtype, copy=False)
+
+
+erf = primitive("erf", 1)(_erf)
+
+
+@erf.defvjp
+def _erf_vjp(o, g, out, ins, params, needs):
+    x = ins[0]
+    return (g * o.exp(-(x * x)) * _TWO_OVER_SQRT_PI,)
+
+
+# ----------------------------------------------------------------------------------
+# Activations (PyTorch's definitions and defaults; the Tensor methods check arguments)
+# ----------------------------------------------------------------------------------
+
+@primitive("softplus")
+def softplus(x, beta, threshold):
+    """log(1 + exp(beta x)) / beta, and x itself where beta x > threshold (as PyTorch)."""
+    xp = backend_of(x).xp
+    scaled = x * beta
+    return xp.where(scaled > threshold, x, xp.logaddexp(0, scaled) / beta).astype(x.dtype, copy=False)
+
+
+@softplus.defvjp
+def _softplus_vjp(o, g, out, ins, params, needs):
+    x, (beta, threshold) = ins[0], params
+    return (o.where(g, g * o.sigmoid(x * beta), o.raw(x) * beta > threshold),)
+
+
+@primitive("leaky_relu")
+def leaky_relu(x, negative_slope):
+    return backend_of(x).xp.where(x > 0, x, x * negative_slope).astype(x.dtype, copy=False)
+
+
+@leaky_relu.defvjp
+def _leaky_relu_vjp(o, g, out, ins, params, needs):
+    # a step times g: the slopes are constants (negative_slope at 0, as PyTorch)
+    xr = o.raw(ins[0])
+    return (g * o.backend(ins[0]).xp.where(xr > 0, 1.0, params[0]).astype(xr.dtype),)
+
+
+@primitive("elu")
+def elu(x, alpha):
+    xp = backend_of(x).xp
+    return xp.where(x > 0, x, alpha * xp.expm1(xp.minimum(x, 0))).astype(x.dtype, copy=False)
+
+
+@elu.defvjp
+def _elu_vjp(o, g, out, ins, params, needs):
+    # for x <= 0, d/dx alpha (exp(x) - 1) = out + alpha: no exp to overflow where x > 0
+    return (o.where(g, g * (out + params[0]), o.raw(ins[0]) > 0),)
+
+
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_GELU_CUBIC = 0.044715
+
+
+@primitive("gelu")
+def gelu(x, approximate):
+    """x Phi(x) with Phi the normal CDF via erf, or PyTorch's tanh approximation of it."""
+    if approximate == "tanh":
+        inner = (x + x * x * x * _GELU_CUBIC) * _SQRT_2_OVER_PI
+        return 0.5 * x * (1.0 + backend_of(x).xp.tanh(inner))
+    return 0.5 * x * (1.0 + _erf(x * _SQRT_HALF))
+
+
+@gelu.defvjp
+def _gelu_vjp(o, g, out, ins, params, needs):
+    x, (approximate,) = ins[0], params
+    if approximate == "tanh":
+        t = o.tanh((x + x * x * x * _GELU_CUBIC) * _SQRT_2_OVER_PI)
+        slope = (x * x * (3.0 * _GELU_CUBIC) + 1.0) * _SQRT_2_OVER_PI
+        return (g * ((t + 1.0) * 0.5 + x * (1.0 - t * t) * slope * 0.5),)
+    cdf = (o.erf(x * _SQRT_HALF) + 1.0) * 0.5
+    density = o.exp(x * x * -0.5) * _INV_SQRT_2PI
+    return (g * (cdf + x * density),)
+
+
+# ----------------------------------------------------------------------------------
+# Binary elementwise functions (numpy broadcasting; unbroadcast in the rules)
+# ----------------------------------------------------------------------------------
+
+arctan2 = primitive("arctan2", 2)(np.arctan2)
+
+
+@arctan2.defvjp
+def _arctan2_vjp(o, g, out, ins, params, needs):
+    a, b = ins
+    scale = g / (a * a + b * b)
+    return (unbroadcast(o, scale * b, a.shape) if needs[0] else None,
+            unbroadcast(o, -(scale * a), b.shape) if needs[1] else None)
+
+
+logaddexp = primitive("logaddexp", 2)(np.logaddexp)
+
+
+@logaddexp.defvjp
+def _logaddexp_vjp(o, g, out, ins, params, needs):
+    a, b = ins
+    return (unbroadcast(o, g * o.exp(a - out), a.shape) if needs[0] else None,
+            unbroadcast(o, g * o.exp(b - out), b.shape) if needs[1] else None)
+
+
+mod = primitive("mod", 2)(np.mod)
+
+
+@mod.defvjp
+def _mod_vjp(o, g, out, ins, params, needs):
+    # a % b = a - floor(a / b) b (numpy: the sign of b), and floor(a / b) is piecewise constant
+    a, b = ins
+    gb = None
+    if needs[1]:
+        quotient = o.backend(a).xp.floor_divide(o.raw(a), o.raw(b))
+        gb = unbroadcast(o, -(g * quotient), b.shape)
+    return (unbroadcast(o, g, a.shape) if needs[0] else None, gb)

@@ -827,6 +827,102 @@ class Tensor:
             x = _floating(x)
         return record(ops.clip, x, min, max)
 
+    # ---- the op set users expect (issue 9); forwards and rules in ops.py's block ----
+    # elementwise: integer tensors compute in float32, like exp
+    def sin(self):
+        return self._unary(ops.sin)
+
+    def cos(self):
+        return self._unary(ops.cos)
+
+    def tan(self):
+        return self._unary(ops.tan)
+
+    def arcsin(self):
+        return self._unary(ops.arcsin)
+
+    def arccos(self):
+        return self._unary(ops.arccos)
+
+    def arctan(self):
+        return self._unary(ops.arctan)
+
+    def sinh(self):
+        return self._unary(ops.sinh)
+
+    def cosh(self):
+        return self._unary(ops.cosh)
+
+    def erf(self):
+        """The error function, to within 2 ulp of ``math.erf`` in float64."""
+        return self._unary(ops.erf)
+
+    def arctan2(self, other):
+        """The angle of the point (other, self), elementwise: numpy's ``arctan2(self, other)``."""
+        return _floating_pairwise(self, other, ops.arctan2)
+
+    def logaddexp(self, other):
+        """log(exp(self) + exp(other)), computed stably."""
+        return _floating_pairwise(self, other, ops.logaddexp)
+
+    def __mod__(self, other):
+        """numpy's ``%``: the remainder takes the divisor's sign. Gradient 1 for self and
+        -floor(self / other) for other."""
+        return _pairwise(self, other, ops.mod)
+
+    def __rmod__(self, other):
+        return _pairwise(other, self, ops.mod)
+
+    remainder = __mod__
+
+    # rounding: gradient 0 (zeros, so grad() works)
+    def _rounding(self, op, *params):
+        if self._data.dtype.kind == "f":
+            return record(op, self, *params)
+        # integers stay integers (numpy < 2.1 floors them to float64; booleans have no sign)
+        data = self._data
+        data = data.copy() if data.dtype.kind == "b" else op.forward(data, *params).astype(data.dtype)
+        return _constant(data, self._be)
+
+    def sign(self):
+        """-1, 0 or 1 elementwise; the gradient is 0."""
+        return self._rounding(ops.sign)
+
+    def floor(self):
+        """The gradient is 0."""
+        return self._rounding(ops.floor)
+
+    def ceil(self):
+        """The gradient is 0."""
+        return self._rounding(ops.ceil)
+
+    def round(self, decimals=0):
+        """Round to ``decimals`` places, halves to even (as numpy); the gradient is 0."""
+        return self._rounding(ops.round_, _integer(decimals, "round", "decimals"))
+
+    # activations (PyTorch's definitions and defaults; also in tgm.functional)
+    def softplus(self, beta=1.0, threshold=20.0):
+        """log(1 + exp(beta x)) / beta, reverting to x where beta x > threshold."""
+        beta = _real(beta, "softplus", "beta")
+        if beta == 0:
+            raise ValueError("softplus: beta must be nonzero")
+        return record(ops.softplus, _floating(self), beta, _real(threshold, "softplus", "threshold"))
+
+    def leaky_relu(self, negative_slope=0.01):
+        """x where x > 0, else negative_slope * x."""
+        return record(ops.leaky_relu, _floating(self), _real(negative_slope, "leaky_relu", "negative_slope"))
+
+    def elu(self, alpha=1.0):
+        """x where x > 0, else alpha * (exp(x) - 1)."""
+        return record(ops.elu, _floating(self), _real(alpha, "elu", "alpha"))
+
+    def gelu(self, approximate="none"):
+        """x * Phi(x), Phi the standard normal CDF (exact, via erf); approximate="tanh" is
+        PyTorch's tanh approximation."""
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+        return record(ops.gelu, _floating(self), approximate)
+
 
 def tensor(data, dtype=None, device="cpu", requires_grad=False):
     """Same as ``Tensor(...)``."""
@@ -861,3 +957,78 @@ def zeros_like(t, requires_grad=False):
 
 def ones_like(t, requires_grad=False):
     return _filled(t.shape, 1.0, t.dtype, t._be, requires_grad)
+
+
+# ----------------------------------------------------------------------------------
+# The op set users expect (issue 9): argument helpers and functions of several tensors
+# (numpy_functions.py gives every Tensor method a module-level twin)
+# ----------------------------------------------------------------------------------
+
+__all__ += ["arctan2", "logaddexp", "remainder", "mod"]
+
+
+def _real(value, name, what):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: {what} must be a number, got {value!r}")
+    return float(value)
+
+
+def _integer(value, name, what):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: {what} must be an int, got {value!r}")
+    return int(value)
+
+
+def _int_sequence(values, name):
+    if isinstance(values, Tensor):
+        values = values.numpy()
+    if isinstance(values, np.ndarray):
+        values = values.tolist()
+    if not isinstance(values, (list, tuple)):
+        raise TypeError(f"{name}: expected an int or a sequence of ints, got {type(values).__name__}")
+    return list(values)
+
+
+def _one_axis(axis, ndim, name):
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"{name}: axis must be an int, got {axis!r}")
+    return _normalize_axis(axis, ndim, name)[0]
+
+
+def _tensor_argument(x, name):
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected a Tensor, got {type(x).__name__}")
+    return x
+
+
+def _two_tensors(a, b, name):
+    """Two operands, at least one a Tensor, on one device with one dtype."""
+    anchor = a if isinstance(a, Tensor) else b
+    if not isinstance(anchor, Tensor):
+        raise TypeError(f"{name}: a or b must be a Tensor")
+    a, b = _pair(anchor, a, name)[1], _pair(anchor, b, name)[1]
+    return _pair(a, b, name)
+
+
+def _floating_pairwise(a, b, op):
+    """``_pairwise`` for a floating op: two integer operands compute in float32."""
+    a, b = _two_tensors(a, b, op.name)
+    return _pairwise(_floating(a), _floating(b), op)
+
+
+def arctan2(a, b):
+    """The angle of the point (b, a), elementwise, in (-pi, pi] (numpy's ``arctan2``)."""
+    return _floating_pairwise(a, b, ops.arctan2)
+
+
+def logaddexp(a, b):
+    """log(exp(a) + exp(b)) elementwise, computed stably."""
+    return _floating_pairwise(a, b, ops.logaddexp)
+
+
+def remainder(a, b):
+    """``a % b`` with numpy's sign convention (the divisor's)."""
+    return _pairwise(a, b, ops.mod)
+
+
+mod = remainder

@@ -1,0 +1,300 @@
+"""The op set of issue 9: every new differentiable op matches numpy (math.erf for erf) in
+its forward, and finite differences at first and second order in float64 (gradcheck +
+gradgradcheck on whole Jacobians), over random shapes; the rest (rounding, argmax,
+__array__) behave as specified; bad arguments get errors that name the op and the value.
+
+Inputs avoid the points where an op is not differentiable: the grid k/10 + 0.05 (see
+float64_checks) is never whole or half-whole (floor, round, mod's jumps), never 0 (the
+kinks of leaky_relu and abs); continuous random values (rng) where sums must not tie.
+"""
+import math
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tinygrad_meta as tgm
+from float64_checks import (EXAMPLES, T, arrays, assert_forward, check_orders_1_and_2, grid,
+                            shape_and_axis)
+from tinygrad_meta.testing import broadcastable_shapes, shapes
+
+
+def grid_range(low, high):
+    """Grid values k/10 + 0.05 within [low, high]."""
+    return st.integers(int(round(low * 10 - 0.5)), int(round(high * 10 - 0.5))).map(lambda k: k / 10 + 0.05)
+
+
+def random_values(data, shape):
+    """Continuous random values: no ties, no zeros (with probability 1)."""
+    seed = data.draw(st.integers(0, 2 ** 32 - 1))
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+math_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+M = tgm.Tensor(np.ones((2, 3)))
+V = tgm.Tensor(np.ones(4))
+
+
+def check_errors(cases, name):
+    call, error, message = cases[name]
+    with pytest.raises(error, match=message):
+        call()
+
+
+def check_float32(f):
+    x = tgm.Tensor([0.8, 2.0], requires_grad=True)
+    y = f(x)
+    assert y.dtype == np.float32
+    (g,) = tgm.grad(y.sum(), [x])
+    assert g.dtype == np.float32
+
+
+# ---- elementwise -----------------------------------------------------------------------
+
+def _gelu_tanh(x):
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+UNARY = {
+    "sin": (np.sin, grid),
+    "cos": (np.cos, grid),
+    "tan": (np.tan, grid_range(-1.2, 1.2)),
+    "arcsin": (np.arcsin, grid_range(-0.9, 0.9)),
+    "arccos": (np.arccos, grid_range(-0.9, 0.9)),
+    "arctan": (np.arctan, grid),
+    "sinh": (np.sinh, grid),
+    "cosh": (np.cosh, grid),
+    "erf": (math_erf, grid),
+}
+
+
+@pytest.mark.parametrize("name", list(UNARY))
+@EXAMPLES
+@given(data=st.data())
+def test_elementwise_op_method_and_module_function(name, data):
+    reference, elements = UNARY[name]
+    x = data.draw(arrays(shapes(), elements))
+    assert_forward(getattr(T(x), name)(), reference(x))
+    assert_forward(getattr(tgm, name)(T(x)), reference(x))
+    check_orders_1_and_2(lambda t: getattr(t, name)(), T(x))
+
+
+@pytest.mark.parametrize("name", ["exp", "log", "sqrt", "abs", "tanh", "sigmoid", "relu"])
+def test_existing_elementwise_ops_have_module_functions(name):
+    x = T([0.5, 1.5, 2.0])
+    assert_forward(getattr(tgm, name)(x), getattr(x, name)().numpy())
+
+
+def test_clip_has_a_module_function():
+    assert_forward(tgm.clip(T([-2.0, 0.5, 3.0]), -1.0, 1.0), [-1.0, 0.5, 1.0])
+
+
+def test_erf_is_within_1e15_of_math_erf_across_its_range():
+    x = np.concatenate([np.linspace(-7, 7, 20001), np.geomspace(1e-300, 7, 2000),
+                        -np.geomspace(1e-300, 7, 2000), [0.0, 1.0, -1.0, 6.0, -6.0]])
+    np.testing.assert_allclose(tgm.erf(T(x)).numpy(), math_erf(x), rtol=0, atol=1e-15)
+    # relative accuracy where erf is tiny
+    small = np.geomspace(1e-300, 1e-3, 50)
+    np.testing.assert_allclose(tgm.erf(T(small)).numpy(), math_erf(small), rtol=1e-15)
+
+
+def test_erf_at_infinities_nan_and_in_float32():
+    out = tgm.erf(T([np.inf, -np.inf, np.nan, -0.0])).numpy()
+    assert out[0] == 1.0 and out[1] == -1.0 and np.isnan(out[2]) and np.signbit(out[3])
+    x32 = tgm.erf(tgm.Tensor([0.3, -2.5]))
+    assert x32.dtype == np.float32
+    np.testing.assert_allclose(x32.numpy(), [math.erf(0.3), math.erf(-2.5)], rtol=1e-6)
+
+
+# ---- rounding: zero gradient -----------------------------------------------------------
+
+ROUNDING = {
+    "sign": np.sign, "floor": np.floor, "ceil": np.ceil, "round": np.round,
+}
+
+
+@pytest.mark.parametrize("name", list(ROUNDING))
+@EXAMPLES
+@given(x=arrays(shapes()))
+def test_rounding_ops_match_numpy_and_have_gradient_zero(name, x):
+    assert_forward(getattr(T(x), name)(), ROUNDING[name](x))
+    assert_forward(getattr(tgm, name)(T(x)), ROUNDING[name](x))
+    leaf = tgm.Tensor(x, dtype="float64", requires_grad=True)
+    (g,) = tgm.grad((getattr(leaf, name)() * leaf).sum(), [leaf])  # d/dx x f(x) = f(x)
+    assert_forward(g, ROUNDING[name](x))
+    check_orders_1_and_2(lambda t: getattr(t, name)(), T(x))
+
+
+def test_rounding_gradient_is_zeros_not_none():
+    x = tgm.Tensor([[0.3, -1.7]], dtype="float64", requires_grad=True)
+    for name in ROUNDING:
+        (g,) = tgm.grad(getattr(x, name)().sum(), [x])
+        np.testing.assert_array_equal(g.numpy(), np.zeros((1, 2)))
+
+
+def test_round_to_decimals_rounds_halves_to_even():
+    assert_forward(T([0.125, 0.375, -2.5, 3.5]).round(2), np.round([0.125, 0.375, -2.5, 3.5], 2))
+    assert_forward(T([0.5, 1.5, 2.5]).round(), [0.0, 2.0, 2.0])
+    assert_forward(T([1234.5]).round(-2), [1200.0])
+
+
+def test_rounding_integer_and_boolean_tensors_keeps_their_dtype():
+    ints = tgm.Tensor(np.array([-3, 0, 4]))
+    for name in ROUNDING:
+        out = getattr(ints, name)()
+        assert out.dtype == ints.dtype
+        np.testing.assert_array_equal(out.numpy(), ROUNDING[name](ints.numpy()))
+    flags = tgm.Tensor(np.array([True, False]))
+    assert flags.sign().dtype == bool and flags.sign().tolist() == [True, False]
+
+
+# ---- activations ------------------------------------------------------------------------
+
+def _softplus(x, beta, threshold):
+    return np.where(beta * x > threshold, x, np.log1p(np.exp(beta * x)) / beta)
+
+
+ACTIVATIONS = {
+    # name: (call with the parameters, numpy reference, parameter choices)
+    "softplus": (lambda f, x, p: f(x, beta=p[0], threshold=p[1]), lambda x, p: _softplus(x, *p),
+                 [(1.0, 20.0), (2.0, 1.0), (0.5, 0.4)]),  # threshold / beta is never on the grid
+    "leaky_relu": (lambda f, x, p: f(x, p), lambda x, p: np.where(x > 0, x, p * x), [0.01, 0.2]),
+    "elu": (lambda f, x, p: f(x, alpha=p), lambda x, p: np.where(x > 0, x, p * np.expm1(x)), [1.0, 0.5]),
+    "gelu": (lambda f, x, p: f(x, approximate=p),
+             lambda x, p: _gelu_tanh(x) if p == "tanh" else 0.5 * x * (1 + math_erf(x / math.sqrt(2))),
+             ["none", "tanh"]),
+}
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+@EXAMPLES
+@given(data=st.data())
+def test_activation_matches_its_definition_in_every_namespace(name, data):
+    call, reference, choices = ACTIVATIONS[name]
+    p = data.draw(st.sampled_from(choices))
+    x = data.draw(arrays(shapes()))
+    expected = reference(x, p)
+    method = lambda t, *a, **k: getattr(t, name)(*a, **k)
+    for f in (method, getattr(tgm, name), getattr(tgm.functional, name)):
+        assert_forward(call(f, T(x), p), expected)
+    check_orders_1_and_2(lambda t: call(method, t, p), T(x))
+
+
+def test_activation_defaults_are_pytorchs():
+    x = T([-2.0, 25.0, 1.0])
+    assert_forward(x.leaky_relu(), [-0.02, 25.0, 1.0])
+    assert_forward(x.elu(), [math.expm1(-2.0), 25.0, 1.0])
+    assert_forward(x.softplus(), [math.log1p(math.exp(-2.0)), 25.0, math.log1p(math.e)])
+    assert_forward(x.gelu(), [-2.0 * (1 + math.erf(-2 / math.sqrt(2))) / 2, 25.0,
+                              (1 + math.erf(1 / math.sqrt(2))) / 2])
+
+
+def test_softplus_and_elu_are_finite_for_large_inputs():
+    x = tgm.Tensor([-800.0, 800.0], dtype="float64", requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name in ("softplus", "elu", "gelu"):
+            (g,) = tgm.grad(getattr(x, name)().sum(), [x])
+            assert np.isfinite(g.numpy()).all()
+
+
+# ---- binary elementwise -------------------------------------------------------------------
+
+tenths = st.integers(-20, 20).filter(bool).map(lambda m: m / 10)  # divisors: a / b never whole
+
+
+BINARY = {
+    "arctan2": (tgm.arctan2, np.arctan2, grid),
+    "logaddexp": (tgm.logaddexp, np.logaddexp, grid),
+    "mod": (lambda a, b: a % b, np.mod, tenths),
+    "remainder": (tgm.remainder, np.remainder, tenths),
+}
+
+
+@pytest.mark.parametrize("name", list(BINARY))
+@EXAMPLES
+@given(data=st.data())
+def test_binary_op_broadcasts_and_matches_numpy(name, data):
+    op, reference, divisors = BINARY[name]
+    shape_a, shape_b = data.draw(broadcastable_shapes())
+    a, b = data.draw(arrays(shape_a)), data.draw(arrays(shape_b, divisors))
+    assert_forward(op(T(a), T(b)), reference(a, b))
+    check_orders_1_and_2(op, T(a), T(b))
+
+
+@EXAMPLES
+@given(x=arrays(shapes()), divisor=tenths, divisors=arrays(shapes(), tenths))
+def test_mod_with_a_python_number_on_either_side(x, divisor, divisors):
+    assert_forward(T(x) % divisor, np.mod(x, divisor))
+    check_orders_1_and_2(lambda t: t % divisor, T(x))
+    assert_forward(1.35 % T(divisors), np.mod(1.35, divisors))  # 27/20 over tenths: never whole
+    check_orders_1_and_2(lambda t: 1.35 % t, T(divisors))
+
+
+def test_mod_takes_the_sign_of_the_divisor_and_its_gradients():
+    a = tgm.Tensor([-3.5, 3.5], dtype="float64", requires_grad=True)
+    b = tgm.Tensor([2.0, -2.0], dtype="float64", requires_grad=True)
+    assert_forward(a % b, [0.5, -0.5])
+    ga, gb = tgm.grad((a % b).sum(), [a, b])
+    np.testing.assert_array_equal(ga.numpy(), [1.0, 1.0])
+    np.testing.assert_array_equal(gb.numpy(), -np.floor(a.numpy() / b.numpy()))
+
+
+def test_integer_mod_stays_integer_and_floating_binaries_promote_integers():
+    ints = tgm.Tensor(np.array([7, -7]))
+    assert (ints % 3).dtype == ints.dtype and (ints % 3).tolist() == [1, 2]
+    assert tgm.arctan2(ints, ints).dtype == np.float32
+    assert tgm.logaddexp(ints, tgm.Tensor([0.0, 1.0], dtype="float64")).dtype == np.float64
+
+
+def test_np_asarray_gives_the_values_without_the_graph():
+    x = tgm.Tensor([[1.0, 2.0]], dtype="float64", requires_grad=True)
+    y = x * 2.0
+    values = np.asarray(y)
+    assert type(values) is np.ndarray and values.dtype == np.float64
+    np.testing.assert_array_equal(values, [[2.0, 4.0]])
+    assert np.asarray(y, dtype=np.float32).dtype == np.float32
+    np.testing.assert_array_equal(np.array(tgm.Tensor([1, 2])), [1, 2])
+
+
+def test_elementwise_ops_keep_float32_and_compute_integers_in_float32():
+    check_float32(lambda t: t.sin() + t.cos() + t.arctan() + t.erf() + t.floor())
+    check_float32(lambda t: t.softplus(2.0) + t.leaky_relu(0.1) + t.elu(0.5) + t.gelu("tanh"))
+    check_float32(lambda t: tgm.arctan2(t, 1.0) + tgm.logaddexp(t, 0.5) + t % 0.7)
+    ints = tgm.Tensor(np.array([1, 2]))
+    for out in (ints.sin(), ints.erf(), ints.gelu(), tgm.logaddexp(ints, 1)):
+        assert out.dtype == np.float32
+
+
+def test_elementwise_float32_and_float64_do_not_mix():
+    with pytest.raises(TypeError, match="arctan2: dtype mismatch float32 and float64"):
+        tgm.arctan2(tgm.Tensor([1.0]), tgm.Tensor([1.0], dtype="float64"))
+
+
+ELEMENTWISE_ERRORS = {
+    "gelu approximate": (lambda: M.gelu("erf"), ValueError, r"gelu: approximate must be 'none' or 'tanh', got 'erf'"),
+    "softplus beta": (lambda: M.softplus(beta=0), ValueError, r"softplus: beta must be nonzero"),
+    "leaky_relu slope": (lambda: M.leaky_relu("0.1"), TypeError, r"leaky_relu: negative_slope must be a number"),
+    "round decimals": (lambda: M.round(0.5), TypeError, r"round: decimals must be an int"),
+    "mod shapes": (lambda: M % V, ValueError, r"mod: shapes \(2, 3\) and \(4,\) are not compatible"),
+    "logaddexp shapes": (lambda: tgm.logaddexp(M, V), ValueError, r"logaddexp: shapes \(2, 3\) and \(4,\)"),
+    "arctan2 operands": (lambda: tgm.arctan2(1.0, 2.0), TypeError, r"arctan2: a or b must be a Tensor"),
+    "module function argument": (lambda: tgm.sin([1.0]), TypeError, r"sin: expected a Tensor, got list"),
+    "functional argument": (lambda: tgm.functional.gelu(1.0), TypeError, r"gelu: expected a Tensor, got float"),
+}
+
+
+@pytest.mark.parametrize("name", list(ELEMENTWISE_ERRORS))
+def test_bad_elementwise_arguments_name_the_op_and_the_value(name):
+    check_errors(ELEMENTWISE_ERRORS, name)
+
+
+def test_star_import_does_not_shadow_python_abs_and_round():
+    namespace = {}
+    exec("from tinygrad_meta import *", namespace)
+    assert "sin" in namespace and "abs" not in namespace and "round" not in namespace
+    assert tgm.abs(T([-1.0])).tolist() == [1.0] and tgm.round(T([1.4])).tolist() == [1.0]
