@@ -298,3 +298,164 @@ def test_star_import_does_not_shadow_python_abs_and_round():
     exec("from tinygrad_meta import *", namespace)
     assert "sin" in namespace and "abs" not in namespace and "round" not in namespace
     assert tgm.abs(T([-1.0])).tolist() == [1.0] and tgm.round(T([1.4])).tolist() == [1.0]
+
+
+# ---- prod, cumsum, var, std -------------------------------------------------------------
+
+@EXAMPLES
+@given(data=st.data())
+def test_prod_with_zeros_in_the_input(data):
+    shape, axis, keepdims = data.draw(shape_and_axis())
+    x = data.draw(arrays(shape, st.one_of(grid, st.just(0.0))))
+    op = lambda t: t.prod(axis=axis, keepdims=keepdims)
+    assert_forward(op(T(x)), np.prod(x, axis=axis, keepdims=keepdims))
+    assert_forward(tgm.prod(T(x), axis, keepdims), np.prod(x, axis=axis, keepdims=keepdims))
+    check_orders_1_and_2(op, T(x))
+
+
+def test_prod_gradient_with_one_zero_is_the_product_of_the_others():
+    x = tgm.Tensor([2.0, 0.0, 3.0], dtype="float64", requires_grad=True)
+    (g,) = tgm.grad(x.prod(), [x])
+    np.testing.assert_array_equal(g.numpy(), [0.0, 6.0, 0.0])
+
+
+def test_prod_with_two_zeros_has_gradient_zero_but_a_second_derivative():
+    x = tgm.Tensor([0.0, 0.0, 3.0], dtype="float64", requires_grad=True)
+    (g,) = tgm.grad(x.prod(), [x], create_graph=True)
+    np.testing.assert_array_equal(g.numpy(), [0.0, 0.0, 0.0])
+    (h0,) = tgm.grad(g[0], [x])  # d2/dx0 dx1 of x0 x1 x2 = x2
+    np.testing.assert_array_equal(h0.numpy(), [0.0, 3.0, 0.0])
+
+
+def test_prod_of_an_empty_axis_is_one_with_an_empty_gradient():
+    x = tgm.Tensor(np.zeros((0, 2)), dtype="float64", requires_grad=True)
+    assert_forward(x.prod(axis=0), [1.0, 1.0])
+    (g,) = tgm.grad(x.prod(axis=0).sum(), [x])
+    assert g.shape == (0, 2)
+
+
+@st.composite
+def shape_and_one_axis(draw, min_dims=1):
+    shape = draw(shapes(min_dims=min_dims))
+    return shape, draw(st.integers(-len(shape), len(shape) - 1))
+
+
+@EXAMPLES
+@given(data=st.data())
+def test_cumsum_along_an_axis_or_flattened(data):
+    shape, axis = data.draw(shape_and_one_axis())
+    axis = data.draw(st.sampled_from([axis, None]))
+    x = data.draw(arrays(shape))
+    assert_forward(T(x).cumsum(axis), np.cumsum(x, axis=axis))
+    assert_forward(tgm.cumsum(T(x), axis), np.cumsum(x, axis=axis))
+    check_orders_1_and_2(lambda t: t.cumsum(axis), T(x))
+
+
+@pytest.mark.parametrize("name", ["var", "std"])
+@EXAMPLES
+@given(data=st.data())
+def test_var_and_std_with_ddof(name, data):
+    shape, axis, keepdims = data.draw(shape_and_axis())
+    ddof = data.draw(st.sampled_from([0, 1]))
+    x = data.draw(arrays(shape, unique=True))
+    count = x.size if axis is None else int(np.prod([shape[i] for i in np.atleast_1d(axis)]))
+    if count <= ddof:
+        return
+    op = lambda t: getattr(t, name)(axis=axis, ddof=ddof, keepdims=keepdims)
+    expected = getattr(np, name)(x, axis=axis, ddof=ddof, keepdims=keepdims)
+    assert_forward(op(T(x)), expected)
+    assert_forward(getattr(tgm, name)(T(x), axis=axis, ddof=ddof, keepdims=keepdims), expected)
+    if count > 1:  # a slice of one value has variance 0, where std has no derivative
+        check_orders_1_and_2(op, T(x))
+
+
+def test_std_and_2_norm_of_a_constant_have_gradient_zero_without_warnings():
+    x = tgm.Tensor(np.full((2, 3), 0.0), dtype="float64", requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for f in (lambda t: t.std(axis=1).sum(), lambda t: tgm.norm(t)):
+            (g,) = tgm.grad(f(x), [x], create_graph=True)
+            (h,) = tgm.grad(g.sum(), [x])
+            np.testing.assert_array_equal(g.numpy(), np.zeros((2, 3)))
+            np.testing.assert_array_equal(h.numpy(), np.zeros((2, 3)))
+
+
+# ---- norm ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ord", [None, 2, 1, np.inf, -np.inf])
+@EXAMPLES
+@given(data=st.data())
+def test_vector_norms(ord, data):
+    shape, axis = data.draw(shape_and_one_axis())
+    keepdims = data.draw(st.booleans())
+    x = random_values(data, shape)
+    expected = np.linalg.norm(x, ord, axis=axis, keepdims=keepdims)
+    assert_forward(tgm.norm(T(x), ord, axis=axis, keepdims=keepdims), expected)
+    assert_forward(T(x).norm(ord, axis, keepdims), expected)
+    check_orders_1_and_2(lambda t: tgm.norm(t, ord, axis=axis, keepdims=keepdims), T(x))
+
+
+@pytest.mark.parametrize("ord", [None, "fro", 1, -1, np.inf, -np.inf])
+@EXAMPLES
+@given(data=st.data())
+def test_matrix_norms(ord, data):
+    shape = data.draw(shapes(min_dims=2))
+    axes = tuple(data.draw(st.permutations(range(len(shape))))[:2])
+    axis = data.draw(st.sampled_from([axes, None] if len(shape) == 2 else [axes]))
+    keepdims = data.draw(st.booleans())
+    x = random_values(data, shape)
+    expected = np.linalg.norm(x, ord, axis=axis, keepdims=keepdims)
+    assert_forward(tgm.norm(T(x), ord, axis=axis, keepdims=keepdims), expected)
+    check_orders_1_and_2(lambda t: tgm.norm(t, ord, axis=axis, keepdims=keepdims), T(x))
+
+
+@EXAMPLES
+@given(x=arrays(shapes()))
+def test_norm_of_all_entries_of_any_tensor(x):
+    assert_forward(tgm.norm(T(x)), np.linalg.norm(x))
+    check_orders_1_and_2(tgm.norm, T(x))
+
+
+# ---- argmax, argmin ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["argmax", "argmin"])
+@EXAMPLES
+@given(data=st.data())
+def test_argmax_and_argmin_are_integer_constants(name, data):
+    shape, axis = data.draw(shape_and_one_axis()) if data.draw(st.booleans()) else \
+        (data.draw(shapes()), None)
+    keepdims = data.draw(st.booleans())
+    x = data.draw(arrays(shape))
+    leaf = tgm.Tensor(x, dtype="float64", requires_grad=True)
+    out = getattr(leaf, name)(axis=axis, keepdims=keepdims)
+    expected = getattr(np, name)(x, axis=axis, keepdims=keepdims)
+    assert out.dtype.kind == "i" and not out.requires_grad
+    np.testing.assert_array_equal(out.numpy(), expected)
+    np.testing.assert_array_equal(getattr(tgm, name)(leaf, axis, keepdims=keepdims).numpy(), expected)
+
+
+def test_reductions_keep_float32_and_compute_integers_in_float32():
+    check_float32(lambda t: t.prod() + t.var() + t.std() + t.cumsum().sum() + tgm.norm(t, 1))
+    ints = tgm.Tensor(np.array([1, 2]))
+    for out in (ints.var(), ints.std(), tgm.norm(ints)):
+        assert out.dtype == np.float32
+
+
+REDUCTION_ERRORS = {
+    "cumsum axis": (lambda: M.cumsum(2), ValueError, r"cumsum: axis 2 is out of range for a tensor with 2 dims"),
+    "cumsum tuple axis": (lambda: M.cumsum((0, 1)), TypeError, r"cumsum: axis must be an int"),
+    "prod axis": (lambda: M.prod(axis=-3), ValueError, r"prod: axis -3 is out of range"),
+    "var ddof": (lambda: V.var(ddof=4), ValueError, r"var: 4 values per slice of shape \(4,\) .*ddof=4"),
+    "argmax empty": (lambda: tgm.Tensor(np.ones((0, 2))).argmax(), ValueError, r"argmax: empty tensor of shape \(0, 2\)"),
+    "argmin axis": (lambda: M.argmin(axis=5), ValueError, r"argmin: axis 5 is out of range"),
+    "norm vector ord": (lambda: tgm.norm(V, 3), ValueError, r"norm: vector ord must be None, 1, 2, inf or -inf, got 3"),
+    "norm matrix ord": (lambda: tgm.norm(M, 2), ValueError, r"norm: matrix ord .* got 2 .*singular-value"),
+    "norm ndim": (lambda: tgm.norm(tgm.Tensor(np.ones((2, 2, 2))), 1), ValueError,
+                  r"norm: ord=1 needs a 1-D or 2-D tensor or an axis, got shape \(2, 2, 2\)"),
+    "norm axes": (lambda: tgm.norm(M, axis=(1, 1)), ValueError, r"norm: axis must be an int or two different axes"),
+}
+
+
+@pytest.mark.parametrize("name", list(REDUCTION_ERRORS))
+def test_bad_reduction_arguments_name_the_op_and_the_value(name):
+    check_errors(REDUCTION_ERRORS, name)

@@ -18,7 +18,8 @@ from .tensor import Tensor, _tensor_argument
 __all__ = [
     "sin", "cos", "tan", "arcsin", "arccos", "arctan", "sinh", "cosh", "erf", "exp", "log",
     "sqrt", "abs", "tanh", "sigmoid", "relu", "clip", "sign", "floor", "ceil", "round",
-    "softplus", "leaky_relu", "elu", "gelu",
+    "softplus", "leaky_relu", "elu", "gelu", "prod", "var", "std", "cumsum", "argmax",
+    "argmin",
 ]
 
 
@@ -56,3 +57,9 @@ softplus = _function_of(Tensor.softplus)
 leaky_relu = _function_of(Tensor.leaky_relu)
 elu = _function_of(Tensor.elu)
 gelu = _function_of(Tensor.gelu)
+prod = _function_of(Tensor.prod)
+var = _function_of(Tensor.var)
+std = _function_of(Tensor.std)
+cumsum = _function_of(Tensor.cumsum)
+argmax = _function_of(Tensor.argmax)
+argmin = _function_of(Tensor.argmin)

@@ -1139,3 +1139,71 @@ def _mod_vjp(o, g, out, ins, params, needs):
         quotient = o.backend(a).xp.floor_divide(o.raw(a), o.raw(b))
         gb = unbroadcast(o, -(g * quotient), b.shape)
     return (unbroadcast(o, g, a.shape) if needs[0] else None, gb)
+
+
+# ----------------------------------------------------------------------------------
+# prod and cumsum
+# ----------------------------------------------------------------------------------
+
+@primitive("prod")
+def prod(x, axes, keepdims):
+    return x.prod(axis=axes, keepdims=keepdims)
+
+
+def _exclusive_products(o, x):
+    """Along axis 0, each entry replaced by the product of all the others, by
+    multiplications only: no division, so zeros are exact at every order. Neighbours pair
+    up, the pairs' products recurse, and each member gets its partner times its pair's
+    result (log2(n) levels, O(n) work)."""
+    n = x.shape[0]
+    if n <= 1:
+        return o.backend(x).xp.ones(x.shape, dtype=o.raw(x).dtype)
+    if n % 2:
+        x = o.concatenate([x, o.backend(x).xp.ones((1,) + x.shape[1:], dtype=o.raw(x).dtype)], 0)
+    first, second = o.getitem(x, (slice(0, None, 2),)), o.getitem(x, (slice(1, None, 2),))
+    pair_others = _exclusive_products(o, first * second)
+    others = o.reshape(o.stack([second * pair_others, first * pair_others], 1), x.shape)
+    return o.getitem(others, (slice(0, n),)) if n % 2 else others
+
+
+@prod.defvjp
+def _prod_vjp(o, g, out, ins, params, needs):
+    (x,), (axes, keepdims) = ins, params
+    axes = tuple(range(x.ndim)) if axes is None else axes
+    rest = tuple(i for i in range(x.ndim) if i not in axes)
+    order = axes + rest
+    moved = o.permute(x, order)
+    count = int(np.prod([x.shape[i] for i in axes]))
+    if not keepdims:
+        g = o.reshape(g, keepdims_shape(x.shape, axes))
+    if count <= 1:  # no other factors: the gradient is g
+        return (o.broadcast_to(g, x.shape),)
+    others = _exclusive_products(o, o.reshape(moved, (count,) + moved.shape[len(axes):]))
+    others = o.permute(o.reshape(others, moved.shape), tuple(np.argsort(order).tolist()))
+    return (g * others,)
+
+
+@primitive("cumsum")
+def cumsum(x, axis):
+    return x.cumsum(axis=axis)
+
+
+@cumsum.defvjp
+def _cumsum_vjp(o, g, out, ins, params, needs):
+    # input i feeds every output from i on: a cumulative sum from the far end
+    (axis,) = params
+    return (o.flip(o.cumsum(o.flip(g, (axis,)), axis), (axis,)),)
+
+
+# ----------------------------------------------------------------------------------
+# Layout: flip (its own adjoint; cumsum's rule uses it)
+# ----------------------------------------------------------------------------------
+
+@primitive("flip")
+def flip(x, axes):
+    return backend_of(x).xp.flip(x, axes)
+
+
+@flip.defvjp
+def _flip_vjp(o, g, out, ins, params, needs):
+    return (o.flip(g, params[0]),)

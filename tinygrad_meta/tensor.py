@@ -923,6 +923,56 @@ class Tensor:
             raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
         return record(ops.gelu, _floating(self), approximate)
 
+    # reductions and scans
+    def prod(self, axis=None, keepdims=False):
+        """Product over ``axis``; exact gradients (and higher derivatives) with zeros in the input."""
+        return record(ops.prod, self, _normalize_axis(axis, self.ndim, "prod"), bool(keepdims))
+
+    def var(self, axis=None, ddof=0, keepdims=False):
+        """Variance over ``axis``, divided by n - ddof (numpy's default ddof=0). A
+        composition: the mean of squared deviations from the mean."""
+        x = _floating(self)
+        axes = _normalize_axis(axis, x.ndim, "var")
+        ddof = _real(ddof, "var", "ddof")
+        count = x.size if axes is None else int(np.prod([x.shape[i] for i in axes]))
+        if count - ddof <= 0:
+            raise ValueError(f"var: {count} values per slice of shape {x.shape} leave no degrees "
+                             f"of freedom with ddof={ddof:g}")
+        deviation = x - x.mean(axis=axes, keepdims=True)
+        return (deviation * deviation).sum(axis=axes, keepdims=keepdims) * (1.0 / (count - ddof))
+
+    def std(self, axis=None, ddof=0, keepdims=False):
+        """sqrt(var(...)); its gradient is 0 where the variance is 0 (a constant slice)."""
+        return record(ops.safe_sqrt, self.var(axis, ddof, keepdims))
+
+    def cumsum(self, axis=None):
+        """Running sums along ``axis`` (None: of the flattened values, as numpy)."""
+        if axis is None:
+            return self.reshape(-1).cumsum(0)
+        return record(ops.cumsum, self, _one_axis(axis, self.ndim, "cumsum"))
+
+    def _arg_extremum(self, axis, keepdims, name):
+        if axis is not None:
+            axis = _one_axis(axis, self.ndim, name)
+        if self.size == 0 and (axis is None or self.shape[axis] == 0):
+            raise ValueError(f"{name}: empty tensor of shape {self.shape} has no {name}")
+        xp = self._be.xp
+        return _constant(xp.asarray(getattr(xp, name)(self._data, axis=axis, keepdims=bool(keepdims))),
+                         self._be)
+
+    def argmax(self, axis=None, keepdims=False):
+        """Index of the largest value (of the flattened values when axis is None): an
+        integer tensor outside the graph. The first index wins ties."""
+        return self._arg_extremum(axis, keepdims, "argmax")
+
+    def argmin(self, axis=None, keepdims=False):
+        """Index of the smallest value, like ``argmax``."""
+        return self._arg_extremum(axis, keepdims, "argmin")
+
+    def norm(self, ord=None, axis=None, keepdims=False):
+        """Same as ``tgm.norm(self, ...)``."""
+        return norm(self, ord, axis, keepdims)
+
 
 def tensor(data, dtype=None, device="cpu", requires_grad=False):
     """Same as ``Tensor(...)``."""
@@ -964,7 +1014,7 @@ def ones_like(t, requires_grad=False):
 # (numpy_functions.py gives every Tensor method a module-level twin)
 # ----------------------------------------------------------------------------------
 
-__all__ += ["arctan2", "logaddexp", "remainder", "mod"]
+__all__ += ["arctan2", "logaddexp", "remainder", "mod", "norm"]
 
 
 def _real(value, name, what):
@@ -1032,3 +1082,55 @@ def remainder(a, b):
 
 
 mod = remainder
+
+
+def _two_norm(x, axes, keepdims):
+    # safe_sqrt: every derivative is 0 where the sum is 0, so the gradient at x = 0 is 0
+    return record(ops.safe_sqrt, (x * x).sum(axis=axes, keepdims=keepdims))
+
+
+def norm(x, ord=None, axis=None, keepdims=False):
+    """Vector and matrix norms with numpy.linalg.norm's conventions, composed of Tensor ops.
+
+    Vector norms (``axis`` an int, or None on a 1-D tensor): ord None or 2, the 2-norm;
+    1, the sum of |x|; inf / -inf, the largest / smallest |x|. Matrix norms (``axis`` a
+    pair, or None on a 2-D tensor): ord None or "fro", the Frobenius norm; 1 / -1, the
+    largest / smallest column sum of |x|; inf / -inf, the same over rows. With ord None and
+    axis None any tensor gives the 2-norm of all its entries. The gradient of the 2-norm
+    at 0 is 0 (PyTorch's choice).
+
+    >>> import tinygrad_meta as tgm
+    >>> float(norm(tgm.Tensor([3.0, -4.0])).item()), float(norm(tgm.Tensor([3.0, -4.0]), ord=1).item())
+    (5.0, 7.0)
+    """
+    x = _floating(_tensor_argument(x, "norm"))
+    if axis is None:
+        if ord is None:
+            return _two_norm(x, None, keepdims)
+        if x.ndim not in (1, 2):
+            raise ValueError(f"norm: ord={ord!r} needs a 1-D or 2-D tensor or an axis, got shape {x.shape}")
+        axes = tuple(range(x.ndim))
+    else:
+        axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+        axes = tuple(_one_axis(a, x.ndim, "norm") for a in axes)
+    if len(axes) == 1:
+        if ord is None or ord == 2:
+            return _two_norm(x, axes, keepdims)
+        if ord == 1:
+            return x.abs().sum(axis=axes, keepdims=keepdims)
+        if ord in (np.inf, -np.inf):
+            return x.abs().max(axis=axes, keepdims=keepdims) if ord > 0 else \
+                x.abs().min(axis=axes, keepdims=keepdims)
+        raise ValueError(f"norm: vector ord must be None, 1, 2, inf or -inf, got {ord!r}")
+    if len(axes) != 2 or axes[0] == axes[1]:
+        raise ValueError(f"norm: axis must be an int or two different axes, got {axis!r}")
+    if ord is None or ord == "fro":
+        return _two_norm(x, axes, keepdims)
+    if ord in (1, -1, np.inf, -np.inf):
+        # ord 1: sum down each column (over the row axis), then the largest; inf: the transpose
+        summed, across = axes if ord in (1, -1) else axes[::-1]
+        sums = x.abs().sum(axis=summed, keepdims=True)
+        peak = sums.max(axis=across, keepdims=True) if ord > 0 else sums.min(axis=across, keepdims=True)
+        return peak if keepdims else peak.reshape([n for i, n in enumerate(peak.shape) if i not in axes])
+    raise ValueError(f"norm: matrix ord must be None, 'fro', 1, -1, inf or -inf, got {ord!r} "
+                     "(the singular-value norms 2, -2 and 'nuc' are not supported)")
