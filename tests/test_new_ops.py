@@ -459,3 +459,119 @@ REDUCTION_ERRORS = {
 @pytest.mark.parametrize("name", list(REDUCTION_ERRORS))
 def test_bad_reduction_arguments_name_the_op_and_the_value(name):
     check_errors(REDUCTION_ERRORS, name)
+
+
+# ---- einsum, tensordot, outer -------------------------------------------------------------
+
+@st.composite
+def einsum_problems(draw):
+    """Random explicit subscripts over i, j, k with one to three operands: repeated
+    indices within an operand (diagonals), indices summed out of one operand only, and
+    0-d operands all occur."""
+    sizes = dict(zip("ijk", draw(st.lists(st.integers(1, 3), min_size=3, max_size=3))))
+    letters = st.sampled_from("ijk")
+    inputs = draw(st.lists(st.lists(letters, max_size=3).map("".join), min_size=1, max_size=3))
+    used = sorted(set("".join(inputs)))
+    output = "".join(draw(st.permutations(used))[:draw(st.integers(0, len(used)))])
+    return f"{','.join(inputs)}->{output}", [tuple(sizes[c] for c in sub) for sub in inputs]
+
+
+@EXAMPLES
+@given(data=st.data())
+def test_einsum_random_subscripts(data):
+    spec, operand_shapes = data.draw(einsum_problems())
+    xs = [data.draw(arrays(shape)) for shape in operand_shapes]
+    assert_forward(tgm.einsum(spec, *[T(x) for x in xs]), np.einsum(spec, *xs))
+    check_orders_1_and_2(lambda *ts: tgm.einsum(spec, *ts), *[T(x) for x in xs])
+
+
+EINSUMS = {
+    "trace": ("ii->", [(3, 3)]),
+    "diagonal": ("ii->i", [(3, 3)]),
+    "diagonal of a batch": ("bii->bi", [(2, 3, 3)]),
+    "sum out a lone index": ("ij->i", [(2, 3)]),
+    "transpose": ("ij->ji", [(2, 3)]),
+    "matmul": ("ij,jk->ik", [(2, 3), (3, 4)]),
+    "batch matmul": ("bij,bjk->bik", [(2, 2, 3), (2, 3, 2)]),
+    "outer": ("i,j->ij", [(2,), (3,)]),
+    "dot": ("i,i->", [(4,), (4,)]),
+    "chain of three": ("ij,jk,kl->il", [(2, 3), (3, 2), (2, 3)]),
+    "three sharing an index": ("i,i,i->i", [(3,), (3,), (3,)]),
+    "bilinear form": ("i,ij,j->", [(2,), (2, 3), (3,)]),
+    "implicit output": ("ij,jk", [(2, 3), (3, 2)]),
+    "implicit transpose": ("ji", [(2, 3)]),
+    "spaces": ("ij , jk -> ik", [(2, 2), (2, 2)]),
+}
+
+
+@pytest.mark.parametrize("name", list(EINSUMS))
+def test_einsum_named_cases(name):
+    spec, operand_shapes = EINSUMS[name]
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal(shape) for shape in operand_shapes]
+    assert_forward(tgm.einsum(spec, *[T(x) for x in xs]), np.einsum(spec, *xs))
+    check_orders_1_and_2(lambda *ts: tgm.einsum(spec, *ts), *[T(x) for x in xs])
+
+
+def test_einsum_the_same_tensor_twice():
+    x = tgm.Tensor([1.0, 2.0, 3.0], dtype="float64", requires_grad=True)
+    (g,) = tgm.grad(tgm.einsum("i,i->", x, x), [x])
+    np.testing.assert_array_equal(g.numpy(), [2.0, 4.0, 6.0])
+
+
+TENSORDOTS = {
+    "int 0": ((2, 3), (4,), 0),
+    "int 1": ((2, 3), (3, 4), 1),
+    "int 2": ((2, 3, 2), (3, 2), 2),
+    "pairs": ((2, 3, 2), (3, 2, 2), ([1, 0], [0, 2])),
+    "single axes": ((3, 2), (2, 3), (0, 1)),
+}
+
+
+@pytest.mark.parametrize("name", list(TENSORDOTS))
+def test_tensordot(name):
+    shape_a, shape_b, axes = TENSORDOTS[name]
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal(shape_a), rng.standard_normal(shape_b)
+    assert_forward(tgm.tensordot(T(a), T(b), axes), np.tensordot(a, b, axes))
+    check_orders_1_and_2(lambda u, v: tgm.tensordot(u, v, axes), T(a), T(b))
+
+
+@EXAMPLES
+@given(data=st.data())
+def test_outer_flattens_its_operands(data):
+    a, b = data.draw(arrays(shapes(max_dims=2))), data.draw(arrays(shapes(max_dims=2)))
+    assert_forward(tgm.outer(T(a), T(b)), np.outer(a, b))
+    check_orders_1_and_2(tgm.outer, T(a), T(b))
+
+
+def test_einsum_keeps_float32_and_does_not_mix_it_with_float64():
+    check_float32(lambda t: tgm.einsum("i,i->i", t, t) + tgm.tensordot(t, t, 0).sum(axis=0))
+    with pytest.raises(TypeError, match="einsum: dtype mismatch"):
+        tgm.einsum("i,i->", tgm.Tensor([1.0]), tgm.Tensor([1.0], dtype="float64"))
+
+
+EINSUM_ERRORS = {
+    "einsum operand count": (lambda: tgm.einsum("ij,jk->ik", M), ValueError,
+                             r"einsum: 'ij,jk->ik' names 2 operands but 1 were given \(shapes \[\(2, 3\)\]\)"),
+    "einsum ndim": (lambda: tgm.einsum("ijk->i", M), ValueError,
+                    r"einsum: operand 0 has shape \(2, 3\) but 'ijk' names 3 axes"),
+    "einsum sizes": (lambda: tgm.einsum("ij,jk->ik", M, M), ValueError,
+                     r"einsum: index 'j' has size 3 in operand 0 \(shape \(2, 3\)\) but 2 in operand 1 \(shape \(2, 3\)\)"),
+    "einsum diagonal sizes": (lambda: tgm.einsum("ii->i", M), ValueError,
+                              r"einsum: index 'i' has size 2 in operand 0 \(shape \(2, 3\)\) but 3 in operand 0"),
+    "einsum output": (lambda: tgm.einsum("ij->k", M), ValueError, r"einsum: output index 'k' is in no operand"),
+    "einsum repeated output": (lambda: tgm.einsum("ij->ii", M), ValueError, r"einsum: output index 'i' repeats"),
+    "einsum ellipsis": (lambda: tgm.einsum("...j->j", M), ValueError, r"einsum: ellipsis .* not supported"),
+    "einsum characters": (lambda: tgm.einsum("i1->i", M), ValueError, r"einsum: 'i1->i' contains '1'"),
+    "einsum subscripts": (lambda: tgm.einsum(M, M), TypeError, r"einsum: subscripts must be a string"),
+    "tensordot axes": (lambda: tgm.tensordot(M, M, 1), ValueError,
+                       r"tensordot: axes \(1,\) of shape \(2, 3\) and \(0,\) of shape \(2, 3\) do not pair up"),
+    "tensordot count": (lambda: tgm.tensordot(M, V, 3), ValueError, r"tensordot: cannot contract 3 axes"),
+    "tensordot pairs": (lambda: tgm.tensordot(M, M, (0,)), TypeError, r"tensordot: axes must be an int or a pair"),
+}
+
+
+@pytest.mark.parametrize("name", list(EINSUM_ERRORS))
+def test_bad_einsum_arguments_name_the_shapes(name):
+    check_errors(EINSUM_ERRORS, name)

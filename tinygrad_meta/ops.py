@@ -38,6 +38,7 @@ from __future__ import annotations
 import fractions
 import math
 import operator
+import string
 
 import numpy as np
 
@@ -1193,6 +1194,48 @@ def _cumsum_vjp(o, g, out, ins, params, needs):
     # input i feeds every output from i on: a cumulative sum from the far end
     (axis,) = params
     return (o.flip(o.cumsum(o.flip(g, (axis,)), axis), (axis,)),)
+
+
+# ----------------------------------------------------------------------------------
+# einsum: operand i's gradient is the einsum of g with the other operands
+# ----------------------------------------------------------------------------------
+
+@primitive("einsum", nin=None)
+def einsum(xs, inputs, output):
+    """``inputs``: one subscript string per operand; ``output``: the result's subscripts."""
+    spec = ",".join(inputs) + "->" + output
+    return backend_of(xs[0]).xp.einsum(spec, *xs, optimize=True)
+
+
+def _einsum_grad(o, g, ins, inputs, output, i):
+    """The einsum of g (subscripts ``output``) and the other operands out to operand i's
+    subscripts. A letter repeated in operand i (a diagonal, "ii") becomes a fresh letter
+    tied to it by an identity matrix; a letter summed within operand i alone (j in
+    "ij->i") comes back through a vector of ones."""
+    xp, dtype = o.backend(g).xp, o.raw(g).dtype
+    sizes = dict(zip(inputs[i], ins[i].shape))
+    operands = [g] + [x for j, x in enumerate(ins) if j != i]
+    subs = [output] + [s for j, s in enumerate(inputs) if j != i]
+    spare = (c for c in string.ascii_letters if c not in "".join(inputs))
+    target = ""
+    for c in inputs[i]:
+        if c in target:
+            fresh = next(spare)
+            operands.append(xp.eye(sizes[c], dtype=dtype))
+            subs.append(c + fresh)
+            c = fresh
+        target += c
+    for c in sorted(set(target) - set("".join(subs))):
+        operands.append(xp.ones(sizes[c], dtype=dtype))
+        subs.append(c)
+    return o.einsum(operands, tuple(subs), target)
+
+
+@einsum.defvjp
+def _einsum_vjp(o, g, out, ins, params, needs):
+    inputs, output = params
+    return tuple(_einsum_grad(o, g, ins, inputs, output, i) if need else None
+                 for i, need in enumerate(needs))
 
 
 # ----------------------------------------------------------------------------------

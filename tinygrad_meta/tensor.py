@@ -1014,7 +1014,8 @@ def ones_like(t, requires_grad=False):
 # (numpy_functions.py gives every Tensor method a module-level twin)
 # ----------------------------------------------------------------------------------
 
-__all__ += ["arctan2", "logaddexp", "remainder", "mod", "norm"]
+__all__ += ["einsum", "tensordot", "outer", "arctan2", "logaddexp", "remainder", "mod",
+            "norm"]
 
 
 def _real(value, name, what):
@@ -1134,3 +1135,92 @@ def norm(x, ord=None, axis=None, keepdims=False):
         return peak if keepdims else peak.reshape([n for i, n in enumerate(peak.shape) if i not in axes])
     raise ValueError(f"norm: matrix ord must be None, 'fro', 1, -1, inf or -inf, got {ord!r} "
                      "(the singular-value norms 2, -2 and 'nuc' are not supported)")
+
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def einsum(subscripts, *operands):
+    """Sums of products over the indices that ``subscripts`` names (numpy's ``einsum``,
+    without ellipsis): ``einsum("ij,jk->ik", a, b)`` is ``a @ b``, ``einsum("ii->", a)``
+    the trace. Without "->" the output is every index used once, alphabetically (numpy's
+    implicit mode). Differentiable in every operand, to any order.
+
+    >>> import tinygrad_meta as tgm
+    >>> einsum("ij,j->i", tgm.Tensor([[1.0, 2.0], [3.0, 4.0]]), tgm.Tensor([1.0, 1.0])).tolist()
+    [3.0, 7.0]
+    """
+    if not isinstance(subscripts, str):
+        raise TypeError(f"einsum: subscripts must be a string like 'ij,jk->ik', got "
+                        f"{type(subscripts).__name__}")
+    tensors = _as_tensors(list(operands), "einsum")
+    shapes = [t.shape for t in tensors]
+    spec = subscripts.replace(" ", "")
+    if "." in spec:
+        raise ValueError(f"einsum: ellipsis in {subscripts!r} is not supported; name every axis")
+    lhs, arrow, output = spec.partition("->")
+    inputs = lhs.split(",")
+    letters = "".join(inputs)
+    if not arrow:
+        output = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    if len(inputs) != len(tensors):
+        raise ValueError(f"einsum: {subscripts!r} names {len(inputs)} operands but "
+                         f"{len(tensors)} were given (shapes {shapes})")
+    for c in letters + output:
+        if c not in _LETTERS:
+            raise ValueError(f"einsum: {subscripts!r} contains {c!r}; indices are letters a-z, A-Z")
+    sizes = {}
+    for k, (sub, shape) in enumerate(zip(inputs, shapes)):
+        if len(sub) != len(shape):
+            raise ValueError(f"einsum: operand {k} has shape {shape} but {sub!r} names "
+                             f"{len(sub)} axes (subscripts {subscripts!r})")
+        for c, n in zip(sub, shape):
+            size, first, first_shape = sizes.setdefault(c, (n, k, shape))
+            if size != n:
+                raise ValueError(f"einsum: index {c!r} has size {size} in operand {first} "
+                                 f"(shape {first_shape}) but {n} in operand {k} (shape {shape})")
+    for c in output:
+        if output.count(c) > 1 or c not in sizes:
+            problem = "repeats" if c in sizes else "is in no operand:"
+            raise ValueError(f"einsum: output index {c!r} {problem} {subscripts!r} "
+                             f"(operand shapes {shapes})")
+    return record(ops.einsum, tensors, tuple(inputs), output)
+
+
+def tensordot(a, b, axes=2):
+    """Sums of products over the last ``axes`` axes of ``a`` and the first of ``b``, or over
+    the axes paired by ``axes=(axes_a, axes_b)`` (numpy's ``tensordot``). A composition:
+    one einsum with generated subscripts."""
+    a, b = _two_tensors(a, b, "tensordot")
+    if isinstance(axes, numbers.Integral) and not isinstance(axes, bool):
+        if not 0 <= axes <= min(a.ndim, b.ndim):
+            raise ValueError(f"tensordot: cannot contract {axes} axes of shapes {a.shape} and {b.shape}")
+        axes_a, axes_b = list(range(a.ndim - axes, a.ndim)), list(range(axes))
+    else:
+        try:
+            axes_a, axes_b = axes
+        except (TypeError, ValueError):
+            raise TypeError(f"tensordot: axes must be an int or a pair (axes_a, axes_b), got {axes!r}") from None
+        axes_a = [_one_axis(i, a.ndim, "tensordot") for i in
+                  ((axes_a,) if isinstance(axes_a, numbers.Integral) else axes_a)]
+        axes_b = [_one_axis(j, b.ndim, "tensordot") for j in
+                  ((axes_b,) if isinstance(axes_b, numbers.Integral) else axes_b)]
+    if len(axes_a) != len(axes_b) or len(set(axes_a)) != len(axes_a) or \
+            len(set(axes_b)) != len(axes_b) or \
+            any(a.shape[i] != b.shape[j] for i, j in zip(axes_a, axes_b)):
+        raise ValueError(f"tensordot: axes {tuple(axes_a)} of shape {a.shape} and "
+                         f"{tuple(axes_b)} of shape {b.shape} do not pair up")
+    sub_a = _LETTERS[:a.ndim]
+    fresh = iter(_LETTERS[a.ndim:])
+    sub_b = "".join(sub_a[axes_a[axes_b.index(j)]] if j in axes_b else next(fresh)
+                    for j in range(b.ndim))
+    output = "".join(c for i, c in enumerate(sub_a) if i not in axes_a) + \
+        "".join(c for j, c in enumerate(sub_b) if j not in axes_b)
+    return einsum(f"{sub_a},{sub_b}->{output}", a, b)
+
+
+def outer(a, b):
+    """The outer product of the flattened ``a`` and ``b`` (numpy's ``outer``), shape
+    (a.size, b.size). A composition: one broadcast multiply."""
+    a, b = _two_tensors(a, b, "outer")
+    return a.reshape(-1, 1) * b.reshape(1, -1)
