@@ -575,3 +575,215 @@ EINSUM_ERRORS = {
 @pytest.mark.parametrize("name", list(EINSUM_ERRORS))
 def test_bad_einsum_arguments_name_the_shapes(name):
     check_errors(EINSUM_ERRORS, name)
+
+
+# ---- matrices: diagonal, trace, triu, tril ------------------------------------------
+
+@st.composite
+def matrix_axes(draw):
+    shape = draw(shapes(min_dims=2))
+    axis1, axis2 = draw(st.permutations(range(len(shape))))[:2]
+    return shape, axis1, axis2, draw(st.integers(-3, 3))
+
+
+@pytest.mark.parametrize("name", ["diagonal", "trace"])
+@EXAMPLES
+@given(data=st.data())
+def test_diagonal_and_trace_with_offsets_and_axes(name, data):
+    shape, axis1, axis2, offset = data.draw(matrix_axes())
+    x = data.draw(arrays(shape))
+    op = lambda t: getattr(t, name)(offset, axis1, axis2)
+    expected = getattr(np, name)(x, offset, axis1, axis2)
+    assert_forward(op(T(x)), expected)
+    assert_forward(getattr(tgm, name)(T(x), offset, axis1, axis2), expected)
+    if expected.size:
+        check_orders_1_and_2(op, T(x))
+
+
+@pytest.mark.parametrize("name", ["triu", "tril"])
+@EXAMPLES
+@given(x=arrays(shapes(min_dims=2)), k=st.integers(-3, 3))
+def test_triu_and_tril(name, x, k):
+    assert_forward(getattr(T(x), name)(k), getattr(np, name)(x, k))
+    assert_forward(getattr(tgm, name)(T(x), k=k), getattr(np, name)(x, k))
+    check_orders_1_and_2(lambda t: getattr(t, name)(k), T(x))
+
+
+# ---- shape ---------------------------------------------------------------------------------
+
+@EXAMPLES
+@given(data=st.data())
+def test_squeeze_all_or_some_size_1_axes(data):
+    shape = data.draw(shapes(min_side=1, max_side=2))
+    ones = [i for i, n in enumerate(shape) if n == 1]
+    axis = data.draw(st.sampled_from([None] + ([tuple(ones)] if ones else []) +
+                                     [ax - len(shape) for ax in ones]))
+    x = data.draw(arrays(shape))
+    assert_forward(T(x).squeeze(axis), np.squeeze(x, axis))
+    assert_forward(tgm.squeeze(T(x), axis), np.squeeze(x, axis))
+    check_orders_1_and_2(lambda t: t.squeeze(axis), T(x))
+
+
+@EXAMPLES
+@given(data=st.data())
+def test_expand_dims_and_unsqueeze(data):
+    shape = data.draw(shapes())
+    dim = data.draw(st.integers(-len(shape) - 1, len(shape)))
+    count = data.draw(st.integers(1, 2))
+    axes = tuple(data.draw(st.lists(st.integers(0, len(shape) + count - 1), min_size=count,
+                                    max_size=count, unique=True)))
+    x = data.draw(arrays(shape))
+    assert_forward(T(x).unsqueeze(dim), np.expand_dims(x, dim))
+    assert_forward(tgm.unsqueeze(T(x), dim), np.expand_dims(x, dim))
+    assert_forward(T(x).expand_dims(axes), np.expand_dims(x, axes))
+    assert_forward(tgm.expand_dims(T(x), axes), np.expand_dims(x, axes))
+    check_orders_1_and_2(lambda t: t.expand_dims(axes), T(x))
+
+
+@EXAMPLES
+@given(data=st.data())
+def test_flatten_and_ravel(data):
+    shape = data.draw(shapes(min_dims=1))
+    start, end = sorted(data.draw(st.lists(st.integers(0, len(shape) - 1), min_size=2, max_size=2)))
+    x = data.draw(arrays(shape))
+    expected = x.reshape(shape[:start] + (-1,) + shape[end + 1:])
+    assert_forward(T(x).flatten(start, end), expected)
+    assert_forward(tgm.flatten(T(x), start, end), expected)
+    assert_forward(T(x).flatten(), x.flatten())
+    assert_forward(tgm.ravel(T(x)), np.ravel(x))
+    check_orders_1_and_2(lambda t: t.flatten(start, end), T(x))
+
+
+def test_flatten_and_ravel_of_a_0d_tensor_give_one_entry():
+    assert T(2.0).flatten().shape == (1,) and T(2.0).ravel().shape == (1,)
+
+
+@EXAMPLES
+@given(data=st.data())
+def test_repeat_with_a_count_or_one_count_per_entry(data):
+    shape, axis = data.draw(shape_and_one_axis())
+    per_entry = data.draw(st.lists(st.integers(0, 3), min_size=shape[axis], max_size=shape[axis]))
+    repeats = data.draw(st.sampled_from([2, per_entry]))
+    axis = data.draw(st.sampled_from([axis, None])) if repeats == 2 else axis
+    x = data.draw(arrays(shape))
+    assert_forward(T(x).repeat(repeats, axis), np.repeat(x, repeats, axis))
+    assert_forward(tgm.repeat(T(x), repeats, axis=axis), np.repeat(x, repeats, axis))
+    check_orders_1_and_2(lambda t: t.repeat(repeats, axis), T(x))
+
+
+@EXAMPLES
+@given(x=arrays(shapes(max_dims=2)), reps=st.lists(st.integers(1, 2), max_size=3))
+def test_tile_with_fewer_or_more_reps_than_axes(x, reps):
+    reps = tuple(reps) if reps else 2
+    assert_forward(T(x).tile(reps), np.tile(x, reps))
+    assert_forward(tgm.tile(T(x), reps), np.tile(x, reps))
+    check_orders_1_and_2(lambda t: t.tile(reps), T(x))
+
+
+@st.composite
+def pad_widths(draw, ndim):
+    side = st.integers(0, 2)
+    return draw(st.one_of(
+        side,
+        st.tuples(side, side),
+        st.tuples(*[st.tuples(side, side)] * ndim)))
+
+
+@EXAMPLES
+@given(data=st.data())
+def test_pad_with_a_constant(data):
+    x = data.draw(arrays(shapes(min_dims=1)))
+    widths = data.draw(pad_widths(x.ndim))
+    value = data.draw(grid)
+    expected = np.pad(x, widths, constant_values=value)
+    assert_forward(tgm.pad(T(x), widths, constant_values=value), expected)
+    check_orders_1_and_2(lambda t: tgm.pad(t, widths, constant_values=value), T(x))
+
+
+@EXAMPLES
+@given(data=st.data())
+def test_flip(data):
+    shape, axis, _ = data.draw(shape_and_axis())
+    x = data.draw(arrays(shape))
+    assert_forward(T(x).flip(axis), np.flip(x, axis))
+    assert_forward(tgm.flip(T(x), axis), np.flip(x, axis))
+    check_orders_1_and_2(lambda t: t.flip(axis), T(x))
+
+
+@EXAMPLES
+@given(data=st.data())
+def test_roll(data):
+    shape = data.draw(shapes())
+    axes = data.draw(st.lists(st.integers(-len(shape), len(shape) - 1), max_size=2)) if shape else []
+    shift = data.draw(st.integers(-4, 4))
+    axis, shift = ((None, shift) if not axes else (axes[0], shift) if len(axes) == 1 else
+                   (tuple(axes), tuple(data.draw(st.lists(st.integers(-4, 4), min_size=2, max_size=2)))))
+    x = data.draw(arrays(shape))
+    assert_forward(T(x).roll(shift, axis), np.roll(x, shift, axis))
+    assert_forward(tgm.roll(T(x), shift, axis), np.roll(x, shift, axis))
+    check_orders_1_and_2(lambda t: t.roll(shift, axis), T(x))
+
+
+@EXAMPLES
+@given(data=st.data())
+def test_split_into_sections_or_at_indices(data):
+    shape, axis = data.draw(shape_and_one_axis())
+    n = shape[axis]
+    how = data.draw(st.one_of(st.sampled_from([d for d in range(1, n + 1) if n % d == 0]),
+                              st.lists(st.integers(-n, n + 1), max_size=3).map(sorted)))
+    x = data.draw(arrays(shape))
+    pieces = T(x).split(how, axis)
+    expected = np.split(x, how, axis)
+    assert len(pieces) == len(expected)
+    for piece, reference in zip(pieces, expected):
+        assert_forward(piece, reference)
+    assert len(tgm.split(T(x), how, axis=axis)) == len(expected)
+    check_orders_1_and_2(lambda t: tuple(p * p for p in t.split(how, axis)), T(x))
+
+
+@pytest.mark.parametrize("n, chunks, sizes", [
+    (6, 3, [2, 2, 2]), (5, 3, [2, 2, 1]), (6, 4, [2, 2, 2]), (2, 5, [1, 1]), (1, 1, [1])])
+def test_chunk_sizes_as_pytorch(n, chunks, sizes):
+    x = T(np.arange(2.0 * n).reshape(2, n))
+    pieces = x.chunk(chunks, axis=1)
+    assert [p.shape[1] for p in pieces] == sizes
+    assert_forward(tgm.concatenate(tgm.chunk(x, chunks, axis=-1), axis=1), x.numpy())
+    check_orders_1_and_2(lambda t: tuple(p * p for p in t.chunk(chunks, axis=1)), x)
+
+
+def test_layout_ops_keep_float32():
+    check_float32(lambda t: tgm.pad(t, 1, constant_values=0.5)[1:-1].flip(0).roll(1).tile(2).repeat(2))
+    check_float32(lambda t: t.reshape(2, 1).tile((1, 2)).triu().tril().diagonal() + t.unsqueeze(0).flatten())
+
+
+LAYOUT_ERRORS = {
+    "split sections": (lambda: M.split(2, axis=1), ValueError,
+                       r"split: axis 1 of shape \(2, 3\) has 3 entries, which do not split into 2 equal sections"),
+    "split zero sections": (lambda: M.split(0), ValueError, r"split: the number of sections must be positive"),
+    "chunk count": (lambda: M.chunk(0), ValueError, r"chunk: chunks must be positive, got 0"),
+    "pad negative": (lambda: tgm.pad(M, ((1, -1), (0, 0))), ValueError, r"pad: pad widths must be >= 0"),
+    "pad shape": (lambda: tgm.pad(M, ((1, 1), (0, 0), (2, 2))), ValueError,
+                  r"pad: pad_width .* does not fit shape \(2, 3\)"),
+    "pad mode": (lambda: tgm.pad(M, 1, mode="reflect"), ValueError, r"pad: only mode='constant' is supported, got 'reflect'"),
+    "pad widths type": (lambda: tgm.pad(M, 1.5), TypeError, r"pad: pad_width must be integers"),
+    "squeeze": (lambda: M.squeeze(1), ValueError, r"squeeze: axis 1 of shape \(2, 3\) has size 3, not 1"),
+    "expand_dims": (lambda: M.expand_dims(4), ValueError, r"expand_dims: axis 4 is out of range"),
+    "unsqueeze type": (lambda: M.unsqueeze(1.0), TypeError, r"unsqueeze: dim must be an int"),
+    "flatten order": (lambda: M.flatten(1, 0), ValueError, r"flatten: start_dim 1 comes after end_dim 0"),
+    "repeat negative": (lambda: M.repeat(-1, axis=0), ValueError, r"repeat: repeats must be >= 0"),
+    "repeat counts": (lambda: M.repeat([1, 2], axis=1), ValueError,
+                      r"repeat: 2 counts for the 3 entries of axis 1 of shape \(2, 3\)"),
+    "tile negative": (lambda: M.tile((1, -2)), ValueError, r"tile: reps must be >= 0"),
+    "roll lengths": (lambda: M.roll((1, 2), axis=0), ValueError, r"roll: 2 shifts for 1 axes"),
+    "roll axis": (lambda: M.roll(1, axis=2), ValueError, r"roll: axis 2 is out of range"),
+    "flip axis": (lambda: M.flip(3), ValueError, r"flip: axis 3 is out of range"),
+    "diagonal 1-d": (lambda: V.diagonal(), ValueError, r"diagonal: needs a tensor with at least 2 dims, got shape \(4,\)"),
+    "diagonal axes": (lambda: M.diagonal(0, 1, -1), ValueError, r"diagonal: axis1 and axis2 are both axis 1"),
+    "triu 1-d": (lambda: V.triu(), ValueError, r"triu: needs a tensor with at least 2 dims"),
+    "tril k": (lambda: M.tril(0.5), TypeError, r"tril: k must be an int, got 0.5"),
+}
+
+
+@pytest.mark.parametrize("name", list(LAYOUT_ERRORS))
+def test_bad_layout_arguments_name_the_op_and_the_value(name):
+    check_errors(LAYOUT_ERRORS, name)

@@ -19,7 +19,8 @@ __all__ = [
     "sin", "cos", "tan", "arcsin", "arccos", "arctan", "sinh", "cosh", "erf", "exp", "log",
     "sqrt", "abs", "tanh", "sigmoid", "relu", "clip", "sign", "floor", "ceil", "round",
     "softplus", "leaky_relu", "elu", "gelu", "prod", "var", "std", "cumsum", "argmax",
-    "argmin",
+    "argmin", "diagonal", "trace", "triu", "tril", "squeeze", "expand_dims", "unsqueeze",
+    "flatten", "ravel", "repeat", "tile", "flip", "roll", "split", "chunk",
 ]
 
 
@@ -63,3 +64,18 @@ std = _function_of(Tensor.std)
 cumsum = _function_of(Tensor.cumsum)
 argmax = _function_of(Tensor.argmax)
 argmin = _function_of(Tensor.argmin)
+diagonal = _function_of(Tensor.diagonal)
+trace = _function_of(Tensor.trace)
+triu = _function_of(Tensor.triu)
+tril = _function_of(Tensor.tril)
+squeeze = _function_of(Tensor.squeeze)
+expand_dims = _function_of(Tensor.expand_dims)
+unsqueeze = _function_of(Tensor.unsqueeze)
+flatten = _function_of(Tensor.flatten)
+ravel = _function_of(Tensor.ravel)
+repeat = _function_of(Tensor.repeat)
+tile = _function_of(Tensor.tile)
+flip = _function_of(Tensor.flip)
+roll = _function_of(Tensor.roll)
+split = _function_of(Tensor.split)
+chunk = _function_of(Tensor.chunk)

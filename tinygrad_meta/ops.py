@@ -1239,7 +1239,7 @@ def _einsum_vjp(o, g, out, ins, params, needs):
 
 
 # ----------------------------------------------------------------------------------
-# Layout: flip (its own adjoint; cumsum's rule uses it)
+# Layout: flip, roll, pad, tile, repeat, diagonal, triu, tril (each rule is its adjoint)
 # ----------------------------------------------------------------------------------
 
 @primitive("flip")
@@ -1250,3 +1250,98 @@ def flip(x, axes):
 @flip.defvjp
 def _flip_vjp(o, g, out, ins, params, needs):
     return (o.flip(g, params[0]),)
+
+
+@primitive("roll")
+def roll(x, shifts, axes):
+    return backend_of(x).xp.roll(x, shifts, axes)
+
+
+@roll.defvjp
+def _roll_vjp(o, g, out, ins, params, needs):
+    shifts, axes = params
+    return (o.roll(g, tuple(-s for s in shifts), axes),)
+
+
+@primitive("pad")
+def pad(x, widths, value):
+    """``widths``: one (before, after) pair per axis; constant padding with ``value``."""
+    return backend_of(x).xp.pad(x, widths, mode="constant", constant_values=value)
+
+
+@pad.defvjp
+def _pad_vjp(o, g, out, ins, params, needs):
+    widths = params[0]
+    return (o.getitem(g, tuple(slice(before, before + n)
+                               for (before, _), n in zip(widths, ins[0].shape))),)
+
+
+@primitive("tile")
+def tile(x, reps):
+    """``reps``: one count per axis, at least as many as x has axes (numpy's np.tile)."""
+    return backend_of(x).xp.tile(x, reps)
+
+
+@tile.defvjp
+def _tile_vjp(o, g, out, ins, params, needs):
+    # each axis of g is (copy, position) in row-major order: split them and sum the copies
+    x, (reps,) = ins[0], params
+    sides = (1,) * (len(reps) - x.ndim) + tuple(x.shape)
+    g = o.reshape(g, tuple(v for pair in zip(reps, sides) for v in pair))
+    return (o.reshape(o.sum(g, tuple(range(0, 2 * len(reps), 2)), False), x.shape),)
+
+
+@primitive("repeat")
+def repeat(x, repeats, axis):
+    """Each entry along ``axis`` repeated ``repeats`` times (an int, or one count per entry)."""
+    return backend_of(x).xp.repeat(x, repeats, axis)
+
+
+@repeat.defvjp
+def _repeat_vjp(o, g, out, ins, params, needs):
+    x, (repeats, axis) = ins[0], params
+    if isinstance(repeats, int):  # the copies of an entry are adjacent: reshape and sum them
+        n = x.shape[axis]
+        split = x.shape[:axis] + (n, repeats) + x.shape[axis + 1:]
+        return (o.sum(o.reshape(g, split), (axis + 1,), False),)
+    xp = o.backend(x).xp  # per-entry counts: index_put adds each copy back to its source
+    source = xp.repeat(xp.arange(x.shape[axis]), repeats)
+    return (o.index_put(g, (slice(None),) * axis + (source,), x.shape),)
+
+
+@primitive("diagonal")
+def diagonal(x, offset, axis1, axis2):
+    return backend_of(x).xp.diagonal(x, offset, axis1, axis2)
+
+
+@diagonal.defvjp
+def _diagonal_vjp(o, g, out, ins, params, needs):
+    # g back on the diagonal of zeros: with axis1 and axis2 moved last, the diagonal is
+    # the index (..., rows, cols)
+    x, (offset, axis1, axis2) = ins[0], params
+    xp = o.backend(x).xp
+    order = [i for i in range(x.ndim) if i not in (axis1, axis2)] + [axis1, axis2]
+    steps = xp.arange(g.shape[-1])
+    index = (Ellipsis, steps + max(-offset, 0), steps + max(offset, 0))
+    full = o.index_put(g, index, tuple(x.shape[i] for i in order))
+    return (o.permute(full, tuple(np.argsort(order).tolist())),)
+
+
+@primitive("triu")
+def triu(x, k):
+    return backend_of(x).xp.triu(x, k)
+
+
+@primitive("tril")
+def tril(x, k):
+    return backend_of(x).xp.tril(x, k)
+
+
+@triu.defvjp
+def _triu_vjp(o, g, out, ins, params, needs):
+    return (o.triu(g, params[0]),)
+
+
+@tril.defvjp
+def _tril_vjp(o, g, out, ins, params, needs):
+    return (o.tril(g, params[0]),)

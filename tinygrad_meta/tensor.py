@@ -973,6 +973,150 @@ class Tensor:
         """Same as ``tgm.norm(self, ...)``."""
         return norm(self, ord, axis, keepdims)
 
+    # matrices
+    def diagonal(self, offset=0, axis1=0, axis2=1):
+        """The diagonal ``offset`` above (below, if negative) the main one, of the matrices
+        in axes ``axis1`` and ``axis2``, as a new last axis (numpy's ``diagonal``)."""
+        if self.ndim < 2:
+            raise ValueError(f"diagonal: needs a tensor with at least 2 dims, got shape {self.shape}")
+        axis1, axis2 = _one_axis(axis1, self.ndim, "diagonal"), _one_axis(axis2, self.ndim, "diagonal")
+        if axis1 == axis2:
+            raise ValueError(f"diagonal: axis1 and axis2 are both axis {axis1} of shape {self.shape}")
+        return record(ops.diagonal, self, _integer(offset, "diagonal", "offset"), axis1, axis2)
+
+    def trace(self, offset=0, axis1=0, axis2=1):
+        """Sum of the diagonal (a composition: ``diagonal(...).sum(-1)``)."""
+        return self.diagonal(offset, axis1, axis2).sum(axis=-1)
+
+    def _triangle(self, op, k):
+        if self.ndim < 2:
+            raise ValueError(f"{op.name}: needs a tensor with at least 2 dims, got shape {self.shape}")
+        return record(op, self, _integer(k, op.name, "k"))
+
+    def triu(self, k=0):
+        """Zeros below the k-th diagonal of the last two axes (numpy's ``triu``)."""
+        return self._triangle(ops.triu, k)
+
+    def tril(self, k=0):
+        """Zeros above the k-th diagonal of the last two axes (numpy's ``tril``)."""
+        return self._triangle(ops.tril, k)
+
+    # shape: squeeze, expand_dims, flatten and ravel are reshapes
+    def squeeze(self, axis=None):
+        """Drop size-1 axes: all of them, or those in ``axis`` (each must have size 1)."""
+        if axis is None:
+            return self.reshape(tuple(n for n in self.shape if n != 1))
+        axes = _normalize_axis(axis, self.ndim, "squeeze")
+        for ax in axes:
+            if self.shape[ax] != 1:
+                raise ValueError(f"squeeze: axis {ax} of shape {self.shape} has size "
+                                 f"{self.shape[ax]}, not 1")
+        return self.reshape(tuple(n for i, n in enumerate(self.shape) if i not in axes))
+
+    def expand_dims(self, axis):
+        """New size-1 axes at positions ``axis`` (an int or a tuple) of the result (numpy)."""
+        if axis is None or isinstance(axis, bool) or not isinstance(axis, (numbers.Integral, tuple, list)):
+            raise TypeError(f"expand_dims: axis must be an int or a tuple of ints, got {axis!r}")
+        ndim = self.ndim + (1 if isinstance(axis, numbers.Integral) else len(axis))
+        axes = _normalize_axis(axis, ndim, "expand_dims")
+        sides = iter(self.shape)
+        return self.reshape(tuple(1 if i in axes else next(sides) for i in range(ndim)))
+
+    def unsqueeze(self, dim):
+        """PyTorch's name: one new size-1 axis at position ``dim`` of the result."""
+        return self.expand_dims(_integer(dim, "unsqueeze", "dim"))
+
+    def flatten(self, start_dim=0, end_dim=-1):
+        """Merge axes start_dim..end_dim into one (PyTorch's signature); by default all of
+        them, numpy's ``flatten()``."""
+        if self.ndim == 0:
+            return self.reshape(1)
+        start, end = _one_axis(start_dim, self.ndim, "flatten"), _one_axis(end_dim, self.ndim, "flatten")
+        if start > end:
+            raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} "
+                             f"in shape {self.shape}")
+        shape = self.shape
+        return self.reshape(shape[:start] + (int(np.prod(shape[start:end + 1])),) + shape[end + 1:])
+
+    def ravel(self):
+        """The values as a 1-D tensor."""
+        return self.reshape(-1)
+
+    def repeat(self, repeats, axis=None):
+        """Each entry repeated along ``axis`` (numpy's ``repeat``: ``repeats`` an int or one
+        count per entry; axis None repeats the flattened values). PyTorch's ``repeat`` is
+        ``tile`` here."""
+        if axis is None:
+            return self.reshape(-1).repeat(repeats, 0)
+        axis = _one_axis(axis, self.ndim, "repeat")
+        n = self.shape[axis]
+        counts = [_integer(c, "repeat", "repeats") for c in
+                  ((repeats,) if isinstance(repeats, numbers.Integral) else _int_sequence(repeats, "repeat"))]
+        if any(c < 0 for c in counts):
+            raise ValueError(f"repeat: repeats must be >= 0, got {repeats}")
+        if len(counts) not in (1, n):
+            raise ValueError(f"repeat: {len(counts)} counts for the {n} entries of axis {axis} "
+                             f"of shape {self.shape}")
+        return record(ops.repeat, self, counts[0] if len(counts) == 1 else tuple(counts), axis)
+
+    def tile(self, reps):
+        """The tensor laid out ``reps`` times along each axis (numpy's ``tile``; PyTorch's
+        ``Tensor.repeat``)."""
+        reps = [_integer(r, "tile", "reps") for r in
+                ((reps,) if isinstance(reps, numbers.Integral) else _int_sequence(reps, "tile"))]
+        if any(r < 0 for r in reps):
+            raise ValueError(f"tile: reps must be >= 0, got {tuple(reps)}")
+        return record(ops.tile, self, (1,) * (self.ndim - len(reps)) + tuple(reps))
+
+    def flip(self, axis=None):
+        """Reverse the order of entries along ``axis`` (None: every axis)."""
+        axes = _normalize_axis(axis, self.ndim, "flip")
+        return record(ops.flip, self, tuple(range(self.ndim)) if axes is None else axes)
+
+    def roll(self, shift, axis=None):
+        """Shift entries cyclically along ``axis`` (numpy's ``roll``; axis None rolls the
+        flattened values). ``shift`` and ``axis`` may be tuples of one length."""
+        if axis is None:
+            return self.reshape(-1).roll(shift, 0).reshape(self.shape)
+        axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+        shifts = tuple(shift) if isinstance(shift, (tuple, list)) else (shift,) * len(axes)
+        if len(shifts) != len(axes):
+            raise ValueError(f"roll: {len(shifts)} shifts for {len(axes)} axes")
+        shifts = tuple(_integer(s, "roll", "shift") for s in shifts)
+        return record(ops.roll, self, shifts, tuple(_one_axis(a, self.ndim, "roll") for a in axes))
+
+    def split(self, indices_or_sections, axis=0):
+        """A list of pieces along ``axis`` (numpy's ``split``): an int n gives n equal
+        pieces, a sequence of indices cuts before each. A composition: each piece is a slice."""
+        axis = _one_axis(axis, self.ndim, "split")
+        n = self.shape[axis]
+        if isinstance(indices_or_sections, numbers.Integral) and not isinstance(indices_or_sections, bool):
+            sections = int(indices_or_sections)
+            if sections <= 0:
+                raise ValueError(f"split: the number of sections must be positive, got {sections}")
+            if n % sections:
+                raise ValueError(f"split: axis {axis} of shape {self.shape} has {n} entries, which "
+                                 f"do not split into {sections} equal sections")
+            cuts = [n // sections * i for i in range(1, sections)]
+        else:
+            cuts = [_integer(c, "split", "indices") for c in _int_sequence(indices_or_sections, "split")]
+        bounds = [0] + cuts + [n]
+        prefix = (slice(None),) * axis
+        return [self[prefix + (slice(start, stop),)] for start, stop in zip(bounds[:-1], bounds[1:])]
+
+    def chunk(self, chunks, axis=0):
+        """``chunks`` pieces of equal size along ``axis``, the last smaller if they do not
+        divide evenly (and fewer pieces if the sizes require it), as PyTorch's ``chunk``."""
+        chunks = _integer(chunks, "chunk", "chunks")
+        if chunks <= 0:
+            raise ValueError(f"chunk: chunks must be positive, got {chunks}")
+        axis = _one_axis(axis, self.ndim, "chunk")
+        n = self.shape[axis]
+        size = -(-n // chunks)
+        if size == 0:
+            return [self[(slice(None),) * axis + (slice(0, 0),)] for _ in range(chunks)]
+        return self.split(list(range(size, n, size)), axis)
+
 
 def tensor(data, dtype=None, device="cpu", requires_grad=False):
     """Same as ``Tensor(...)``."""
@@ -1014,7 +1158,7 @@ def ones_like(t, requires_grad=False):
 # (numpy_functions.py gives every Tensor method a module-level twin)
 # ----------------------------------------------------------------------------------
 
-__all__ += ["einsum", "tensordot", "outer", "arctan2", "logaddexp", "remainder", "mod",
+__all__ += ["einsum", "tensordot", "outer", "arctan2", "logaddexp", "remainder", "mod", "pad",
             "norm"]
 
 
@@ -1224,3 +1368,29 @@ def outer(a, b):
     (a.size, b.size). A composition: one broadcast multiply."""
     a, b = _two_tensors(a, b, "outer")
     return a.reshape(-1, 1) * b.reshape(1, -1)
+
+
+def pad(x, pad_width, mode="constant", constant_values=0):
+    """``x`` with ``constant_values`` around it (numpy's ``pad``, constant mode only):
+    ``pad_width`` is an int (every side), a (before, after) pair (every axis) or one pair
+    per axis. The gradient is the slice of g that holds x."""
+    x = _tensor_argument(x, "pad")
+    if mode != "constant":
+        raise ValueError(f"pad: only mode='constant' is supported, got {mode!r}")
+    if x.ndim == 0:
+        raise ValueError("pad: a 0-d tensor has no axes to pad")
+    try:
+        widths = np.asarray(pad_width)
+    except (TypeError, ValueError):
+        widths = np.asarray(None)
+    if widths.dtype.kind not in "iu":
+        raise TypeError(f"pad: pad_width must be integers, got {pad_width!r}")
+    try:
+        widths = np.broadcast_to(widths, (x.ndim, 2))
+    except ValueError:
+        raise ValueError(f"pad: pad_width {pad_width!r} does not fit shape {x.shape} (give an "
+                         "int, a (before, after) pair, or one pair per axis)") from None
+    if (widths < 0).any():
+        raise ValueError(f"pad: pad widths must be >= 0, got {pad_width!r}")
+    value = _real(constant_values, "pad", "constant_values")
+    return record(ops.pad, x, tuple((int(b), int(e)) for b, e in widths.tolist()), value)
