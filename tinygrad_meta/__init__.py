@@ -17,6 +17,13 @@ from .tensor import (Tensor, concatenate, full, maximum, minimum, ones, ones_lik
 
 from . import meta  # after nn and optim, which it builds on
 
+# the op set users expect (issue 9): functions of several tensors, and numpy-style
+# module-level twins of the Tensor methods (tgm.sin(x) is x.sin())
+from . import numpy_functions
+from .numpy_functions import *  # noqa: F401,F403 (the names are numpy_functions.__all__)
+from .tensor import (arctan2, einsum, logaddexp, mod, norm, outer, pad, remainder,
+                     tensordot)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -25,3 +32,7 @@ __all__ = [
     "concatenate", "stack", "where", "maximum", "minimum", "functional", "backends",
     "nn", "optim", "meta",
 ]
+__all__ += ["einsum", "tensordot", "outer", "arctan2", "logaddexp", "remainder", "mod", "pad",
+            "norm"]
+# tgm.abs and tgm.round take Tensors only: a star import must not shadow Python's builtins
+__all__ += [name for name in numpy_functions.__all__ if name not in ("abs", "round")]

@@ -200,3 +200,35 @@ def linear_relu(x, weight, bias=None):
     """
     inputs = _check_linear(x, weight, bias, "linear_relu")
     return record(ops.linear_relu, inputs, inputs[0]._be)
+
+
+# ---- more activations (issue 9): PyTorch's definitions and defaults; the Tensor methods
+# check the arguments and hold the docs
+
+__all__ += ["softplus", "leaky_relu", "elu", "gelu"]
+
+
+def softplus(x, beta=1.0, threshold=20.0):
+    """log(1 + exp(beta x)) / beta, reverting to x where beta x > threshold (PyTorch's)."""
+    return _tensor(x, "softplus").softplus(beta, threshold)
+
+
+def leaky_relu(x, negative_slope=0.01):
+    """x where x > 0, else negative_slope * x."""
+    return _tensor(x, "leaky_relu").leaky_relu(negative_slope)
+
+
+def elu(x, alpha=1.0):
+    """x where x > 0, else alpha * (exp(x) - 1)."""
+    return _tensor(x, "elu").elu(alpha)
+
+
+def gelu(x, approximate="none"):
+    """x * Phi(x) with Phi the standard normal CDF (exact, via erf, as PyTorch's default);
+    approximate="tanh" is PyTorch's tanh approximation.
+
+    >>> import tinygrad_meta as tgm
+    >>> round(float(gelu(tgm.Tensor(1.0)).item()), 6)
+    0.841345
+    """
+    return _tensor(x, "gelu").gelu(approximate)

@@ -35,7 +35,10 @@ outside the table (``Op(name, forward, nin, vjp)``) works the same way; inside a
 """
 from __future__ import annotations
 
+import fractions
+import math
 import operator
+import string
 
 import numpy as np
 
@@ -868,3 +871,477 @@ def to(x, source, target):
 def _to_vjp(o, g, out, ins, params, needs):
     source, target = params
     return (o.to(g, target, source),)
+
+
+# ==================================================================================
+# The op set users expect (issue 9). Each rule composes table ops, so each is
+# differentiable to any order; piecewise-constant ops have the gradient 0.
+# ==================================================================================
+
+# ----------------------------------------------------------------------------------
+# Trigonometric and hyperbolic functions
+# ----------------------------------------------------------------------------------
+
+sin = primitive("sin", 1)(np.sin)
+
+
+@sin.defvjp
+def _sin_vjp(o, g, out, ins, params, needs):
+    return (g * o.cos(ins[0]),)
+
+
+cos = primitive("cos", 1)(np.cos)
+
+
+@cos.defvjp
+def _cos_vjp(o, g, out, ins, params, needs):
+    return (-(g * o.sin(ins[0])),)
+
+
+tan = primitive("tan", 1)(np.tan)
+
+
+@tan.defvjp
+def _tan_vjp(o, g, out, ins, params, needs):
+    return (g * (out * out + 1.0),)
+
+
+arcsin = primitive("arcsin", 1)(np.arcsin)
+
+
+@arcsin.defvjp
+def _arcsin_vjp(o, g, out, ins, params, needs):
+    x = ins[0]
+    return (g / o.sqrt(1.0 - x * x),)
+
+
+arccos = primitive("arccos", 1)(np.arccos)
+
+
+@arccos.defvjp
+def _arccos_vjp(o, g, out, ins, params, needs):
+    x = ins[0]
+    return (-(g / o.sqrt(1.0 - x * x)),)
+
+
+arctan = primitive("arctan", 1)(np.arctan)
+
+
+@arctan.defvjp
+def _arctan_vjp(o, g, out, ins, params, needs):
+    x = ins[0]
+    return (g / (x * x + 1.0),)
+
+
+sinh = primitive("sinh", 1)(np.sinh)
+
+
+@sinh.defvjp
+def _sinh_vjp(o, g, out, ins, params, needs):
+    return (g * o.cosh(ins[0]),)
+
+
+cosh = primitive("cosh", 1)(np.cosh)
+
+
+@cosh.defvjp
+def _cosh_vjp(o, g, out, ins, params, needs):
+    return (g * o.sinh(ins[0]),)
+
+
+# ----------------------------------------------------------------------------------
+# Rounding: piecewise constant, so the gradient is 0 (zeros, not None: grad() works)
+# ----------------------------------------------------------------------------------
+
+def _zero_vjp(o, g, out, ins, params, needs):
+    return (g * 0.0,)
+
+
+sign = primitive("sign", 1)(np.sign)
+floor = primitive("floor", 1)(np.floor)
+ceil = primitive("ceil", 1)(np.ceil)
+
+
+@primitive("round")
+def round_(x, decimals):
+    return backend_of(x).xp.round(x, decimals)
+
+
+sign.defvjp(_zero_vjp)
+floor.defvjp(_zero_vjp)
+ceil.defvjp(_zero_vjp)
+round_.defvjp(_zero_vjp)
+
+
+# ----------------------------------------------------------------------------------
+# erf, float64-accurate from numpy alone (it has none):
+#   |x| < 1:      x times the Taylor series of erf(x)/x in x**2 (19 terms, exact rationals)
+#   1 <= |x| < 6: 1 - exp(-x**2) h(|x|), where h(a) = erfc(a) exp(a**2) is smooth and slowly
+#                 varying: interpolated at 29 Chebyshev points sampled from math.erfc
+#   |x| >= 6:     +-1 (erfc(6) ~ 2e-17 is below half an ulp of 1)
+# Within 2 ulp of math.erf (tests/test_new_ops.py checks 1e-15 absolute). Plain array
+# arithmetic, so CuPy arrays work too.
+# ----------------------------------------------------------------------------------
+
+_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+_ERF_TAYLOR = [float(fractions.Fraction((-1) ** n, math.factorial(n) * (2 * n + 1)))
+               for n in range(19)]
+
+
+def _chebyshev_fit(f, low, high, degree):
+    """Chebyshev coefficients of the polynomial interpolating ``f`` at the Chebyshev
+    points of [low, high] (numpy's chebinterpolate loses ~1e-15 to rounded angles)."""
+    n = degree + 1
+
+    def cos(m):  # cos(pi m / 2n) with the angle reduced exactly, in integers
+        return math.cos(math.pi * (m % (4 * n)) / (2 * n))
+
+    values = [f((low + high) / 2 + (high - low) / 2 * cos(2 * k + 1)) for k in range(n)]
+    return [math.fsum(v * cos(j * (2 * k + 1)) for k, v in enumerate(values)) * (2 - (j == 0)) / n
+            for j in range(n)]
+
+
+_ERFC_SCALED = _chebyshev_fit(lambda a: math.erfc(a) * math.exp(a * a), 1.0, 6.0, 28)
+
+
+def _erf(x):
+    xp = backend_of(x).xp
+    flat = x.reshape(-1).astype(np.float64)
+    size = xp.abs(flat)
+    result = xp.sign(flat)  # |x| >= 6, and nan
+    small = size < 1.0
+    xs = flat[small]
+    u, series = xs * xs, 0.0
+    for c in reversed(_ERF_TAYLOR):
+        series = series * u + c
+    result[small] = xs * series * _TWO_OVER_SQRT_PI
+    tail = (size >= 1.0) & (size < 6.0)
+    a = size[tail]
+    t = (a - 3.5) / 2.5  # [1, 6] onto [-1, 1]; Clenshaw's recurrence sums the series
+    b1 = b2 = 0.0
+    for c in reversed(_ERFC_SCALED[1:]):
+        b1, b2 = 2.0 * t * b1 - b2 + c, b1
+    result[tail] = xp.sign(flat[tail]) * (1.0 - xp.exp(-a * a) * (t * b1 - b2 + _ERFC_SCALED[0]))
+    return result.reshape(x.shape).astype(x.dtype, copy=False)
+
+
+erf = primitive("erf", 1)(_erf)
+
+
+@erf.defvjp
+def _erf_vjp(o, g, out, ins, params, needs):
+    x = ins[0]
+    return (g * o.exp(-(x * x)) * _TWO_OVER_SQRT_PI,)
+
+
+# ----------------------------------------------------------------------------------
+# Activations (PyTorch's definitions and defaults; the Tensor methods check arguments)
+# ----------------------------------------------------------------------------------
+
+@primitive("softplus")
+def softplus(x, beta, threshold):
+    """log(1 + exp(beta x)) / beta, and x itself where beta x > threshold (as PyTorch)."""
+    xp = backend_of(x).xp
+    scaled = x * beta
+    return xp.where(scaled > threshold, x, xp.logaddexp(0, scaled) / beta).astype(x.dtype, copy=False)
+
+
+@softplus.defvjp
+def _softplus_vjp(o, g, out, ins, params, needs):
+    x, (beta, threshold) = ins[0], params
+    return (o.where(g, g * o.sigmoid(x * beta), o.raw(x) * beta > threshold),)
+
+
+@primitive("leaky_relu")
+def leaky_relu(x, negative_slope):
+    return backend_of(x).xp.where(x > 0, x, x * negative_slope).astype(x.dtype, copy=False)
+
+
+@leaky_relu.defvjp
+def _leaky_relu_vjp(o, g, out, ins, params, needs):
+    # a step times g: the slopes are constants (negative_slope at 0, as PyTorch)
+    xr = o.raw(ins[0])
+    return (g * o.backend(ins[0]).xp.where(xr > 0, 1.0, params[0]).astype(xr.dtype),)
+
+
+@primitive("elu")
+def elu(x, alpha):
+    xp = backend_of(x).xp
+    return xp.where(x > 0, x, alpha * xp.expm1(xp.minimum(x, 0))).astype(x.dtype, copy=False)
+
+
+@elu.defvjp
+def _elu_vjp(o, g, out, ins, params, needs):
+    # for x <= 0, d/dx alpha (exp(x) - 1) = out + alpha: no exp to overflow where x > 0
+    return (o.where(g, g * (out + params[0]), o.raw(ins[0]) > 0),)
+
+
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_GELU_CUBIC = 0.044715
+
+
+@primitive("gelu")
+def gelu(x, approximate):
+    """x Phi(x) with Phi the normal CDF via erf, or PyTorch's tanh approximation of it."""
+    if approximate == "tanh":
+        inner = (x + x * x * x * _GELU_CUBIC) * _SQRT_2_OVER_PI
+        return 0.5 * x * (1.0 + backend_of(x).xp.tanh(inner))
+    return 0.5 * x * (1.0 + _erf(x * _SQRT_HALF))
+
+
+@gelu.defvjp
+def _gelu_vjp(o, g, out, ins, params, needs):
+    x, (approximate,) = ins[0], params
+    if approximate == "tanh":
+        t = o.tanh((x + x * x * x * _GELU_CUBIC) * _SQRT_2_OVER_PI)
+        slope = (x * x * (3.0 * _GELU_CUBIC) + 1.0) * _SQRT_2_OVER_PI
+        return (g * ((t + 1.0) * 0.5 + x * (1.0 - t * t) * slope * 0.5),)
+    cdf = (o.erf(x * _SQRT_HALF) + 1.0) * 0.5
+    density = o.exp(x * x * -0.5) * _INV_SQRT_2PI
+    return (g * (cdf + x * density),)
+
+
+# ----------------------------------------------------------------------------------
+# Binary elementwise functions (numpy broadcasting; unbroadcast in the rules)
+# ----------------------------------------------------------------------------------
+
+arctan2 = primitive("arctan2", 2)(np.arctan2)
+
+
+@arctan2.defvjp
+def _arctan2_vjp(o, g, out, ins, params, needs):
+    a, b = ins
+    scale = g / (a * a + b * b)
+    return (unbroadcast(o, scale * b, a.shape) if needs[0] else None,
+            unbroadcast(o, -(scale * a), b.shape) if needs[1] else None)
+
+
+logaddexp = primitive("logaddexp", 2)(np.logaddexp)
+
+
+@logaddexp.defvjp
+def _logaddexp_vjp(o, g, out, ins, params, needs):
+    a, b = ins
+    return (unbroadcast(o, g * o.exp(a - out), a.shape) if needs[0] else None,
+            unbroadcast(o, g * o.exp(b - out), b.shape) if needs[1] else None)
+
+
+mod = primitive("mod", 2)(np.mod)
+
+
+@mod.defvjp
+def _mod_vjp(o, g, out, ins, params, needs):
+    # a % b = a - floor(a / b) b (numpy: the sign of b), and floor(a / b) is piecewise constant
+    a, b = ins
+    gb = None
+    if needs[1]:
+        quotient = o.backend(a).xp.floor_divide(o.raw(a), o.raw(b))
+        gb = unbroadcast(o, -(g * quotient), b.shape)
+    return (unbroadcast(o, g, a.shape) if needs[0] else None, gb)
+
+
+# ----------------------------------------------------------------------------------
+# prod and cumsum
+# ----------------------------------------------------------------------------------
+
+@primitive("prod")
+def prod(x, axes, keepdims):
+    return x.prod(axis=axes, keepdims=keepdims)
+
+
+def _exclusive_products(o, x):
+    """Along axis 0, each entry replaced by the product of all the others, by
+    multiplications only: no division, so zeros are exact at every order. Neighbours pair
+    up, the pairs' products recurse, and each member gets its partner times its pair's
+    result (log2(n) levels, O(n) work)."""
+    n = x.shape[0]
+    if n <= 1:
+        return o.backend(x).xp.ones(x.shape, dtype=o.raw(x).dtype)
+    if n % 2:
+        x = o.concatenate([x, o.backend(x).xp.ones((1,) + x.shape[1:], dtype=o.raw(x).dtype)], 0)
+    first, second = o.getitem(x, (slice(0, None, 2),)), o.getitem(x, (slice(1, None, 2),))
+    pair_others = _exclusive_products(o, first * second)
+    others = o.reshape(o.stack([second * pair_others, first * pair_others], 1), x.shape)
+    return o.getitem(others, (slice(0, n),)) if n % 2 else others
+
+
+@prod.defvjp
+def _prod_vjp(o, g, out, ins, params, needs):
+    (x,), (axes, keepdims) = ins, params
+    axes = tuple(range(x.ndim)) if axes is None else axes
+    rest = tuple(i for i in range(x.ndim) if i not in axes)
+    order = axes + rest
+    moved = o.permute(x, order)
+    count = int(np.prod([x.shape[i] for i in axes]))
+    if not keepdims:
+        g = o.reshape(g, keepdims_shape(x.shape, axes))
+    if count <= 1:  # no other factors: the gradient is g
+        return (o.broadcast_to(g, x.shape),)
+    others = _exclusive_products(o, o.reshape(moved, (count,) + moved.shape[len(axes):]))
+    others = o.permute(o.reshape(others, moved.shape), tuple(np.argsort(order).tolist()))
+    return (g * others,)
+
+
+@primitive("cumsum")
+def cumsum(x, axis):
+    return x.cumsum(axis=axis)
+
+
+@cumsum.defvjp
+def _cumsum_vjp(o, g, out, ins, params, needs):
+    # input i feeds every output from i on: a cumulative sum from the far end
+    (axis,) = params
+    return (o.flip(o.cumsum(o.flip(g, (axis,)), axis), (axis,)),)
+
+
+# ----------------------------------------------------------------------------------
+# einsum: operand i's gradient is the einsum of g with the other operands
+# ----------------------------------------------------------------------------------
+
+@primitive("einsum", nin=None)
+def einsum(xs, inputs, output):
+    """``inputs``: one subscript string per operand; ``output``: the result's subscripts."""
+    spec = ",".join(inputs) + "->" + output
+    return backend_of(xs[0]).xp.einsum(spec, *xs, optimize=True)
+
+
+def _einsum_grad(o, g, ins, inputs, output, i):
+    """The einsum of g (subscripts ``output``) and the other operands out to operand i's
+    subscripts. A letter repeated in operand i (a diagonal, "ii") becomes a fresh letter
+    tied to it by an identity matrix; a letter summed within operand i alone (j in
+    "ij->i") comes back through a vector of ones."""
+    xp, dtype = o.backend(g).xp, o.raw(g).dtype
+    sizes = dict(zip(inputs[i], ins[i].shape))
+    operands = [g] + [x for j, x in enumerate(ins) if j != i]
+    subs = [output] + [s for j, s in enumerate(inputs) if j != i]
+    spare = (c for c in string.ascii_letters if c not in "".join(inputs))
+    target = ""
+    for c in inputs[i]:
+        if c in target:
+            fresh = next(spare)
+            operands.append(xp.eye(sizes[c], dtype=dtype))
+            subs.append(c + fresh)
+            c = fresh
+        target += c
+    for c in sorted(set(target) - set("".join(subs))):
+        operands.append(xp.ones(sizes[c], dtype=dtype))
+        subs.append(c)
+    return o.einsum(operands, tuple(subs), target)
+
+
+@einsum.defvjp
+def _einsum_vjp(o, g, out, ins, params, needs):
+    inputs, output = params
+    return tuple(_einsum_grad(o, g, ins, inputs, output, i) if need else None
+                 for i, need in enumerate(needs))
+
+
+# ----------------------------------------------------------------------------------
+# Layout: flip, roll, pad, tile, repeat, diagonal, triu, tril (each rule is its adjoint)
+# ----------------------------------------------------------------------------------
+
+@primitive("flip")
+def flip(x, axes):
+    return backend_of(x).xp.flip(x, axes)
+
+
+@flip.defvjp
+def _flip_vjp(o, g, out, ins, params, needs):
+    return (o.flip(g, params[0]),)
+
+
+@primitive("roll")
+def roll(x, shifts, axes):
+    return backend_of(x).xp.roll(x, shifts, axes)
+
+
+@roll.defvjp
+def _roll_vjp(o, g, out, ins, params, needs):
+    shifts, axes = params
+    return (o.roll(g, tuple(-s for s in shifts), axes),)
+
+
+@primitive("pad")
+def pad(x, widths, value):
+    """``widths``: one (before, after) pair per axis; constant padding with ``value``."""
+    return backend_of(x).xp.pad(x, widths, mode="constant", constant_values=value)
+
+
+@pad.defvjp
+def _pad_vjp(o, g, out, ins, params, needs):
+    widths = params[0]
+    return (o.getitem(g, tuple(slice(before, before + n)
+                               for (before, _), n in zip(widths, ins[0].shape))),)
+
+
+@primitive("tile")
+def tile(x, reps):
+    """``reps``: one count per axis, at least as many as x has axes (numpy's np.tile)."""
+    return backend_of(x).xp.tile(x, reps)
+
+
+@tile.defvjp
+def _tile_vjp(o, g, out, ins, params, needs):
+    # each axis of g is (copy, position) in row-major order: split them and sum the copies
+    x, (reps,) = ins[0], params
+    sides = (1,) * (len(reps) - x.ndim) + tuple(x.shape)
+    g = o.reshape(g, tuple(v for pair in zip(reps, sides) for v in pair))
+    return (o.reshape(o.sum(g, tuple(range(0, 2 * len(reps), 2)), False), x.shape),)
+
+
+@primitive("repeat")
+def repeat(x, repeats, axis):
+    """Each entry along ``axis`` repeated ``repeats`` times (an int, or one count per entry)."""
+    return backend_of(x).xp.repeat(x, repeats, axis)
+
+
+@repeat.defvjp
+def _repeat_vjp(o, g, out, ins, params, needs):
+    x, (repeats, axis) = ins[0], params
+    if isinstance(repeats, int):  # the copies of an entry are adjacent: reshape and sum them
+        n = x.shape[axis]
+        split = x.shape[:axis] + (n, repeats) + x.shape[axis + 1:]
+        return (o.sum(o.reshape(g, split), (axis + 1,), False),)
+    xp = o.backend(x).xp  # per-entry counts: index_put adds each copy back to its source
+    source = xp.repeat(xp.arange(x.shape[axis]), repeats)
+    return (o.index_put(g, (slice(None),) * axis + (source,), x.shape),)
+
+
+@primitive("diagonal")
+def diagonal(x, offset, axis1, axis2):
+    return backend_of(x).xp.diagonal(x, offset, axis1, axis2)
+
+
+@diagonal.defvjp
+def _diagonal_vjp(o, g, out, ins, params, needs):
+    # g back on the diagonal of zeros: with axis1 and axis2 moved last, the diagonal is
+    # the index (..., rows, cols)
+    x, (offset, axis1, axis2) = ins[0], params
+    xp = o.backend(x).xp
+    order = [i for i in range(x.ndim) if i not in (axis1, axis2)] + [axis1, axis2]
+    steps = xp.arange(g.shape[-1])
+    index = (Ellipsis, steps + max(-offset, 0), steps + max(offset, 0))
+    full = o.index_put(g, index, tuple(x.shape[i] for i in order))
+    return (o.permute(full, tuple(np.argsort(order).tolist())),)
+
+
+@primitive("triu")
+def triu(x, k):
+    return backend_of(x).xp.triu(x, k)
+
+
+@primitive("tril")
+def tril(x, k):
+    return backend_of(x).xp.tril(x, k)
+
+
+@triu.defvjp
+def _triu_vjp(o, g, out, ins, params, needs):
+    return (o.triu(g, params[0]),)
+
+
+@tril.defvjp
+def _tril_vjp(o, g, out, ins, params, needs):
+    return (o.tril(g, params[0]),)

@@ -850,6 +850,296 @@ class Tensor:
             x = _floating(x)
         return record(ops.clip, x, min, max)
 
+    # ---- the op set users expect (issue 9); forwards and rules in ops.py's block ----
+    # elementwise: integer tensors compute in float32, like exp
+    def sin(self):
+        return self._unary(ops.sin)
+
+    def cos(self):
+        return self._unary(ops.cos)
+
+    def tan(self):
+        return self._unary(ops.tan)
+
+    def arcsin(self):
+        return self._unary(ops.arcsin)
+
+    def arccos(self):
+        return self._unary(ops.arccos)
+
+    def arctan(self):
+        return self._unary(ops.arctan)
+
+    def sinh(self):
+        return self._unary(ops.sinh)
+
+    def cosh(self):
+        return self._unary(ops.cosh)
+
+    def erf(self):
+        """The error function, to within 2 ulp of ``math.erf`` in float64."""
+        return self._unary(ops.erf)
+
+    def arctan2(self, other):
+        """The angle of the point (other, self), elementwise: numpy's ``arctan2(self, other)``."""
+        return _floating_pairwise(self, other, ops.arctan2)
+
+    def logaddexp(self, other):
+        """log(exp(self) + exp(other)), computed stably."""
+        return _floating_pairwise(self, other, ops.logaddexp)
+
+    def __mod__(self, other):
+        """numpy's ``%``: the remainder takes the divisor's sign. Gradient 1 for self and
+        -floor(self / other) for other."""
+        return _pairwise(self, other, ops.mod)
+
+    def __rmod__(self, other):
+        return _pairwise(other, self, ops.mod)
+
+    remainder = __mod__
+
+    # rounding: gradient 0 (zeros, so grad() works)
+    def _rounding(self, op, *params):
+        if self._data.dtype.kind == "f":
+            return record(op, self, *params)
+        # integers stay integers (numpy < 2.1 floors them to float64; booleans have no sign)
+        data = self._data
+        data = data.copy() if data.dtype.kind == "b" else op.forward(data, *params).astype(data.dtype)
+        return _constant(data, self._be)
+
+    def sign(self):
+        """-1, 0 or 1 elementwise; the gradient is 0."""
+        return self._rounding(ops.sign)
+
+    def floor(self):
+        """The gradient is 0."""
+        return self._rounding(ops.floor)
+
+    def ceil(self):
+        """The gradient is 0."""
+        return self._rounding(ops.ceil)
+
+    def round(self, decimals=0):
+        """Round to ``decimals`` places, halves to even (as numpy); the gradient is 0."""
+        return self._rounding(ops.round_, _integer(decimals, "round", "decimals"))
+
+    # activations (PyTorch's definitions and defaults; also in tgm.functional)
+    def softplus(self, beta=1.0, threshold=20.0):
+        """log(1 + exp(beta x)) / beta, reverting to x where beta x > threshold."""
+        beta = _real(beta, "softplus", "beta")
+        if beta == 0:
+            raise ValueError("softplus: beta must be nonzero")
+        return record(ops.softplus, _floating(self), beta, _real(threshold, "softplus", "threshold"))
+
+    def leaky_relu(self, negative_slope=0.01):
+        """x where x > 0, else negative_slope * x."""
+        return record(ops.leaky_relu, _floating(self), _real(negative_slope, "leaky_relu", "negative_slope"))
+
+    def elu(self, alpha=1.0):
+        """x where x > 0, else alpha * (exp(x) - 1)."""
+        return record(ops.elu, _floating(self), _real(alpha, "elu", "alpha"))
+
+    def gelu(self, approximate="none"):
+        """x * Phi(x), Phi the standard normal CDF (exact, via erf); approximate="tanh" is
+        PyTorch's tanh approximation."""
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+        return record(ops.gelu, _floating(self), approximate)
+
+    # reductions and scans
+    def prod(self, axis=None, keepdims=False):
+        """Product over ``axis``; exact gradients (and higher derivatives) with zeros in the input."""
+        return record(ops.prod, self, _normalize_axis(axis, self.ndim, "prod"), bool(keepdims))
+
+    def var(self, axis=None, ddof=0, keepdims=False):
+        """Variance over ``axis``, divided by n - ddof (numpy's default ddof=0). A
+        composition: the mean of squared deviations from the mean."""
+        x = _floating(self)
+        axes = _normalize_axis(axis, x.ndim, "var")
+        ddof = _real(ddof, "var", "ddof")
+        count = x.size if axes is None else int(np.prod([x.shape[i] for i in axes]))
+        if count - ddof <= 0:
+            raise ValueError(f"var: {count} values per slice of shape {x.shape} leave no degrees "
+                             f"of freedom with ddof={ddof:g}")
+        deviation = x - x.mean(axis=axes, keepdims=True)
+        return (deviation * deviation).sum(axis=axes, keepdims=keepdims) * (1.0 / (count - ddof))
+
+    def std(self, axis=None, ddof=0, keepdims=False):
+        """sqrt(var(...)); its gradient is 0 where the variance is 0 (a constant slice)."""
+        return record(ops.safe_sqrt, self.var(axis, ddof, keepdims))
+
+    def cumsum(self, axis=None):
+        """Running sums along ``axis`` (None: of the flattened values, as numpy)."""
+        if axis is None:
+            return self.reshape(-1).cumsum(0)
+        return record(ops.cumsum, self, _one_axis(axis, self.ndim, "cumsum"))
+
+    def _arg_extremum(self, axis, keepdims, name):
+        if axis is not None:
+            axis = _one_axis(axis, self.ndim, name)
+        if self.size == 0 and (axis is None or self.shape[axis] == 0):
+            raise ValueError(f"{name}: empty tensor of shape {self.shape} has no {name}")
+        xp = self._be.xp
+        return _constant(xp.asarray(getattr(xp, name)(self._data, axis=axis, keepdims=bool(keepdims))),
+                         self._be)
+
+    def argmax(self, axis=None, keepdims=False):
+        """Index of the largest value (of the flattened values when axis is None): an
+        integer tensor outside the graph. The first index wins ties."""
+        return self._arg_extremum(axis, keepdims, "argmax")
+
+    def argmin(self, axis=None, keepdims=False):
+        """Index of the smallest value, like ``argmax``."""
+        return self._arg_extremum(axis, keepdims, "argmin")
+
+    def norm(self, ord=None, axis=None, keepdims=False):
+        """Same as ``tgm.norm(self, ...)``."""
+        return norm(self, ord, axis, keepdims)
+
+    # matrices
+    def diagonal(self, offset=0, axis1=0, axis2=1):
+        """The diagonal ``offset`` above (below, if negative) the main one, of the matrices
+        in axes ``axis1`` and ``axis2``, as a new last axis (numpy's ``diagonal``)."""
+        if self.ndim < 2:
+            raise ValueError(f"diagonal: needs a tensor with at least 2 dims, got shape {self.shape}")
+        axis1, axis2 = _one_axis(axis1, self.ndim, "diagonal"), _one_axis(axis2, self.ndim, "diagonal")
+        if axis1 == axis2:
+            raise ValueError(f"diagonal: axis1 and axis2 are both axis {axis1} of shape {self.shape}")
+        return record(ops.diagonal, self, _integer(offset, "diagonal", "offset"), axis1, axis2)
+
+    def trace(self, offset=0, axis1=0, axis2=1):
+        """Sum of the diagonal (a composition: ``diagonal(...).sum(-1)``)."""
+        return self.diagonal(offset, axis1, axis2).sum(axis=-1)
+
+    def _triangle(self, op, k):
+        if self.ndim < 2:
+            raise ValueError(f"{op.name}: needs a tensor with at least 2 dims, got shape {self.shape}")
+        return record(op, self, _integer(k, op.name, "k"))
+
+    def triu(self, k=0):
+        """Zeros below the k-th diagonal of the last two axes (numpy's ``triu``)."""
+        return self._triangle(ops.triu, k)
+
+    def tril(self, k=0):
+        """Zeros above the k-th diagonal of the last two axes (numpy's ``tril``)."""
+        return self._triangle(ops.tril, k)
+
+    # shape: squeeze, expand_dims, flatten and ravel are reshapes
+    def squeeze(self, axis=None):
+        """Drop size-1 axes: all of them, or those in ``axis`` (each must have size 1)."""
+        if axis is None:
+            return self.reshape(tuple(n for n in self.shape if n != 1))
+        axes = _normalize_axis(axis, self.ndim, "squeeze")
+        for ax in axes:
+            if self.shape[ax] != 1:
+                raise ValueError(f"squeeze: axis {ax} of shape {self.shape} has size "
+                                 f"{self.shape[ax]}, not 1")
+        return self.reshape(tuple(n for i, n in enumerate(self.shape) if i not in axes))
+
+    def expand_dims(self, axis):
+        """New size-1 axes at positions ``axis`` (an int or a tuple) of the result (numpy)."""
+        if axis is None or isinstance(axis, bool) or not isinstance(axis, (numbers.Integral, tuple, list)):
+            raise TypeError(f"expand_dims: axis must be an int or a tuple of ints, got {axis!r}")
+        ndim = self.ndim + (1 if isinstance(axis, numbers.Integral) else len(axis))
+        axes = _normalize_axis(axis, ndim, "expand_dims")
+        sides = iter(self.shape)
+        return self.reshape(tuple(1 if i in axes else next(sides) for i in range(ndim)))
+
+    def unsqueeze(self, dim):
+        """PyTorch's name: one new size-1 axis at position ``dim`` of the result."""
+        return self.expand_dims(_integer(dim, "unsqueeze", "dim"))
+
+    def flatten(self, start_dim=0, end_dim=-1):
+        """Merge axes start_dim..end_dim into one (PyTorch's signature); by default all of
+        them, numpy's ``flatten()``."""
+        if self.ndim == 0:
+            return self.reshape(1)
+        start, end = _one_axis(start_dim, self.ndim, "flatten"), _one_axis(end_dim, self.ndim, "flatten")
+        if start > end:
+            raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} "
+                             f"in shape {self.shape}")
+        shape = self.shape
+        return self.reshape(shape[:start] + (int(np.prod(shape[start:end + 1])),) + shape[end + 1:])
+
+    def ravel(self):
+        """The values as a 1-D tensor."""
+        return self.reshape(-1)
+
+    def repeat(self, repeats, axis=None):
+        """Each entry repeated along ``axis`` (numpy's ``repeat``: ``repeats`` an int or one
+        count per entry; axis None repeats the flattened values). PyTorch's ``repeat`` is
+        ``tile`` here."""
+        if axis is None:
+            return self.reshape(-1).repeat(repeats, 0)
+        axis = _one_axis(axis, self.ndim, "repeat")
+        n = self.shape[axis]
+        counts = [_integer(c, "repeat", "repeats") for c in
+                  ((repeats,) if isinstance(repeats, numbers.Integral) else _int_sequence(repeats, "repeat"))]
+        if any(c < 0 for c in counts):
+            raise ValueError(f"repeat: repeats must be >= 0, got {repeats}")
+        if len(counts) not in (1, n):
+            raise ValueError(f"repeat: {len(counts)} counts for the {n} entries of axis {axis} "
+                             f"of shape {self.shape}")
+        return record(ops.repeat, self, counts[0] if len(counts) == 1 else tuple(counts), axis)
+
+    def tile(self, reps):
+        """The tensor laid out ``reps`` times along each axis (numpy's ``tile``; PyTorch's
+        ``Tensor.repeat``)."""
+        reps = [_integer(r, "tile", "reps") for r in
+                ((reps,) if isinstance(reps, numbers.Integral) else _int_sequence(reps, "tile"))]
+        if any(r < 0 for r in reps):
+            raise ValueError(f"tile: reps must be >= 0, got {tuple(reps)}")
+        return record(ops.tile, self, (1,) * (self.ndim - len(reps)) + tuple(reps))
+
+    def flip(self, axis=None):
+        """Reverse the order of entries along ``axis`` (None: every axis)."""
+        axes = _normalize_axis(axis, self.ndim, "flip")
+        return record(ops.flip, self, tuple(range(self.ndim)) if axes is None else axes)
+
+    def roll(self, shift, axis=None):
+        """Shift entries cyclically along ``axis`` (numpy's ``roll``; axis None rolls the
+        flattened values). ``shift`` and ``axis`` may be tuples of one length."""
+        if axis is None:
+            return self.reshape(-1).roll(shift, 0).reshape(self.shape)
+        axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+        shifts = tuple(shift) if isinstance(shift, (tuple, list)) else (shift,) * len(axes)
+        if len(shifts) != len(axes):
+            raise ValueError(f"roll: {len(shifts)} shifts for {len(axes)} axes")
+        shifts = tuple(_integer(s, "roll", "shift") for s in shifts)
+        return record(ops.roll, self, shifts, tuple(_one_axis(a, self.ndim, "roll") for a in axes))
+
+    def split(self, indices_or_sections, axis=0):
+        """A list of pieces along ``axis`` (numpy's ``split``): an int n gives n equal
+        pieces, a sequence of indices cuts before each. A composition: each piece is a slice."""
+        axis = _one_axis(axis, self.ndim, "split")
+        n = self.shape[axis]
+        if isinstance(indices_or_sections, numbers.Integral) and not isinstance(indices_or_sections, bool):
+            sections = int(indices_or_sections)
+            if sections <= 0:
+                raise ValueError(f"split: the number of sections must be positive, got {sections}")
+            if n % sections:
+                raise ValueError(f"split: axis {axis} of shape {self.shape} has {n} entries, which "
+                                 f"do not split into {sections} equal sections")
+            cuts = [n // sections * i for i in range(1, sections)]
+        else:
+            cuts = [_integer(c, "split", "indices") for c in _int_sequence(indices_or_sections, "split")]
+        bounds = [0] + cuts + [n]
+        prefix = (slice(None),) * axis
+        return [self[prefix + (slice(start, stop),)] for start, stop in zip(bounds[:-1], bounds[1:])]
+
+    def chunk(self, chunks, axis=0):
+        """``chunks`` pieces of equal size along ``axis``, the last smaller if they do not
+        divide evenly (and fewer pieces if the sizes require it), as PyTorch's ``chunk``."""
+        chunks = _integer(chunks, "chunk", "chunks")
+        if chunks <= 0:
+            raise ValueError(f"chunk: chunks must be positive, got {chunks}")
+        axis = _one_axis(axis, self.ndim, "chunk")
+        n = self.shape[axis]
+        size = -(-n // chunks)
+        if size == 0:
+            return [self[(slice(None),) * axis + (slice(0, 0),)] for _ in range(chunks)]
+        return self.split(list(range(size, n, size)), axis)
+
 
 def tensor(data, dtype=None, device="cpu", requires_grad=False):
     """Same as ``Tensor(...)``."""
@@ -884,3 +1174,246 @@ def zeros_like(t, requires_grad=False):
 
 def ones_like(t, requires_grad=False):
     return _filled(t.shape, 1.0, t.dtype, t._be, requires_grad)
+
+
+# ----------------------------------------------------------------------------------
+# The op set users expect (issue 9): argument helpers and functions of several tensors
+# (numpy_functions.py gives every Tensor method a module-level twin)
+# ----------------------------------------------------------------------------------
+
+__all__ += ["einsum", "tensordot", "outer", "arctan2", "logaddexp", "remainder", "mod", "pad",
+            "norm"]
+
+
+def _real(value, name, what):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: {what} must be a number, got {value!r}")
+    return float(value)
+
+
+def _integer(value, name, what):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: {what} must be an int, got {value!r}")
+    return int(value)
+
+
+def _int_sequence(values, name):
+    if isinstance(values, Tensor):
+        values = values.numpy()
+    if isinstance(values, np.ndarray):
+        values = values.tolist()
+    if not isinstance(values, (list, tuple)):
+        raise TypeError(f"{name}: expected an int or a sequence of ints, got {type(values).__name__}")
+    return list(values)
+
+
+def _one_axis(axis, ndim, name):
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"{name}: axis must be an int, got {axis!r}")
+    return _normalize_axis(axis, ndim, name)[0]
+
+
+def _tensor_argument(x, name):
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected a Tensor, got {type(x).__name__}")
+    return x
+
+
+def _two_tensors(a, b, name):
+    """Two operands, at least one a Tensor, on one device with one dtype."""
+    anchor = a if isinstance(a, Tensor) else b
+    if not isinstance(anchor, Tensor):
+        raise TypeError(f"{name}: a or b must be a Tensor")
+    a, b = _pair(anchor, a, name)[1], _pair(anchor, b, name)[1]
+    return _pair(a, b, name)
+
+
+def _floating_pairwise(a, b, op):
+    """``_pairwise`` for a floating op: two integer operands compute in float32."""
+    a, b = _two_tensors(a, b, op.name)
+    return _pairwise(_floating(a), _floating(b), op)
+
+
+def arctan2(a, b):
+    """The angle of the point (b, a), elementwise, in (-pi, pi] (numpy's ``arctan2``)."""
+    return _floating_pairwise(a, b, ops.arctan2)
+
+
+def logaddexp(a, b):
+    """log(exp(a) + exp(b)) elementwise, computed stably."""
+    return _floating_pairwise(a, b, ops.logaddexp)
+
+
+def remainder(a, b):
+    """``a % b`` with numpy's sign convention (the divisor's)."""
+    return _pairwise(a, b, ops.mod)
+
+
+mod = remainder
+
+
+def _two_norm(x, axes, keepdims):
+    # safe_sqrt: every derivative is 0 where the sum is 0, so the gradient at x = 0 is 0
+    return record(ops.safe_sqrt, (x * x).sum(axis=axes, keepdims=keepdims))
+
+
+def norm(x, ord=None, axis=None, keepdims=False):
+    """Vector and matrix norms with numpy.linalg.norm's conventions, composed of Tensor ops.
+
+    Vector norms (``axis`` an int, or None on a 1-D tensor): ord None or 2, the 2-norm;
+    1, the sum of |x|; inf / -inf, the largest / smallest |x|. Matrix norms (``axis`` a
+    pair, or None on a 2-D tensor): ord None or "fro", the Frobenius norm; 1 / -1, the
+    largest / smallest column sum of |x|; inf / -inf, the same over rows. With ord None and
+    axis None any tensor gives the 2-norm of all its entries. The gradient of the 2-norm
+    at 0 is 0 (PyTorch's choice).
+
+    >>> import tinygrad_meta as tgm
+    >>> float(norm(tgm.Tensor([3.0, -4.0])).item()), float(norm(tgm.Tensor([3.0, -4.0]), ord=1).item())
+    (5.0, 7.0)
+    """
+    x = _floating(_tensor_argument(x, "norm"))
+    if axis is None:
+        if ord is None:
+            return _two_norm(x, None, keepdims)
+        if x.ndim not in (1, 2):
+            raise ValueError(f"norm: ord={ord!r} needs a 1-D or 2-D tensor or an axis, got shape {x.shape}")
+        axes = tuple(range(x.ndim))
+    else:
+        axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+        axes = tuple(_one_axis(a, x.ndim, "norm") for a in axes)
+    if len(axes) == 1:
+        if ord is None or ord == 2:
+            return _two_norm(x, axes, keepdims)
+        if ord == 1:
+            return x.abs().sum(axis=axes, keepdims=keepdims)
+        if ord in (np.inf, -np.inf):
+            return x.abs().max(axis=axes, keepdims=keepdims) if ord > 0 else \
+                x.abs().min(axis=axes, keepdims=keepdims)
+        raise ValueError(f"norm: vector ord must be None, 1, 2, inf or -inf, got {ord!r}")
+    if len(axes) != 2 or axes[0] == axes[1]:
+        raise ValueError(f"norm: axis must be an int or two different axes, got {axis!r}")
+    if ord is None or ord == "fro":
+        return _two_norm(x, axes, keepdims)
+    if ord in (1, -1, np.inf, -np.inf):
+        # ord 1: sum down each column (over the row axis), then the largest; inf: the transpose
+        summed, across = axes if ord in (1, -1) else axes[::-1]
+        sums = x.abs().sum(axis=summed, keepdims=True)
+        peak = sums.max(axis=across, keepdims=True) if ord > 0 else sums.min(axis=across, keepdims=True)
+        return peak if keepdims else peak.reshape([n for i, n in enumerate(peak.shape) if i not in axes])
+    raise ValueError(f"norm: matrix ord must be None, 'fro', 1, -1, inf or -inf, got {ord!r} "
+                     "(the singular-value norms 2, -2 and 'nuc' are not supported)")
+
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def einsum(subscripts, *operands):
+    """Sums of products over the indices that ``subscripts`` names (numpy's ``einsum``,
+    without ellipsis): ``einsum("ij,jk->ik", a, b)`` is ``a @ b``, ``einsum("ii->", a)``
+    the trace. Without "->" the output is every index used once, alphabetically (numpy's
+    implicit mode). Differentiable in every operand, to any order.
+
+    >>> import tinygrad_meta as tgm
+    >>> einsum("ij,j->i", tgm.Tensor([[1.0, 2.0], [3.0, 4.0]]), tgm.Tensor([1.0, 1.0])).tolist()
+    [3.0, 7.0]
+    """
+    if not isinstance(subscripts, str):
+        raise TypeError(f"einsum: subscripts must be a string like 'ij,jk->ik', got "
+                        f"{type(subscripts).__name__}")
+    tensors = _as_tensors(list(operands), "einsum")
+    shapes = [t.shape for t in tensors]
+    spec = subscripts.replace(" ", "")
+    if "." in spec:
+        raise ValueError(f"einsum: ellipsis in {subscripts!r} is not supported; name every axis")
+    lhs, arrow, output = spec.partition("->")
+    inputs = lhs.split(",")
+    letters = "".join(inputs)
+    if not arrow:
+        output = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    if len(inputs) != len(tensors):
+        raise ValueError(f"einsum: {subscripts!r} names {len(inputs)} operands but "
+                         f"{len(tensors)} were given (shapes {shapes})")
+    for c in letters + output:
+        if c not in _LETTERS:
+            raise ValueError(f"einsum: {subscripts!r} contains {c!r}; indices are letters a-z, A-Z")
+    sizes = {}
+    for k, (sub, shape) in enumerate(zip(inputs, shapes)):
+        if len(sub) != len(shape):
+            raise ValueError(f"einsum: operand {k} has shape {shape} but {sub!r} names "
+                             f"{len(sub)} axes (subscripts {subscripts!r})")
+        for c, n in zip(sub, shape):
+            size, first, first_shape = sizes.setdefault(c, (n, k, shape))
+            if size != n:
+                raise ValueError(f"einsum: index {c!r} has size {size} in operand {first} "
+                                 f"(shape {first_shape}) but {n} in operand {k} (shape {shape})")
+    for c in output:
+        if output.count(c) > 1 or c not in sizes:
+            problem = "repeats" if c in sizes else "is in no operand:"
+            raise ValueError(f"einsum: output index {c!r} {problem} {subscripts!r} "
+                             f"(operand shapes {shapes})")
+    return record(ops.einsum, tensors, tuple(inputs), output)
+
+
+def tensordot(a, b, axes=2):
+    """Sums of products over the last ``axes`` axes of ``a`` and the first of ``b``, or over
+    the axes paired by ``axes=(axes_a, axes_b)`` (numpy's ``tensordot``). A composition:
+    one einsum with generated subscripts."""
+    a, b = _two_tensors(a, b, "tensordot")
+    if isinstance(axes, numbers.Integral) and not isinstance(axes, bool):
+        if not 0 <= axes <= min(a.ndim, b.ndim):
+            raise ValueError(f"tensordot: cannot contract {axes} axes of shapes {a.shape} and {b.shape}")
+        axes_a, axes_b = list(range(a.ndim - axes, a.ndim)), list(range(axes))
+    else:
+        try:
+            axes_a, axes_b = axes
+        except (TypeError, ValueError):
+            raise TypeError(f"tensordot: axes must be an int or a pair (axes_a, axes_b), got {axes!r}") from None
+        axes_a = [_one_axis(i, a.ndim, "tensordot") for i in
+                  ((axes_a,) if isinstance(axes_a, numbers.Integral) else axes_a)]
+        axes_b = [_one_axis(j, b.ndim, "tensordot") for j in
+                  ((axes_b,) if isinstance(axes_b, numbers.Integral) else axes_b)]
+    if len(axes_a) != len(axes_b) or len(set(axes_a)) != len(axes_a) or \
+            len(set(axes_b)) != len(axes_b) or \
+            any(a.shape[i] != b.shape[j] for i, j in zip(axes_a, axes_b)):
+        raise ValueError(f"tensordot: axes {tuple(axes_a)} of shape {a.shape} and "
+                         f"{tuple(axes_b)} of shape {b.shape} do not pair up")
+    sub_a = _LETTERS[:a.ndim]
+    fresh = iter(_LETTERS[a.ndim:])
+    sub_b = "".join(sub_a[axes_a[axes_b.index(j)]] if j in axes_b else next(fresh)
+                    for j in range(b.ndim))
+    output = "".join(c for i, c in enumerate(sub_a) if i not in axes_a) + \
+        "".join(c for j, c in enumerate(sub_b) if j not in axes_b)
+    return einsum(f"{sub_a},{sub_b}->{output}", a, b)
+
+
+def outer(a, b):
+    """The outer product of the flattened ``a`` and ``b`` (numpy's ``outer``), shape
+    (a.size, b.size). A composition: one broadcast multiply."""
+    a, b = _two_tensors(a, b, "outer")
+    return a.reshape(-1, 1) * b.reshape(1, -1)
+
+
+def pad(x, pad_width, mode="constant", constant_values=0):
+    """``x`` with ``constant_values`` around it (numpy's ``pad``, constant mode only):
+    ``pad_width`` is an int (every side), a (before, after) pair (every axis) or one pair
+    per axis. The gradient is the slice of g that holds x."""
+    x = _tensor_argument(x, "pad")
+    if mode != "constant":
+        raise ValueError(f"pad: only mode='constant' is supported, got {mode!r}")
+    if x.ndim == 0:
+        raise ValueError("pad: a 0-d tensor has no axes to pad")
+    try:
+        widths = np.asarray(pad_width)
+    except (TypeError, ValueError):
+        widths = np.asarray(None)
+    if widths.dtype.kind not in "iu":
+        raise TypeError(f"pad: pad_width must be integers, got {pad_width!r}")
+    try:
+        widths = np.broadcast_to(widths, (x.ndim, 2))
+    except ValueError:
+        raise ValueError(f"pad: pad_width {pad_width!r} does not fit shape {x.shape} (give an "
+                         "int, a (before, after) pair, or one pair per axis)") from None
+    if (widths < 0).any():
+        raise ValueError(f"pad: pad widths must be >= 0, got {pad_width!r}")
+    value = _real(constant_values, "pad", "constant_values")
+    return record(ops.pad, x, tuple((int(b), int(e)) for b, e in widths.tolist()), value)
