@@ -38,6 +38,15 @@ __all__ = ["grad", "backward", "no_grad", "enable_grad", "is_grad_enabled", "top
 # next number. (itertools.count's __next__ is atomic under the GIL.)
 next_seq = itertools.count(1).__next__
 
+# The number of the latest in-place change anywhere: a backward pass checks a node's
+# inputs for changes only when one happened after the node was recorded.
+LATEST_CHANGE = [0]
+
+
+def note_change(node):
+    """Mark an in-place change of ``node``'s values (``.data`` assignment, optimizer step)."""
+    node._version = LATEST_CHANGE[0] = next_seq()
+
 
 # Per-thread (and per-asyncio-task) state read by every op before it records a node.
 # A ContextVar rather than threading.local: a new thread starts from the defaults, and
@@ -151,6 +160,13 @@ def _seed_gradients(outputs, grad_outputs, caller, create_graph):
 _ONE_INPUT = (True,)  # a recorded one-input node exists because its input needs a gradient
 
 
+def _check_unchanged(node):
+    """Raise if ``node`` or an input of it changed in place after ``node`` was recorded."""
+    for changed in (node,) + node._parents:
+        if changed._version > node._seq:
+            raise _modified_error(node, changed)
+
+
 def _modified_error(node, parent):
     op = node._op.name
     which = "its output" if parent is node else "an input"
@@ -189,6 +205,7 @@ def _run_backward(outputs, seeds, create_graph, capture=None):
     mode_token = _GRAD_ENABLED.set(True) if create_graph else None
     origin_token = _ORIGIN.set(None) if create_graph else None
     capturing = capture is not None
+    latest_change = LATEST_CHANGE[0]
     try:
         for node in reversed(order):
             key = id(node)
@@ -205,26 +222,17 @@ def _run_backward(outputs, seeds, create_graph, capture=None):
                 if len(captured) == len(capture):
                     break
             parents = node._parents
-            seq = node._seq
-            if node._version:
-                raise _modified_error(node, node)
+            if latest_change > node._seq:
+                _check_unchanged(node)
             # the common one- and two-input cases without building lists
             if len(parents) == 1:
-                first = parents[0]
-                if first._version > seq:
-                    raise _modified_error(node, first)
                 needs = _ONE_INPUT
-                ins = parents if create_graph else (first._data,)
+                ins = parents if create_graph else (parents[0]._data,)
             elif len(parents) == 2:
                 first, second = parents
-                if first._version > seq or second._version > seq:
-                    raise _modified_error(node, first if first._version > seq else second)
                 needs = (first._requires_grad, second._requires_grad)
                 ins = parents if create_graph else (first._data, second._data)
             else:
-                for parent in parents:
-                    if parent._version > seq:
-                        raise _modified_error(node, parent)
                 needs = tuple([parent._requires_grad for parent in parents])
                 ins = parents if create_graph else tuple([parent._data for parent in parents])
             if create_graph:

@@ -18,7 +18,7 @@ import operator
 import numpy as np
 
 from . import ops
-from .autograd import backward as _backward, current_origin, grad_enabled, next_seq
+from .autograd import backward as _backward, current_origin, grad_enabled, next_seq, note_change
 from .backends import get_backend
 
 __all__ = [
@@ -423,11 +423,7 @@ class Tensor:
         if isinstance(value, Tensor):
             value = value._data
         self._data = value
-        self._version = next_seq()
-
-    def _bump_version(self):
-        """Mark an in-place change of ``_data`` (optimizers call this)."""
-        self._version = next_seq()
+        note_change(self)
 
     @property
     def requires_grad(self):
