@@ -232,6 +232,10 @@ def _run_backward(outputs, seeds, create_graph, capture=None):
                 first, second = parents
                 needs = (first._requires_grad, second._requires_grad)
                 ins = parents if create_graph else (first._data, second._data)
+            elif len(parents) == 3:  # a layer with its bias
+                first, second, third = parents
+                needs = (first._requires_grad, second._requires_grad, third._requires_grad)
+                ins = parents if create_graph else (first._data, second._data, third._data)
             else:
                 needs = tuple([parent._requires_grad for parent in parents])
                 ins = parents if create_graph else tuple([parent._data for parent in parents])
@@ -300,18 +304,23 @@ def grad(outputs, inputs, grad_outputs=None, create_graph=False, allow_unused=Fa
         raise ValueError("grad: inputs is empty")
     if not outputs:
         raise ValueError("grad: outputs is empty")
-    _check_nodes(outputs, "output", "grad")
-    _check_nodes(inputs, "input", "grad", kind=type(outputs[0]))
-    for index, node in enumerate(inputs):
-        if not node._requires_grad:
-            raise RuntimeError(
-                f"grad: input {index} does not require grad; create it with requires_grad=True "
-                "or call .requires_grad_() on it")
+    kind = type(outputs[0])
+    if not hasattr(kind, "_graph_ops"):
+        _check_nodes(outputs, "output", "grad")  # raises, naming it
     for index, node in enumerate(outputs):
+        if type(node) is not kind:
+            _check_nodes(outputs, "output", "grad")
         if not node._requires_grad:
             raise RuntimeError(
                 f"grad: output {index} does not require grad and has no graph; it does not "
                 "depend on any input that requires grad (or was computed under no_grad)")
+    for index, node in enumerate(inputs):
+        if type(node) is not kind:
+            _check_nodes(inputs, "input", "grad", kind)
+        if not node._requires_grad:
+            raise RuntimeError(
+                f"grad: input {index} does not require grad; create it with requires_grad=True "
+                "or call .requires_grad_() on it")
     seeds = _seed_gradients(outputs, grad_outputs, "grad", create_graph)
     captured = _run_backward(outputs, seeds, create_graph, capture={id(node): node for node in inputs})
     results = []
