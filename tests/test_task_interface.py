@@ -58,7 +58,6 @@ class EpisodeTask(Task):
     """N-way K-shot classification episodes from a class pool: what the few-shot issue plugs in."""
     name = "toy-episodes"
     metric_name = "accuracy"
-    higher_is_better = True
     evaluation_shots = (1, 5)
     query_description = "query accuracy on 5 drawings per class"
 
@@ -122,3 +121,9 @@ def test_another_task_family_trains_resumes_and_evaluates_through_the_interface(
     report = evaluate_run(straight.out, num_tasks=4, baseline_iters=2, log=lambda *a: None)
     assert [row["shots"] for row in report["rows"]] == [3, 3] and report["task"] == "line"
     assert format_table(report).startswith("query MSE on 20 points of the line after k inner steps")
+
+
+def test_a_task_without_a_divergence_bound_flags_only_non_finite_scores():
+    from tinygrad_meta.evaluate import _row
+    row = _row("maml", 1, {1: np.array([0.9, 2000.0, np.nan])}, [1], diverged_above=EpisodeTask.diverged_above)
+    assert row["diverged"][1] == 1 and row["without_diverged"][1][0] == pytest.approx(1000.45)

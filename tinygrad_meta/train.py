@@ -255,6 +255,11 @@ def _train(config, checkpoint, task, progress, log):
     loss_average = running.get("loss_average")
     seconds_before = float(running.get("seconds", 0.0) or 0.0)
 
+    began = time.perf_counter()
+
+    def elapsed():
+        return time.perf_counter() - began
+
     def save(iteration):
         save_checkpoint(
             os.path.join(config["out"], CHECKPOINT_NAME),
@@ -268,10 +273,6 @@ def _train(config, checkpoint, task, progress, log):
         )
 
     bar = _Progress(config["iters"], start, progress, log)
-    began = time.perf_counter()
-
-    def elapsed():
-        return time.perf_counter() - began
 
     iteration = start
     with _deferred_interrupt() as interrupt:

@@ -7,8 +7,7 @@ import time
 
 from ..checkpoint import CheckpointError, check_writable
 from ..evaluate import evaluate_run, format_table
-from .arguments import whole_number
-from .train_cmd import INTERRUPTED
+from .arguments import INTERRUPTED, whole_number
 
 
 def _shots(text):
@@ -47,7 +46,8 @@ def register(subparsers):
     parser.add_argument("run_dir", metavar="DIR", help="a run folder written by train")
     parser.add_argument("--tasks", type=whole_number, default=600,
                         help="fresh tasks per K, adapted at once: their memory must fit this machine's (default 600)")
-    parser.add_argument("--shots", default="5,10,20", help="K values, comma-separated (default 5,10,20)")
+    parser.add_argument("--shots", default=None,
+                        help="K values, comma-separated (default: the task's, 5,10,20 for sinusoid)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the pretrained baseline")
     parser.add_argument("--baseline-iters", type=whole_number, default=None,
                         help="regression steps of the pretrained baseline (default: the run's, 5000)")
@@ -68,7 +68,7 @@ def run(args) -> int:
         report_path = args.out if args.out is not None else default_report_path(args.run_dir)
         # find out now, not after the evaluation, that the table cannot be written
         check_writable(report_path, "evaluation table")
-        report = evaluate_run(args.run_dir, num_tasks=args.tasks, shots=_shots(args.shots),
+        report = evaluate_run(args.run_dir, num_tasks=args.tasks, shots=None if args.shots is None else _shots(args.shots),
                               baseline=not args.no_baseline, plot=not args.no_plot, device=args.device,
                               baseline_iters=args.baseline_iters, report_path=report_path,
                               plot_path=_plot_path(report_path))

@@ -12,10 +12,7 @@ from ..checkpoint import MAX_CHECKPOINT_BYTES, CheckpointError, format_bytes
 from ..evaluate import REPORT_NAME, evaluate_run, format_table
 from ..run import ALGORITHMS, DEFAULTS, MAX_INNER_STEPS, ConfigConflictError
 from ..train import TrainingInterrupted, train
-from .arguments import whole_number
-
-# the exit status of a process stopped by Ctrl-C (128 + SIGINT), as shells report it
-INTERRUPTED = 130
+from .arguments import INTERRUPTED, whole_number
 
 
 def register(subparsers):

@@ -103,9 +103,11 @@ def per_task_accuracy(logits, labels):
 class Task(abc.ABC):
     """A family of few-shot tasks, as training and evaluation see it.
 
-    A subclass sets ``name``, ``metric_name`` ("mse", "accuracy"), ``higher_is_better``,
-    ``evaluation_shots`` (the K values of the evaluation table), ``query_description``
-    (what the metric is measured on, for the table's header), ``curve_plot``, and implements
+    A subclass sets ``name``, ``metric_name`` ("mse", "accuracy"), ``diverged_above`` (a
+    score beyond which a task counts as diverged, or None when only a non-finite score
+    does), ``evaluation_shots`` (the K values of the evaluation table),
+    ``query_description`` (what the metric is measured on, for the table's header),
+    ``curve_plot``, and implements
     ``sample_batch``, ``evaluation_batch``, ``loss`` and ``metric``. The stream methods
     (``meta_batch``, ``validation_tasks``, ``evaluation_tasks``) are what train and
     evaluate call; they derive every generator through ``stream_rng``.
@@ -113,7 +115,7 @@ class Task(abc.ABC):
 
     name: str = "task"
     metric_name: str = "mse"
-    higher_is_better: bool = False
+    diverged_above: float | None = None
     evaluation_shots: tuple = (5, 10, 20)
     query_description: str = "the query set"
     curve_plot: bool = False  # True for 1-D regression, whose evaluation plot draws curves
