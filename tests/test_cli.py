@@ -10,9 +10,10 @@ import pytest
 
 from tinygrad_meta.__main__ import main
 from tinygrad_meta.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
-from tinygrad_meta.evaluate import adapt_curve, adapted_mse
-from tinygrad_meta.tasks.sinusoid import STREAM_EVAL, STREAM_VALIDATION, evaluation_batch, task_rng
-from tinygrad_meta.train import build_algorithm, build_model, make_config, train
+from tinygrad_meta.evaluate import _row, adapt_curve, adapted_metric, adapted_mse, format_table
+from tinygrad_meta.run import build_algorithm, build_model, make_config
+from tinygrad_meta.tasks import get_task
+from tinygrad_meta.train import train
 
 # small and fast: these tests check behaviour, not learning quality
 TINY = ["--hidden", "8", "--meta-batch", "3", "--shots", "4", "--no-progress", "--no-plot",
@@ -52,14 +53,14 @@ def test_training_is_deterministic_and_lowers_the_validation_loss(tmp_path):
     # the same validation tasks and measure, on the untrained initialisation
     config = make_config(dict(settings, out=str(tmp_path / "c")))
     untrained = build_algorithm(config, build_model(config))
-    validation = evaluation_batch(100, config["shots"], task_rng(config["seed"], 0, STREAM_VALIDATION))[0]
+    validation = get_task("sinusoid").validation_tasks(config["seed"], 100, config["shots"])
     before = adapted_mse(untrained, validation, steps=[1])[1].mean()
     assert first.history[-1]["iteration"] == 120
     assert first.history[-1]["val_mse"] < 0.9 * before
 
 
 def _eval_tasks(num=20, shots=5):
-    return evaluation_batch(num, shots, task_rng(0, shots, STREAM_EVAL))[0]
+    return get_task("sinusoid").evaluation_tasks(0, num, shots)
 
 
 def test_batched_evaluation_matches_the_meta_learners_own_per_task_evaluation(tmp_path):
@@ -211,7 +212,10 @@ def test_eval_prints_the_table_and_rejects_a_missing_folder(capsys, tmp_path):
     printed = capsys.readouterr().out
     assert "mean ± 95% CI over 5 tasks" in printed and "checkpoint at iteration 3" in printed
     assert "  5  maml" in printed and " 10  pretrained" in printed and " 20  " not in printed
-    assert os.path.exists(os.path.join(out, "eval.json")) and os.path.exists(os.path.join(out, "pretrained.npz"))
+    written = sorted(os.listdir(out))
+    assert [name for name in written if name.startswith("eval")] == [name for name in written
+                                                                      if name.startswith("eval-")][:1]
+    assert "pretrained.npz" in written
     assert "does not exist" in _error(capsys, ["eval", str(tmp_path / "missing")])
     assert "need at least 2 tasks" in _error(capsys, ["eval", out, "--tasks", "1", "--no-plot"])
 
@@ -226,7 +230,8 @@ def test_eval_plot_is_saved_or_skipped_with_a_message(capsys, tmp_path):
     except ImportError:
         assert "matplotlib is not installed: skipped the plot" in printed
     else:
-        assert os.path.getsize(os.path.join(out, "eval_plot.png")) > 1000
+        (plot,) = [name for name in os.listdir(out) if name.endswith(".png")]
+        assert plot.startswith("eval-") and os.path.getsize(os.path.join(out, plot)) > 1000
 
 
 def test_info_reports_versions_kernels_and_devices(capsys):
@@ -246,13 +251,15 @@ def test_progress_falls_back_to_plain_lines_without_tqdm(monkeypatch, tmp_path):
 
 
 def test_a_diverged_task_is_reported_not_hidden():
-    from tinygrad_meta.evaluate import _row, format_table
-    curves = {0: np.array([1.0, 2.0, 3.0]), 10: np.array([0.1, 0.3, np.nan])}
-    report = {"steps": [0, 10], "num_tasks": 3, "inner_lr": 0.01, "rows": [_row("maml", 5, curves, [0, 10])]}
+    curves = {0: np.array([1.0, 2.0, 3.0, 4.0]), 10: np.array([0.1, 0.3, 0.5, np.nan])}
+    report = {"steps": [0, 10], "num_tasks": 4, "inner_lr": 0.01, "rows": [_row("maml", 5, curves, [0, 10])]}
     table = format_table(report)
-    assert "2.000 ± 1.132" in table  # 1.96 * std([1, 2, 3], ddof=1) / sqrt(3)
+    assert "2.500 ± 1.265" in table  # 1.96 * std([1, 2, 3, 4], ddof=1) / sqrt(4)
     assert "not finite*" in table
-    assert "1 of 3 tasks diverged" in table and "the other 2: 0.200 ± 0.196" in table
+    # the footnote's mean and median are over the same tasks, the three that stayed finite:
+    # mean 0.3, 1.96 * 0.2 / sqrt(3) = 0.226, median 0.3 (over all four, NaN as worst, it is 0.4)
+    assert "1 of 4 tasks diverged" in table and "the other 3: mean 0.300 ± 0.226, median 0.300" in table
+    assert report["rows"][0]["median"][10] == pytest.approx(0.4)
 
 
 def test_a_run_pins_its_cpu_kernels_and_restores_the_mode_after(tmp_path):
@@ -262,3 +269,161 @@ def test_a_run_pins_its_cpu_kernels_and_restores_the_mode_after(tmp_path):
                    progress=False, log=_quiet)
     assert load_checkpoint(result.out).config["cpu_kernels"] in ("cython", "numpy")
     assert cpu.get_kernels() == before
+
+
+def test_the_task_metric_of_an_adapted_model_is_the_query_mse_for_sinusoids(tmp_path):
+    result = train({"hidden": [16], "meta_batch": 4, "iters": 5, "eval_every": 0, "eval_tasks": 0,
+                    "out": str(tmp_path / "run")}, progress=False, log=_quiet)
+    batch = _eval_tasks()
+    by_metric = adapted_metric(get_task("sinusoid"), result.algorithm, batch, steps=(0, 1, 5))
+    by_mse = adapted_mse(result.algorithm, batch, steps=(0, 1, 5))
+    for step in (0, 1, 5):
+        # the same float32 predictions; the metric averages them in float64, adapt_curve in float32
+        np.testing.assert_allclose(by_metric[step], by_mse[step], rtol=1e-6)
+
+
+# ---- papercuts --------------------------------------------------------------------------
+
+def _env():
+    return dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def test_eval_writes_a_file_of_its_own_and_leaves_the_training_table_alone(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--iters", "3", "--out", str(out), "--eval-tasks", "3", "--baseline-iters", "2",
+                 *TINY]) == 0
+    training_table = (out / "eval.json").read_bytes()
+    for _ in range(2):
+        assert main(["eval", str(out), "--tasks", "4", "--shots", "5", "--baseline-iters", "2", "--no-plot"]) == 0
+    printed = capsys.readouterr().out
+    own = sorted(name for name in os.listdir(out) if name.startswith("eval-") and name.endswith(".json"))
+    assert len(own) == 2, own  # two evaluations, two files: neither replaced the other
+    assert f"(table saved in {out / own[-1]})" in printed
+    assert (out / "eval.json").read_bytes() == training_table
+    chosen = tmp_path / "mine.json"
+    assert main(["eval", str(out), "--tasks", "4", "--shots", "5", "--no-baseline", "--no-plot",
+                 "--out", str(chosen)]) == 0
+    assert chosen.exists() and (out / "eval.json").read_bytes() == training_table
+
+
+def test_eval_help_prints_a_plain_percent_sign_and_names_its_output(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "95% CI" in text and "%%" not in text
+    assert "eval-<date>-<time>.json" in text and "--out" in text
+
+
+def test_ctrl_c_in_train_prints_one_line_saves_and_resumes_exactly(tmp_path):
+    out = tmp_path / "run"
+    flags = ["--iters", "1000000", "--checkpoint-every", "25", "--eval-tasks", "0", *TINY]
+    process = subprocess.Popen(_cli(*flags, "--out", str(out)), cwd=REPO, env=_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / CHECKPOINT_NAME).exists() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.01)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, stderr
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
+    reached = load_checkpoint(out).iteration  # Ctrl-C saved the iteration it stopped at
+    assert stderr == (f"interrupted at iteration {reached} of 1000000 (checkpoint saved); "
+                      f"continue with: python -m tinygrad_meta train --resume {out}\n")
+    resumed = subprocess.run(_cli("--resume", str(out), "--iters", str(reached + 3), "--no-progress"),
+                             cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    straight = train({"iters": reached + 3, "checkpoint_every": 25, "eval_tasks": 0, "hidden": [8],
+                      "meta_batch": 3, "shots": 4, "eval_every": 0, "out": str(tmp_path / "straight")},
+                     progress=False, log=_quiet)
+    a, b = load_checkpoint(out).params, load_checkpoint(straight.out).params
+    assert all(np.array_equal(a[name], b[name]) for name in b)
+
+
+def test_an_empty_hidden_is_refused_and_a_linear_model_must_be_asked_for(capsys, tmp_path):
+    for text in ("", " ", ","):
+        err = _error(capsys, ["train", "--hidden", text, "--out", str(tmp_path / "run")])
+        assert "--hidden names no layer width" in err and "--hidden none" in err
+    assert not (tmp_path / "run").exists()
+    assert make_config({"hidden": "none"})["hidden"] == []
+    assert main(["train", "--hidden", "none", "--iters", "2", "--out", str(tmp_path / "linear"),
+                 "--eval-tasks", "0", "--no-progress"]) == 0
+    assert sorted(load_checkpoint(tmp_path / "linear").params) == ["layers.0.bias", "layers.0.weight"]
+
+
+def test_eval_refuses_negative_baseline_iterations_before_writing_anything(capsys, tmp_path):
+    out = tmp_path / "run"
+    train({"hidden": [8], "iters": 2, "eval_every": 0, "eval_tasks": 0, "out": str(out)}, progress=False,
+          log=_quiet)
+    before = sorted(os.listdir(out))
+    err = _error(capsys, ["eval", str(out), "--tasks", "3", "--baseline-iters", "-1"])
+    assert "--baseline-iters must be a whole number >= 0, got -1" in err
+    assert sorted(os.listdir(out)) == before
+
+
+def test_resuming_below_the_checkpoint_is_an_error_and_at_it_does_nothing(capsys, tmp_path):
+    out = str(tmp_path / "run")
+    train({"hidden": [8], "iters": 6, "eval_every": 0, "eval_tasks": 0, "out": out}, progress=False, log=_quiet)
+    before = open(os.path.join(out, CHECKPOINT_NAME), "rb").read()
+    err = _error(capsys, ["train", "--resume", out, "--iters", "4"])
+    assert f"is at iteration 6, beyond --iters 4; pass --iters above 6" in err
+    assert main(["train", "--resume", out, "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert f"nothing to do: {out} is already at iteration 6 of 6" in printed and "of 4" not in printed
+    assert open(os.path.join(out, CHECKPOINT_NAME), "rb").read() == before
+
+
+def test_changing_cpu_kernels_on_resume_warns_naming_both(capsys, tmp_path):
+    out = str(tmp_path / "run")
+    train({"hidden": [8], "iters": 2, "eval_every": 0, "eval_tasks": 0, "out": out, "cpu_kernels": "numpy"},
+          progress=False, log=_quiet)
+    from tinygrad_meta.backends import cpu
+    if not cpu.kernel_info()["compiled"]:
+        pytest.skip("needs the compiled kernels to switch to")
+    assert main(["train", "--resume", out, "--iters", "3", "--cpu-kernels", "cython", "--no-progress",
+                 "--eval-tasks", "0"]) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: {out} was trained with --cpu-kernels numpy, resuming with cython: the "
+                        "result will not match an uninterrupted run bit for bit"]
+    assert main(["train", "--resume", out, "--iters", "4", "--no-progress", "--eval-tasks", "0"]) == 0
+    assert "warning:" not in capsys.readouterr().out  # the run now records cython; no change, no warning
+
+
+def _metrics(path):
+    import json
+    return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
+def test_metrics_continue_exactly_after_a_resume(tmp_path):
+    base = {"hidden": [8], "meta_batch": 3, "eval_every": 2, "eval_tasks": 0, "checkpoint_every": 1000}
+    straight = train(dict(base, iters=8, out=str(tmp_path / "straight")), progress=False, log=_quiet)
+    split = str(tmp_path / "split")
+    train(dict(base, iters=5, out=split), progress=False, log=_quiet)
+    train({"iters": 8}, resume=split, progress=False, log=_quiet)
+    expected, resumed = _metrics(os.path.join(straight.out, "metrics.jsonl")), _metrics(os.path.join(split, "metrics.jsonl"))
+    assert [e["iteration"] for e in resumed] == [2, 4, 6, 8]
+    for a, b in zip(expected, resumed):
+        assert (a["meta_loss"], a["val_mse"]) == (b["meta_loss"], b["val_mse"]), (a, b)
+    seconds = [entry["seconds"] for entry in resumed]
+    assert seconds == sorted(seconds) and seconds[2] >= seconds[1]  # the clock carries on past the resume
+
+
+def test_the_eval_plot_titles_each_row_and_labels_its_axes(tmp_path):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from tinygrad_meta.evaluate import plot_figure, train_pretrained_baseline
+    result = train({"hidden": [8], "iters": 2, "eval_every": 0, "eval_tasks": 0, "out": str(tmp_path / "run")},
+                   progress=False, log=_quiet)
+    pretrained = train_pretrained_baseline(result.config, iters=2)
+    figure = plot_figure(plt, result.algorithm, pretrained, _eval_tasks(4, 5), result.config)
+    try:
+        axes = figure.axes
+        titles = [ax.get_title() for ax in axes]
+        assert len(axes) == 4 and len(set(titles)) == 4, titles
+        assert titles[0].startswith("MAML: task 1") and titles[3].startswith("pretrained: task 2")
+        assert all(ax.get_xlabel() == "x" and ax.get_ylabel() == "y" for ax in axes)
+    finally:
+        plt.close(figure)

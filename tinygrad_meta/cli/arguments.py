@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 import math
 
+# the exit status of a process stopped by Ctrl-C (128 + SIGINT), as shells report it
+INTERRUPTED = 130
+
 
 def whole_number(text: str) -> int:
     """An integer flag that also reads ``1e6`` and ``30_000``, so that ``--iters 1e5`` works

@@ -7,6 +7,11 @@ import importlib.util
 import platform
 import sys
 
+import numpy
+
+import tinygrad_meta
+from ..backends.cpu import kernel_info
+
 
 def register(subparsers):
     parser = subparsers.add_parser("info", help="versions, compiled kernels and devices",
@@ -65,9 +70,6 @@ def cuda_status():
 
 def info_lines():
     """The report as a list of "key: value" lines."""
-    import numpy
-
-    import tinygrad_meta
     lines = [
         f"python: {platform.python_version()} ({sys.executable})",
         f"platform: {platform.platform()}",
@@ -75,7 +77,6 @@ def info_lines():
         f"tinygrad_meta: {tinygrad_meta.__version__} ({tinygrad_meta.__file__.rsplit('/', 1)[0]})",
     ]
     try:
-        from tinygrad_meta.backends.cpu import kernel_info
         kernels = kernel_info()
         lines.append("cpu kernels: " + ", ".join(f"{k}={v}" for k, v in kernels.items()))
     except Exception as error:

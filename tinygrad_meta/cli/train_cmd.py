@@ -5,11 +5,14 @@ With no flags this is the main job: MAML on sinusoids, about two minutes on two 
 """
 from __future__ import annotations
 
+import shlex
 import sys
 
-from ..checkpoint import MAX_CHECKPOINT_BYTES, format_bytes
-from ..train import ALGORITHMS, DEFAULTS, MAX_INNER_STEPS
-from .arguments import whole_number
+from ..checkpoint import MAX_CHECKPOINT_BYTES, CheckpointError, format_bytes
+from ..evaluate import REPORT_NAME, evaluate_run, format_table
+from ..run import ALGORITHMS, DEFAULTS, MAX_INNER_STEPS, ConfigConflictError
+from ..train import TrainingInterrupted, train
+from .arguments import INTERRUPTED, whole_number
 
 
 def register(subparsers):
@@ -23,7 +26,8 @@ def register(subparsers):
                "--meta-batch, --shots and --inner-steps) and the final evaluation needs (from "
                "--eval-tasks) must fit this machine's memory; a checkpoint (parameters and "
                f"optimizer state) may take at most {format_bytes(MAX_CHECKPOINT_BYTES)}. Counts "
-               "take 1e4-style numbers too.")
+               "take 1e4-style numbers too. Ctrl-C stops at the end of the current iteration, saves a "
+               "checkpoint and prints the --resume command (exit status 130); a second Ctrl-C stops at once.")
     # None means "not given": on --resume only given flags are checked against the checkpoint
     parser.add_argument("--algo", choices=ALGORITHMS, default=None, help=f"default {DEFAULTS['algo']}")
     parser.add_argument("--task", default=None, help=f"task family (default {DEFAULTS['task']})")
@@ -40,7 +44,8 @@ def register(subparsers):
     parser.add_argument("--iters", type=whole_number, default=None,
                         help=f"meta-iterations in total (default {DEFAULTS['iters']})")
     parser.add_argument("--seed", type=whole_number, default=None, help=f"default {DEFAULTS['seed']}")
-    parser.add_argument("--hidden", default=None, help="hidden layer widths, comma-separated (default 40,40)")
+    parser.add_argument("--hidden", default=None,
+                        help="hidden layer widths, comma-separated (default 40,40); 'none' for a linear model")
     parser.add_argument("--init", choices=("default", "maml"), default=None,
                         help="weight init: PyTorch-style uniform, or the MAML paper's truncated normal "
                              f"(default {DEFAULTS['init']})")
@@ -65,26 +70,33 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    from ..checkpoint import CheckpointError
-    from ..evaluate import evaluate_run, format_table
-    from ..train import ConfigConflictError, train
-
     overrides = {key: getattr(args, key) for key in DEFAULTS if getattr(args, key, None) is not None}
     if args.resume is not None and args.out is not None and args.out != args.resume:
         print(f"error: --out {args.out} and --resume {args.resume} name different folders", file=sys.stderr)
         return 2
     try:
         result = train(overrides, resume=args.resume, force=args.force, progress=not args.no_progress)
+    except TrainingInterrupted as stop:
+        print(stop, file=sys.stderr)
+        return INTERRUPTED
+    except KeyboardInterrupt:
+        print("interrupted before training started; nothing was trained", file=sys.stderr)
+        return INTERRUPTED
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, CheckpointError,
             ConfigConflictError, FloatingPointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     num_tasks = result.config["eval_tasks"]
-    if num_tasks:
-        report = evaluate_run(result.out, num_tasks=max(num_tasks, 2), algorithm=result.algorithm,
-                              config=result.config, plot=not args.no_plot)
-        report_iteration = result.iteration
+    if num_tasks and (result.trained or args.resume is None):
+        again = f"python -m tinygrad_meta eval {shlex.quote(result.out)}"
+        try:
+            report = evaluate_run(result.out, num_tasks=max(num_tasks, 2), algorithm=result.algorithm,
+                                  config=result.config, plot=not args.no_plot)
+        except KeyboardInterrupt:
+            print(f"interrupted during the final evaluation; training is complete (iteration {result.iteration}); "
+                  f"the table: {again}", file=sys.stderr)
+            return INTERRUPTED
         print()
-        print(format_table(dict(report, iteration=report_iteration)))
-        print(f"\n(table saved in {result.out}/eval.json; re-run with: python -m tinygrad_meta eval {result.out})")
+        print(format_table(dict(report, iteration=result.iteration)))
+        print(f"\n(table saved in {result.out}/{REPORT_NAME}; re-run with: {again})")
     return 0

@@ -1,22 +1,26 @@
-"""Few-shot task distributions that the meta-learners train on.
+"""Few-shot task families that the meta-learners train on, behind one interface.
 
-``get_task(name)`` returns the module of a task family; each offers
-``sample_batch(num_tasks, shots, rng)`` and ``evaluation_batch(num_tasks, shots, rng)``.
+``get_task(name)`` returns a :class:`~tinygrad_meta.tasks.base.Task`: ``meta_batch``,
+``validation_tasks`` and ``evaluation_tasks`` draw task batches from named RNG streams
+of the run's seed, ``loss`` is what the meta-learner trains on, ``metric`` scores an
+adapted model per task (MSE for regression, accuracy for classification).
 
->>> get_task("sinusoid").sample_batch(2, 5, get_task("sinusoid").task_rng(0, 0)).support_x.shape
-(2, 5, 1)
+>>> task = get_task("sinusoid")
+>>> task.meta_batch(seed=0, iteration=0, num_tasks=2, shots=5).support_x.shape, task.metric_name
+((2, 5, 1), 'mse')
 """
 from __future__ import annotations
 
 from . import sinusoid
+from .base import STREAMS, Task, TaskBatch, stream_rng
 
-__all__ = ["TASKS", "get_task", "sinusoid"]
+__all__ = ["TASKS", "get_task", "sinusoid", "Task", "TaskBatch", "stream_rng", "STREAMS"]
 
-# name -> module; the regression tasks the command line trains on
-TASKS = {"sinusoid": sinusoid}
+# name -> Task; the families the command line trains on
+TASKS = {"sinusoid": sinusoid.SINUSOID}
 
 
-def get_task(name: str):
+def get_task(name: str) -> Task:
     """The task family called ``name``, or a ValueError that lists the known ones."""
     try:
         return TASKS[name]

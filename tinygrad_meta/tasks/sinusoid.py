@@ -6,9 +6,10 @@ query points to measure the adapted model on. Evaluation measures the query loss
 100 evenly spaced points over [-5, 5] instead (``evaluation_batch``).
 
 Everything is drawn from a ``numpy.random.Generator`` the caller passes in, so a
-batch depends only on the generator's state. ``task_rng(seed, iteration)`` derives the
-generator of one training iteration from (seed, iteration) alone, which is what makes
-an interrupted and resumed training run sample exactly the same tasks.
+batch depends only on the generator's state. ``SINUSOID`` is the family behind the
+:class:`~tinygrad_meta.tasks.base.Task` interface that training and evaluation use (its
+generators come from named streams, ``tasks.base.stream_rng``); ``task_rng(seed,
+iteration)`` is a plain seeded generator for scripts that call the functions directly.
 
 >>> rng = task_rng(seed=0, iteration=0)
 >>> batch = sample_batch(num_tasks=25, shots=10, rng=rng)
@@ -19,38 +20,28 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import NamedTuple
 
 import numpy as np
+
+from ..functional import mse_loss
+from .base import Task, TaskBatch, per_task_mse
 
 __all__ = [
     "AMPLITUDE_RANGE", "PHASE_RANGE", "INPUT_RANGE", "TaskBatch", "task_rng",
     "sample_parameters", "sinusoid", "sample_batch", "true_curve", "evaluation_batch",
-    "STREAM_TRAIN", "STREAM_EVAL", "STREAM_PRETRAIN", "STREAM_VALIDATION",
+    "SinusoidTask", "SINUSOID", "STREAM_TRAIN", "STREAM_EVAL", "STREAM_PRETRAIN", "STREAM_VALIDATION",
 ]
 
 AMPLITUDE_RANGE = (0.1, 5.0)
 PHASE_RANGE = (0.0, math.pi)
 INPUT_RANGE = (-5.0, 5.0)
 
-# Mixed into the seed sequence so that training, evaluation and baseline streams
-# drawn from the same user seed never coincide.
+# ``task_rng``'s stream numbers, for scripts that draw batches themselves; training and
+# evaluation use the named streams of ``tasks.base.stream_rng`` instead.
 STREAM_TRAIN = 0
 STREAM_EVAL = 1
 STREAM_PRETRAIN = 2
 STREAM_VALIDATION = 3
-
-
-class TaskBatch(NamedTuple):
-    """T tasks with K support and Q query points each; every field has shape (T, K or Q, 1).
-
-    It unpacks as ``support_x, support_y, query_x, query_y = batch``, the
-    ``task_batch`` the meta-learning algorithms take.
-    """
-    support_x: np.ndarray
-    support_y: np.ndarray
-    query_x: np.ndarray
-    query_y: np.ndarray
 
 
 def _positive_int(value, name):
@@ -175,3 +166,37 @@ def evaluation_batch(num_tasks: int, shots: int, rng: np.random.Generator, num_p
     batch = TaskBatch(support_x.astype(dtype), support_y.astype(dtype),
                       np.ascontiguousarray(query_x, dtype=dtype), query_y.astype(dtype))
     return batch, amplitude, phase
+
+
+class SinusoidTask(Task):
+    """The sinusoid family behind the ``Task`` interface: MSE loss, per-task MSE metric.
+
+    ``evaluation_batch`` follows the MAML paper: K random support points, queries on 100
+    evenly spaced x over [-5, 5] (so the query set is the task's whole curve).
+    >>> SINUSOID.meta_batch(seed=0, iteration=0, num_tasks=3, shots=5).support_x.shape
+    (3, 5, 1)
+    >>> SINUSOID.evaluation_tasks(seed=0, num_tasks=2, shots=5).query_x.shape
+    (2, 100, 1)
+    """
+
+    name = "sinusoid"
+    metric_name = "mse"
+    # the MSE of predicting 0 everywhere is A^2/2 <= 12.5, so 1000 means the adaptation blew up
+    diverged_above = 1e3
+    evaluation_shots = (5, 10, 20)
+    query_description = "query MSE on 100 evenly spaced points over [-5, 5]"
+    curve_plot = True  # 1-D inputs: the evaluation plot draws each task's curve
+
+    def sample_batch(self, num_tasks, shots, rng, query_shots=None):
+        return sample_batch(num_tasks, shots, rng, query_shots=query_shots)
+
+    def evaluation_batch(self, num_tasks, shots, rng):
+        return evaluation_batch(num_tasks, shots, rng)[0]
+
+    loss = staticmethod(mse_loss)  # the function itself, so the meta-learners see plain mse_loss
+
+    def metric(self, prediction, target):
+        return np.asarray(per_task_mse(np.asarray(prediction), np.asarray(target)), dtype=np.float64)
+
+
+SINUSOID = SinusoidTask()

@@ -1,0 +1,390 @@
+"""Run bookkeeping shared by training and evaluation: the config, sizes, what a run builds,
+its pinned CPU kernels, and how a run folder is loaded or resumed.
+
+A run is a folder with ``checkpoint.npz``; its config (``make_config``) says everything
+that defines it. ``build_model`` / ``build_algorithm`` / ``build_optimizer`` rebuild the
+same objects from a config, ``load_run`` rebuilds a trained run from its folder, and
+``pinned_kernels`` fixes which CPU kernels compute it so that a resumed or re-evaluated
+run rounds exactly as the original did. ``train.py`` and ``evaluate.py`` both build on
+this module and not on each other.
+
+>>> config = make_config({"algo": "fomaml", "hidden": [8]})
+>>> config["meta_lr"], config["inner_steps"], config["out"]
+(0.001, 1, 'runs/fomaml-sinusoid')
+>>> type(build_algorithm(config, build_model(config))).__name__
+'MAML'
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+import os
+from collections import OrderedDict
+
+import numpy as np
+
+from . import meta, nn, optim
+from .backends import cpu, get_backend
+from .checkpoint import CheckpointError, format_bytes, load_checkpoint, MAX_CHECKPOINT_BYTES
+from .tasks import get_task
+from .tasks.base import stream_rng
+from .tensor import Tensor
+
+__all__ = ["ALGORITHMS", "DEFAULTS", "FIXED_ON_RESUME", "MAX_INNER_STEPS", "ConfigConflictError",
+           "make_config", "saved_config", "resume_config", "memory_limit", "check_sizes",
+           "check_evaluation_size", "build_model", "build_algorithm", "build_optimizer", "load_parameters",
+           "parameters_as_numpy", "load_run", "pinned_kernels", "check_device", "to_device"]
+
+ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
+
+# The main job: ``python -m tinygrad_meta train`` with no flags. ``iters`` is chosen so
+# that training, the baseline and the final evaluation fit in about two minutes on
+# two CPU cores (see README, "Quick start").
+DEFAULTS = {
+    "algo": "maml",
+    "task": "sinusoid",
+    "shots": 10,
+    "inner_lr": 0.01,
+    "inner_steps": None,      # None: 1 for maml/fomaml/metasgd, 5 for reptile (1 step would be plain joint training)
+    "meta_batch": 25,
+    "meta_lr": None,          # None: 1e-3 (Adam) for maml/fomaml/metasgd, 0.1 (outer stepsize) for reptile
+    "iters": 30000,
+    "seed": 0,
+    "hidden": [40, 40],
+    "init": "default",
+    "out": None,              # None: runs/<algo>-<task>
+    "device": "cpu",
+    "checkpoint_every": 1000,
+    "eval_every": 1000,
+    "eval_tasks": 600,        # tasks per K in the final evaluation table; 0 skips it
+    "baseline_iters": 5000,   # regression steps of the "pretrained on all tasks" baseline
+    "cpu_kernels": None,      # None: TGM_CPU_KERNELS's choice, with "auto" pinned (see _pin_kernels)
+}
+
+# Settings that define what is being trained: resuming with a different value would
+# silently train something else, so it is an error. The rest may change on resume.
+FIXED_ON_RESUME = ("algo", "task", "shots", "inner_lr", "inner_steps", "meta_batch", "meta_lr",
+                   "seed", "hidden", "init")
+
+# Every inner step is a forward and backward pass per task per meta-iteration (the MAML
+# paper takes 1 to 10; Reptile's 5 to 32); beyond this a run cannot finish.
+MAX_INNER_STEPS = 10_000
+
+# ``--hidden`` words that ask for no hidden layer: a linear model has to be asked for
+LINEAR = ("none", "linear")
+
+
+class ConfigConflictError(ValueError):
+    """``--resume`` was given settings that contradict the checkpoint's config."""
+
+
+# ----------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------
+
+def _int_at_least(config, key, low, high=None):
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"train: {key} must be an integer, got {value!r}")
+    what = {"shots": "shots K"}.get(key, key)
+    if value < low:
+        raise ValueError(f"train: {what} must be at least {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"train: {what} must be at most {high}, got {value}")
+    config[key] = int(value)
+
+
+def _positive_float(config, key):
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"train: {key} must be a positive finite number, got {value!r}")
+    config[key] = float(value)
+
+
+def _hidden_widths(hidden):
+    """``--hidden``'s widths: "40,40" or a list; "none" for a linear model. Anything that
+    names no layer by accident (an empty string) is an error, not a linear model."""
+    if isinstance(hidden, str):
+        text = hidden.strip()
+        if text.lower() in LINEAR:
+            return []
+        if not text.replace(",", "").strip():
+            raise ValueError(f"train: --hidden names no layer width (got {hidden!r}); give widths like 40,40, "
+                             "or --hidden none for a linear model")
+        try:
+            hidden = [int(h) for h in text.split(",") if h.strip()]
+        except ValueError:
+            raise ValueError(f"train: hidden must be comma-separated layer widths like 40,40, got {hidden!r}") from None
+    hidden = list(hidden)
+    if any(isinstance(h, bool) or not isinstance(h, numbers.Integral) or h < 1 for h in hidden):
+        raise ValueError(f"train: hidden layer widths must be positive integers, got {hidden!r}")
+    return [int(h) for h in hidden]
+
+
+def make_config(overrides=None) -> dict:
+    """The full, validated config: ``DEFAULTS`` updated with ``overrides``.
+
+    In: a dict of settings (keys of ``DEFAULTS``). Out: a new dict with every key.
+    Raises ValueError naming the bad setting (unknown algo or task, K < 1, ...).
+    >>> make_config({"algo": "reptile"})["meta_lr"]
+    0.1
+    """
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"train: unknown settings {unknown}; known: {sorted(DEFAULTS)}")
+    config = dict(DEFAULTS)
+    config.update({k: v for k, v in overrides.items() if v is not None})
+    if config["algo"] not in ALGORITHMS:
+        raise ValueError(f"train: unknown algo {config['algo']!r}; choose one of {', '.join(ALGORITHMS)}")
+    get_task(config["task"])  # raises for an unknown task
+    _int_at_least(config, "shots", 1)
+    if config["inner_steps"] is None:
+        config["inner_steps"] = 5 if config["algo"] == "reptile" else 1
+    _int_at_least(config, "inner_steps", 0 if config["algo"] != "reptile" else 1, MAX_INNER_STEPS)
+    _int_at_least(config, "meta_batch", 1)
+    _int_at_least(config, "iters", 0)
+    _int_at_least(config, "seed", 0)
+    _int_at_least(config, "checkpoint_every", 1)
+    _int_at_least(config, "eval_every", 0)
+    _int_at_least(config, "eval_tasks", 0)
+    _int_at_least(config, "baseline_iters", 0)
+    if config["meta_lr"] is None:
+        config["meta_lr"] = 0.1 if config["algo"] == "reptile" else 1e-3
+    _positive_float(config, "meta_lr")
+    _positive_float(config, "inner_lr")
+    config["hidden"] = _hidden_widths(config["hidden"])
+    if config["cpu_kernels"] not in (None, "cython", "numpy"):
+        raise ValueError(f"train: cpu_kernels must be 'cython' or 'numpy', got {config['cpu_kernels']!r}")
+    if config["init"] not in ("default", "maml"):
+        raise ValueError(f"train: init must be 'default' or 'maml', got {config['init']!r}")
+    if config["out"] is None:
+        config["out"] = os.path.join("runs", f"{config['algo']}-{config['task']}")
+    config["out"] = os.fspath(config["out"])
+    return config
+
+
+def saved_config(checkpoint):
+    """The full config of a checkpoint's run; a CheckpointError naming the file if it is invalid."""
+    try:
+        return make_config({k: v for k, v in checkpoint.config.items() if k in DEFAULTS})
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {checkpoint.path} holds an invalid config ({error})") from None
+
+
+def resume_config(run_dir, overrides, log=print):
+    """``(config, checkpoint)`` to continue the run in ``run_dir`` with ``overrides``.
+
+    Settings that define the run (``FIXED_ON_RESUME``) must agree with the checkpoint's
+    (else ``ConfigConflictError``); the others take the new value. A change of CPU
+    kernels is allowed but logged: the resumed run then rounds differently.
+    """
+    if not os.path.isdir(run_dir):
+        problem = "is not a folder" if os.path.exists(run_dir) else "does not exist"
+        raise FileNotFoundError(f"--resume: run folder {run_dir} {problem}")
+    checkpoint = load_checkpoint(run_dir)
+    saved = checkpoint.config
+    requested = make_config(dict(overrides, out=run_dir))
+    conflicts = []
+    for key in FIXED_ON_RESUME:
+        if key in overrides and overrides[key] is not None and requested[key] != saved.get(key):
+            conflicts.append(f"{key}: checkpoint has {saved.get(key)!r}, requested {requested[key]!r}")
+    if conflicts:
+        raise ConfigConflictError(
+            f"cannot resume {checkpoint.path}: it was trained with a different config ("
+            + "; ".join(conflicts) + "). Drop those flags, or start a new run with another --out.")
+    config = saved_config(checkpoint)
+    for key, value in overrides.items():
+        if key not in FIXED_ON_RESUME and value is not None:
+            config[key] = requested[key]
+    before, after = saved.get("cpu_kernels"), config["cpu_kernels"]
+    if before is not None and after != before:
+        log(f"warning: {run_dir} was trained with --cpu-kernels {before}, resuming with {after}: "
+            "the result will not match an uninterrupted run bit for bit")
+    config["out"] = run_dir
+    return config, checkpoint
+
+
+# ----------------------------------------------------------------------------------
+# Sizes: upper bounds on peak memory (float32), which tests/test_cli_errors.py checks
+# against the measured peak of a meta-iteration
+# ----------------------------------------------------------------------------------
+
+def memory_limit() -> int:
+    """Bytes of memory a run may use: the machine's physical memory, or its cgroup's limit when lower."""
+    limits = []
+    try:
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path, encoding="ascii") as handle:
+                text = handle.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limits.append(int(text))
+    return min(limits) if limits else 16 * 2 ** 30
+
+
+def _parameter_count(hidden):
+    widths = [1, *hidden, 1]
+    return sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(widths, widths[1:]))
+
+
+def _sizes(config):
+    return f"--hidden {','.join(map(str, config['hidden'])) or 'none'}: {_parameter_count(config['hidden']):,} parameters"
+
+
+def check_sizes(config, limit=None):
+    """Raise ValueError, naming the limit, if the run could not fit: one meta-iteration or
+    the final evaluation needing more than ``limit`` bytes (default ``memory_limit()``),
+    or a checkpoint beyond ``checkpoint.MAX_CHECKPOINT_BYTES``. Cheap; call before training.
+    """
+    limit = memory_limit() if limit is None else limit
+    params = _parameter_count(config["hidden"])
+    meta_params = 2 * params if config["algo"] == "metasgd" else params  # Meta-SGD learns a rate per weight
+    # the meta-gradient's graph keeps every inner step's fast weights; Reptile detaches each step
+    kept = 2 if config["algo"] == "reptile" else config["inner_steps"] + 1
+    activations = 5 * config["shots"] * sum(config["hidden"])
+    needed = 4 * (kept * config["meta_batch"] * (3 * meta_params + activations) + 4 * meta_params)
+    if needed > limit:
+        raise ValueError(
+            f"train: one meta-iteration needs about {format_bytes(needed)} of memory (--meta-batch "
+            f"{config['meta_batch']}, --shots {config['shots']}, --inner-steps {config['inner_steps']}, "
+            f"{_sizes(config)}), more than the {format_bytes(limit)} this machine has")
+    if config["eval_tasks"]:
+        check_evaluation_size(config, max(config["eval_tasks"], 2), get_task(config["task"]).evaluation_shots,
+                              "--eval-tasks", limit)
+    stored = 12 * meta_params  # the parameters and Adam's two moments, float32
+    if stored > MAX_CHECKPOINT_BYTES:
+        raise ValueError(f"train: its checkpoint would take about {format_bytes(stored)} ({_sizes(config)}, and "
+                         f"the optimizer's state), more than the {format_bytes(MAX_CHECKPOINT_BYTES)} a checkpoint "
+                         "may hold")
+
+
+def check_evaluation_size(config, num_tasks, shots, flag="--tasks", limit=None):
+    """Raise ValueError, naming the limit, if adapting ``num_tasks`` tasks at once (K up to
+    ``max(shots)``, 100 query points each) needs more than ``limit`` bytes of memory."""
+    limit = memory_limit() if limit is None else limit
+    points = 3 * (100 + max(shots)) * sum(config["hidden"])
+    needed = 4 * num_tasks * (5 * _parameter_count(config["hidden"]) + points)
+    if needed > limit:
+        raise ValueError(f"evaluate: adapting {num_tasks:,} tasks at once ({flag}, K up to {max(shots)}, "
+                         f"{_sizes(config)}) needs about {format_bytes(needed)} of memory, more than the "
+                         f"{format_bytes(limit)} this machine has")
+
+
+# ----------------------------------------------------------------------------------
+# Model, algorithm, optimizer
+# ----------------------------------------------------------------------------------
+
+def build_model(config, stream="model-init"):
+    """The regression MLP [1, *hidden, 1], initialised from the run's seed and ``stream``
+    (``"baseline-init"`` for the pretrained baseline)."""
+    model = nn.MLP([1, *config["hidden"], 1], activation="relu", init=config["init"],
+                   rng=stream_rng(config["seed"], stream))
+    if config.get("device", "cpu") != "cpu":
+        model.to(config["device"])
+    return model
+
+
+def build_algorithm(config, model):
+    """The meta-learner named by ``config["algo"]`` wrapped around ``model``, on the task's loss."""
+    algo, loss = config["algo"], get_task(config["task"]).loss
+    if algo in ("maml", "fomaml"):
+        return meta.MAML(model, inner_lr=config["inner_lr"], inner_steps=config["inner_steps"],
+                         first_order=(algo == "fomaml"), loss_fn=loss)
+    if algo == "metasgd":
+        return meta.MetaSGD(model, init_lr=config["inner_lr"], inner_steps=config["inner_steps"], loss_fn=loss)
+    if algo == "reptile":
+        return meta.Reptile(model, inner_lr=config["inner_lr"], inner_steps=config["inner_steps"],
+                            outer_stepsize=config["meta_lr"], loss_fn=loss)
+    raise ValueError(f"unknown algo {algo!r}")
+
+
+def build_optimizer(config, algorithm):
+    """Adam(meta_lr) on the meta-parameters; plain SGD(outer stepsize) for Reptile's pseudo-gradient."""
+    params = algorithm.meta_parameters()
+    if config["algo"] == "reptile":
+        return optim.SGD(params, lr=config["meta_lr"])
+    return optim.Adam(params, lr=config["meta_lr"])
+
+
+def load_parameters(algorithm, saved, where):
+    """Load a checkpoint's parameters into ``algorithm``; a CheckpointError naming ``where`` if they do not fit."""
+    try:
+        algorithm.load_state_dict(saved)
+    except (KeyError, ValueError) as error:
+        raise CheckpointError(f"{where}: parameters do not match the model ({error.args[0]})") from None
+
+
+def parameters_as_numpy(algorithm):
+    """The meta-parameters as name -> numpy copies, in order (what a checkpoint stores)."""
+    return OrderedDict((name, np.array(p.numpy(), copy=True)) for name, p in algorithm.meta_parameters().items())
+
+
+def load_run(run_dir, device=None):
+    """Rebuild a trained run from its folder: ``(config, algorithm, checkpoint)``.
+
+    >>> config, algorithm, ckpt = load_run("runs/maml-sinusoid")  # doctest: +SKIP
+    """
+    checkpoint = load_checkpoint(run_dir)
+    config = saved_config(checkpoint)
+    if device is not None:
+        config["device"] = device
+    check_device(config["device"])
+    algorithm = build_algorithm(config, build_model(config))
+    load_parameters(algorithm, checkpoint.params, checkpoint.path)
+    return config, algorithm, checkpoint
+
+
+def check_device(device):
+    """Raise a ValueError saying why ``device`` cannot be used (no CuPy, no GPU, a typo)."""
+    try:
+        get_backend(device)
+    except (ImportError, RuntimeError, ValueError) as error:
+        raise ValueError(f"device {device!r} is not usable: {error}") from None
+
+
+def to_device(batch, device):
+    """A task batch of arrays as a tuple of Tensors on ``device``."""
+    return tuple(Tensor(array, device=device) for array in batch)
+
+
+# ----------------------------------------------------------------------------------
+# Pinned CPU kernels
+# ----------------------------------------------------------------------------------
+
+def _pin_kernels(config, log):
+    """Fix which CPU kernels run matmul and ReLU for this run; returns the previous mode.
+
+    The backend's "auto" mode picks, per shape, whichever implementation a timing taken
+    at the process's first call found faster, so two processes on a busy machine can
+    route the same matmul differently and round differently. A resumed run must compute
+    exactly what the uninterrupted one did, so a run pins one implementation and keeps
+    it in its config: compiled kernels when built, numpy otherwise.
+    """
+    wanted = config["cpu_kernels"]
+    if wanted is None:
+        current = cpu.get_kernels()
+        wanted = current if current != "auto" else ("cython" if cpu.kernel_info()["compiled"] else "numpy")
+        config["cpu_kernels"] = wanted
+    try:
+        return cpu.set_kernels(wanted)
+    except RuntimeError as error:
+        log(f"warning: this run used {wanted} kernels, which are unavailable here ({error}); using numpy, "
+            "so a resumed run will not match an uninterrupted one bit for bit")
+        return cpu.set_kernels("numpy")
+
+
+@contextlib.contextmanager
+def pinned_kernels(config, log=print):
+    """Run the block with the run's CPU kernels pinned (``_pin_kernels``), then restore."""
+    previous = _pin_kernels(config, log)
+    try:
+        yield config["cpu_kernels"]
+    finally:
+        cpu.set_kernels(previous)
