@@ -111,6 +111,9 @@ def record(op, *args):
             return _make(op.forward(datas, *params), inputs[0]._be, inputs, op, params)
     else:
         inputs, params = args[:nin], args[nin:]
+    for x in (*inputs, *params):  # a batched tensor inside vmap: its batching rule runs the op
+        if isinstance(x, Tensor) and type(x) is not Tensor:
+            return x._record_batched(op, inputs, params)
     anchor = next(x for x in inputs if isinstance(x, Tensor))
     be = anchor._be
     inputs = tuple(x if isinstance(x, Tensor) else
@@ -310,6 +313,8 @@ def where(condition, a, b):
         if condition._be is not anchor._be:
             raise RuntimeError(f"where: condition is on {condition.device} but the values are on "
                                f"{anchor.device}; move it with .to(device)")
+        if type(condition) is not Tensor:  # batched inside vmap: its batching rule reads it
+            return condition._record_batched(ops.where, (a, b), (condition.astype(bool),))
         cond = condition._data
     elif condition is None or isinstance(condition, str):
         raise TypeError(f"where: condition must be a boolean Tensor or array, got "
