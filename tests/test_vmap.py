@@ -578,3 +578,9 @@ def test_batched_tensors_report_the_example_shape():
     seen = []
     tgm.vmap(lambda x: seen.append((type(x), x.shape, x.ndim, x.size)) or x)(T(np.ones((3, 2, 4))))
     assert seen == [(BatchedTensor, (2, 4), 2, 8)]
+
+
+def test_grad_inside_vmap_with_respect_to_the_unbatched_input_is_an_error():
+    xs = T(np.ones((3, 2)), requires_grad=True)
+    with pytest.raises(NotImplementedError, match="before it entered the vmap"):
+        tgm.vmap(lambda x: tgm.grad((x * x).sum(), [xs])[0])(xs)

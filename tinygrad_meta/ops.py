@@ -30,9 +30,10 @@ the same way over a float namespace and a Value namespace; this file is every Te
 
 Adding an op: declare its forward with ``@primitive(name, nin)``, its rule with
 ``@<op>.defvjp`` and, for ``tgm.vmap``, its batching rule (the block at the end; an op
-without one is batched by a loop over the batch); call it on Tensors with ``tensor.record(op, *inputs, *params)``. An op
-outside the table (``Op(name, forward, nin, vjp)``) works the same way; inside a rule,
-``o.apply(op, ...)`` calls it in either namespace.
+without one is batched by a loop over the batch); call it on Tensors with
+``tensor.record(op, *inputs, *params)``. An op outside the table (``Op(name, forward,
+nin, vjp)``) works the same way; inside a rule, ``o.apply(op, ...)`` calls it in either
+namespace.
 """
 from __future__ import annotations
 
@@ -1088,3 +1089,9 @@ for _op in (sum_, max_, min_, logsumexp, softmax, log_softmax):
 # a batched tensor lives on one device: move the inputs before vmap
 to.defbatch(not_batchable)
 del _op
+
+# vmap's boundary nodes (made by vmap.py, outside the table): entering a vmap moves an
+# axis into the batch, leaving moves it back out, so each is the other's derivative.
+# Their rules run only in vmap's namespace, which provides ``o.vmap_in``/``o.vmap_out``.
+vmap_in = Op("vmap_in", None, 1, lambda o, g, out, ins, params, needs: (o.vmap_out(g, *params),))
+vmap_out = Op("vmap_out", None, 1, lambda o, g, out, ins, params, needs: (o.vmap_in(g, *params),))

@@ -44,9 +44,10 @@ def _resolve_dtype(dtype):
 # Nodes
 # ----------------------------------------------------------------------------------
 
-def _make(data, be, parents, op, params=()):
-    """Wrap a raw result; record a graph node only when some parent needs a gradient."""
-    out = _new(Tensor)
+def _make(data, be, parents, op, params=(), kind=None):
+    """Wrap a raw result; record a graph node only when some parent needs a gradient.
+    ``kind``: a Tensor subclass to make instead (vmap's BatchedTensor)."""
+    out = _new(kind or Tensor)
     out._data = data
     out.grad = None
     out._be = be

@@ -27,7 +27,7 @@ import operator
 import numpy as np
 
 from . import autograd, ops
-from .autograd import current_origin, grad_enabled, next_seq, no_grad
+from .autograd import no_grad
 from .tensor import (DEFAULT_DTYPE, Tensor, _as_operand, _backend, _constant, _GraphOps, _make,
                      _matmul_shape_error, _normalize_axis, _pair, _resolve_dtype, _shape_error,
                      record)
@@ -37,7 +37,6 @@ __all__ = ["vmap", "BatchedTensor"]
 # the levels of the vmaps running now (per thread, like grad mode), innermost last
 _ACTIVE = contextvars.ContextVar("tinygrad_meta.vmap_levels", default=())
 _next_level = itertools.count(1).__next__
-_new = object.__new__
 
 
 def _levels_of(x):
@@ -45,31 +44,12 @@ def _levels_of(x):
 
 
 def _batched(data, be, levels, parents=(), op=None, params=()):
-    """A BatchedTensor over ``levels`` (a Tensor when none are left); records a node
-    exactly as ``tensor._make`` does when some parent needs a gradient."""
+    """A BatchedTensor over ``levels`` (a Tensor when none are left), a node of ``op``
+    when some parent needs a gradient, else a constant."""
     if not levels:
-        return _make(data, be, parents, op, params) if op is not None else _constant(data, be)
-    out = _new(BatchedTensor)
-    out._data = data
+        return _make(data, be, parents, op, params)
+    out = _make(data, be, parents, op, params, BatchedTensor)
     out._levels = levels
-    out.grad = None
-    out._be = be
-    out._version = 0
-    if op is not None and grad_enabled():
-        for parent in parents:
-            if parent._requires_grad:
-                out._requires_grad = True
-                out._parents = parents
-                out._op = op
-                out._params = params
-                out._origin = current_origin()
-                out._seq = next_seq()
-                return out
-    out._requires_grad = False
-    out._parents = ()
-    out._op = None
-    out._params = ()
-    out._origin = None
     return out
 
 
@@ -443,11 +423,16 @@ class BatchedTensor(Tensor):
 # Entering and leaving a vmap: graph nodes, each the other's derivative
 # ----------------------------------------------------------------------------------
 
+def _moveaxis(x, source, destination):
+    # numpy's moveaxis costs microseconds even when it has nothing to do
+    return x._data if source == destination else x._be.xp.moveaxis(x._data, source, destination)
+
+
 def _move_in(x, level, axis, size):
     """``x`` with its (per-example) ``axis`` made the batch axis of ``level``."""
     levels = _levels_of(x)
     position = sum(lv < level for lv in levels)
-    data = x._be.xp.moveaxis(x._data, len(levels) + axis, position)
+    data = _moveaxis(x, len(levels) + axis, position)
     return _batched(data, x._be, levels[:position] + (level,) + levels[position:], (x,),
                     _MOVE_IN, (level, axis, size))
 
@@ -457,7 +442,7 @@ def _move_out(x, level, axis, size):
     levels = _levels_of(x)
     position = levels.index(level)
     rest = levels[:position] + levels[position + 1:]
-    data = x._be.xp.moveaxis(x._data, position, len(rest) + axis)
+    data = _moveaxis(x, position, len(rest) + axis)
     return _batched(data, x._be, rest, (x,), _MOVE_OUT, (level, axis, size))
 
 
@@ -468,20 +453,7 @@ def _with_level(x, level, size):
     return _move_in(x.reshape((1,) + x.shape).broadcast_to((size,) + x.shape), level, 0, size)
 
 
-def _move_in_vjp(o, g, out, ins, params, needs):
-    if params[0] in _ACTIVE.get():
-        raise NotImplementedError(
-            "vmap: a gradient with respect to a tensor from before it entered the vmap, taken "
-            "inside that vmap, is not supported; differentiate with respect to the example")
-    return (_move_out(_with_level(g, params[0], params[2]), *params),)
-
-
-def _move_out_vjp(o, g, out, ins, params, needs):
-    return (_move_in(g, *params),)
-
-
-_MOVE_IN = ops.Op("vmap_in", None, 1, _move_in_vjp)
-_MOVE_OUT = ops.Op("vmap_out", None, 1, _move_out_vjp)
+_MOVE_IN, _MOVE_OUT = ops.vmap_in, ops.vmap_out
 
 
 def _sum_level(x, level):
@@ -539,6 +511,19 @@ class _BatchedOps(_GraphOps):
     @staticmethod
     def backend(x):
         return _BatchedBackend(x._be) if type(x) is BatchedTensor else x._be
+
+    @staticmethod
+    def vmap_in(g, level, axis, size):
+        return _move_in(g, level, axis, size)
+
+    @staticmethod
+    def vmap_out(g, level, axis, size):
+        if level in _ACTIVE.get():
+            raise NotImplementedError(
+                "vmap: a gradient with respect to a tensor from before it entered the vmap, "
+                "taken inside that vmap, is not supported; differentiate with respect to the "
+                "example")
+        return _move_out(_with_level(g, level, size), level, axis, size)
 
     @staticmethod
     def where(a, b, condition):
