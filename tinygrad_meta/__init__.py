@@ -14,6 +14,7 @@ from .derivatives import hessian, hvp, jacobian, jvp
 from .scalar import Value
 from .tensor import (Tensor, concatenate, full, maximum, minimum, ones, ones_like, stack, tensor,
                      where, zeros, zeros_like)
+from .vmap import vmap
 
 from . import meta  # after nn and optim, which it builds on
 
@@ -30,7 +31,7 @@ __all__ = [
     "Tensor", "Value", "tensor", "grad", "no_grad", "enable_grad", "is_grad_enabled",
     "hvp", "jvp", "jacobian", "hessian", "zeros", "ones", "zeros_like", "ones_like", "full",
     "concatenate", "stack", "where", "maximum", "minimum", "functional", "backends",
-    "nn", "optim", "meta",
+    "nn", "optim", "meta", "vmap",
 ]
 __all__ += ["einsum", "tensordot", "outer", "arctan2", "logaddexp", "remainder", "mod", "pad",
             "norm"]

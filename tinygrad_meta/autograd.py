@@ -61,6 +61,23 @@ grad_enabled = _GRAD_ENABLED.get
 current_origin = _ORIGIN.get
 
 
+# vmap's hooks (vmap.py registers them when a vmapped function first runs): nodes and
+# gradients of its batched node type take ``_batching.vjp``; None keeps every pass plain.
+_batching = None
+
+
+def register_batching(hooks):
+    """Called by vmap.py: ``hooks.node_type`` (the batched node class), ``hooks.vjp(node, g,
+    needs, create_graph)`` and ``hooks.accumulate(grads, parents, contributions, needed,
+    create_graph)``."""
+    global _batching
+    _batching = hooks
+
+
+def _is_batched(value):
+    return _batching is not None and type(value) is _batching.node_type
+
+
 def is_grad_enabled() -> bool:
     """True when ops record the graph (the default)."""
     return _GRAD_ENABLED.get()
@@ -153,7 +170,7 @@ def _seed_gradients(outputs, grad_outputs, caller, create_graph):
             seed = output._ones_like()
         else:
             seed = output._as_gradient(seed, caller)
-        seeds.append(seed if create_graph else seed._data)
+        seeds.append(seed if create_graph or _is_batched(seed) else seed._data)
     return seeds
 
 
@@ -206,6 +223,7 @@ def _run_backward(outputs, seeds, create_graph, capture=None):
     origin_token = _ORIGIN.set(None) if create_graph else None
     capturing = capture is not None
     latest_change = LATEST_CHANGE[0]
+    batched = _batching.node_type if _batching is not None else None
     try:
         for node in reversed(order):
             key = id(node)
@@ -239,6 +257,12 @@ def _run_backward(outputs, seeds, create_graph, capture=None):
             else:
                 needs = tuple([parent._requires_grad for parent in parents])
                 ins = parents if create_graph else tuple([parent._data for parent in parents])
+            if batched is not None and (type(node) is batched or type(g) is batched or
+                                        type(parents[0]) is batched):
+                # per-example params: the rule must run on nodes, in vmap's namespace
+                contributions = _batching.vjp(node, g, needs, create_graph)
+                _batching.accumulate(grads, parents, contributions, needed, create_graph)
+                continue
             if create_graph:
                 _ORIGIN.set(node)
                 contributions = op.vjp(graph_ops, g, node, ins, node._params, needs)
@@ -331,7 +355,7 @@ def grad(outputs, inputs, grad_outputs=None, create_graph=False, allow_unused=Fa
                 raise RuntimeError(
                     f"grad: input {index} was not used to compute the outputs; pass "
                     "allow_unused=True to get None for it")
-        elif not create_graph:
+        elif not create_graph and not _is_batched(g):
             g = node._wrap(g)
         results.append(g)
     return tuple(results)
@@ -343,7 +367,8 @@ def _check_nodes(items, what, caller, kind=None):
     if not hasattr(kind, "_graph_ops"):
         raise TypeError(f"{caller}: {what} 0 is {kind.__name__}, not a Tensor or a Value")
     for index, node in enumerate(items):
-        if type(node) is not kind:
+        # a batched tensor (vmap) is a Tensor: they share the recording namespace
+        if type(node) is not kind and getattr(node, "_graph_ops", None) is not kind._graph_ops:
             if not hasattr(node, "_graph_ops"):
                 raise TypeError(f"{caller}: {what} {index} is {type(node).__name__}, "
                                 "not a Tensor or a Value")
@@ -363,6 +388,6 @@ def backward(output, gradient=None, create_graph=False):
     captured = _run_backward([output], seeds, create_graph)
     with _SetGradMode(create_graph):
         for leaf, g in captured.values():
-            if not create_graph:
+            if not create_graph and not _is_batched(g):
                 g = leaf._wrap(g)
             leaf.grad = g if leaf.grad is None else leaf.grad + g

@@ -28,10 +28,12 @@ written in ``autograd.numpy`` and run on arrays or on boxes alike.)
 ``Value``, the scalar engine, keeps its eight micrograd-sized rules in scalar.py, written
 the same way over a float namespace and a Value namespace; this file is every Tensor op.
 
-Adding an op: declare its forward with ``@primitive(name, nin)`` and its rule with
-``@<op>.defvjp``; call it on Tensors with ``tensor.record(op, *inputs, *params)``. An op
-outside the table (``Op(name, forward, nin, vjp)``) works the same way; inside a rule,
-``o.apply(op, ...)`` calls it in either namespace.
+Adding an op: declare its forward with ``@primitive(name, nin)``, its rule with
+``@<op>.defvjp`` and, for ``tgm.vmap``, its batching rule (the block at the end; an op
+without one is batched by a loop over the batch); call it on Tensors with
+``tensor.record(op, *inputs, *params)``. An op outside the table (``Op(name, forward,
+nin, vjp)``) works the same way; inside a rule, ``o.apply(op, ...)`` calls it in either
+namespace.
 """
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ import numpy as np
 
 from .backends import cpu as _cpu, get_backend
 
-__all__ = ["Op", "primitive", "TABLE", "RAW", "backend_of", "unbroadcast", "keepdims_shape"]
+__all__ = ["Op", "primitive", "TABLE", "RAW", "backend_of", "unbroadcast", "keepdims_shape",
+           "BatchedParam", "batch_elementwise", "batch_reduction", "batch_by_loop", "not_batchable"]
 
 TABLE: dict = {}
 
@@ -64,11 +67,17 @@ class Op:
         self.forward = forward
         self.vjp = vjp
         self.nin = nin
-        self.batch = None  # batching rule for vmap
+        self.batch = None  # batching rule for vmap; None: ``batch_by_loop``
 
     def defvjp(self, rule):
         """Decorator: set the backward rule ``rule(o, g, out, ins, params, needs)``."""
         self.vjp = rule
+        return rule
+
+    def defbatch(self, rule):
+        """Decorator: set the batching rule ``rule(op, datas, batched, params)`` (see the
+        end of this file)."""
+        self.batch = rule
         return rule
 
     def __repr__(self):
@@ -1137,7 +1146,7 @@ def _mod_vjp(o, g, out, ins, params, needs):
     a, b = ins
     gb = None
     if needs[1]:
-        quotient = o.backend(a).xp.floor_divide(o.raw(a), o.raw(b))
+        quotient = o.floor(o.raw(a) / o.raw(b))  # a constant: floor(a / b) has slope 0
         gb = unbroadcast(o, -(g * quotient), b.shape)
     return (unbroadcast(o, g, a.shape) if needs[0] else None, gb)
 
@@ -1345,3 +1354,276 @@ def _triu_vjp(o, g, out, ins, params, needs):
 @tril.defvjp
 def _tril_vjp(o, g, out, ins, params, needs):
     return (o.tril(g, params[0]),)
+# ----------------------------------------------------------------------------------
+# Batching rules (tgm.vmap, see vmap.py)
+# ----------------------------------------------------------------------------------
+# ``rule(op, datas, batched, params)`` runs ``op`` on a whole batch at once: ``datas`` are
+# the inputs' raw arrays, a batched one (``batched[i]``) with the batch axis first; the
+# params are the op's PER-EXAMPLE params (a node records those), a batched one (where's
+# condition) wrapped in ``BatchedParam``. It returns the raw output, batch axis first.
+# Most ops share one of the generic rules; an op without a rule is batched by a loop.
+
+class BatchedParam:
+    """A raw parameter array that carries the batch axis first (e.g. where's condition)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data):
+        self.data = data
+
+
+def _call(op, datas, params):
+    return op.forward(datas, *params) if op.nin is None else op.forward(*datas, *params)
+
+
+def _batch_size(datas, batched):
+    return next(d.shape[0] for d, b in zip(datas, batched) if b)
+
+
+def _lift(data, rank):
+    """A batched array with size-1 axes after the batch axis, up to per-example ``rank``."""
+    missing = rank - (data.ndim - 1)
+    return data if missing <= 0 else data.reshape(data.shape[:1] + (1,) * missing + data.shape[1:])
+
+
+def _align(datas, batched):
+    """Batched operands lifted to the largest per-example rank, so numpy broadcasting of
+    the batch (axis 0) against unbatched operands (right-aligned) means per-example
+    broadcasting."""
+    rank = max(d.ndim - 1 if b else d.ndim for d, b in zip(datas, batched))
+    return [_lift(d, rank) if b else d for d, b in zip(datas, batched)]
+
+
+def batch_elementwise(op, datas, batched, params):
+    """Elementwise and broadcasting ops (and matmul, whose batch dims broadcast the same way)."""
+    return _call(op, _align(datas, batched), params)
+
+
+def batch_by_loop(op, datas, batched, params):
+    """The generic rule: ``op`` on each example in turn, results stacked (always correct,
+    one call per example)."""
+    sizes = [d.shape[0] for d, b in zip(datas, batched) if b]
+    sizes += [p.data.shape[0] for p in params if isinstance(p, BatchedParam)]
+    if not sizes[0]:
+        raise ValueError(f"vmap: op {op.name!r} has no batching rule and cannot loop over an "
+                         "empty batch")
+    results = []
+    for i in range(sizes[0]):
+        example = [d[i] if b else d for d, b in zip(datas, batched)]
+        example_params = [p.data[i] if isinstance(p, BatchedParam) else p for p in params]
+        results.append(_call(op, example, example_params))
+    shapes = {tuple(getattr(r, "shape", ())) for r in results}
+    if len(shapes) > 1:
+        raise ValueError(f"vmap: op {op.name!r} gives outputs of different shapes per example "
+                         f"({sorted(shapes)}), so it cannot be batched")
+    return backend_of(results[0]).xp.stack(results)
+
+
+def not_batchable(op, datas, batched, params):
+    """The rule of an op that cannot run inside vmap: an error naming it."""
+    raise NotImplementedError(f"vmap: op {op.name!r} cannot be batched")
+
+
+def _example_axes(axes, data):
+    """Per-example reduction axes (None: all) as axes of the batched array."""
+    return tuple(range(1, data.ndim)) if axes is None else tuple(a + 1 for a in axes)
+
+
+def batch_reduction(op, datas, batched, params):
+    """Ops whose first param is the per-example axes (reductions, the softmax family)."""
+    (x,), (axes, *rest) = datas, params
+    return op.forward(x, _example_axes(axes, x), *rest)
+
+
+@where.defbatch
+def _where_batch(op, datas, batched, params):
+    (condition,) = params
+    is_batched = isinstance(condition, BatchedParam)
+    a, b, condition = _align([*datas, condition.data if is_batched else condition],
+                             [*batched, is_batched])
+    return op.forward(a, b, condition)
+
+
+@reshape.defbatch
+def _reshape_batch(op, datas, batched, params):
+    (x,), (shape,) = datas, params
+    return op.forward(x, x.shape[:1] + tuple(shape))
+
+
+@permute.defbatch
+def _permute_batch(op, datas, batched, params):
+    (x,), (axes,) = datas, params
+    return op.forward(x, (0,) + tuple(a + 1 for a in axes))
+
+
+@broadcast_to.defbatch
+def _broadcast_to_batch(op, datas, batched, params):
+    (x,), (shape,) = datas, params
+    return op.forward(_lift(x, len(shape)), x.shape[:1] + tuple(shape))
+
+
+def _batched_index(index):
+    """A per-example index as an index of the batched array, and the axis the batch lands
+    on: 0, unless advanced indices are split apart (numpy then puts their axes first)."""
+    items = index if isinstance(index, tuple) else (index,)
+    full = (slice(None),) + items
+    if not _is_advanced(items):
+        return full, 0
+    spots = [k for k, i in enumerate(items) if not (isinstance(i, slice) or i is None or i is Ellipsis)]
+    if spots == list(range(spots[0], spots[-1] + 1)):
+        return full, 0
+    shapes = []
+    for i in spots:
+        item = items[i] if hasattr(items[i], "dtype") else np.asarray(items[i])
+        shapes.append((int(item.sum()),) if item.dtype == bool else item.shape)
+    return full, len(np.broadcast_shapes(*shapes))
+
+
+@getitem.defbatch
+def _getitem_batch(op, datas, batched, params):
+    (x,), (index,) = datas, params
+    full, batch_axis = _batched_index(index)
+    out = op.forward(x, full)
+    return backend_of(x).xp.moveaxis(out, batch_axis, 0) if batch_axis else out
+
+
+@index_put.defbatch
+def _index_put_batch(op, datas, batched, params):
+    (g,), (index, shape) = datas, params
+    full, batch_axis = _batched_index(index)
+    size = g.shape[0]
+    if batch_axis:
+        g = backend_of(g).xp.moveaxis(g, 0, batch_axis)
+    return op.forward(g, full, (size,) + tuple(shape))
+
+
+def _batch_join(op, datas, batched, params):
+    """concatenate and stack: unbatched parts broadcast over the batch, the axis shifted."""
+    size = _batch_size(datas, batched)
+    xp = backend_of(datas[0]).xp
+    parts = [d if b else xp.broadcast_to(d, (size,) + d.shape) for d, b in zip(datas, batched)]
+    return op.forward(parts, params[0] + 1)
+
+
+concatenate.defbatch(_batch_join)
+stack.defbatch(_batch_join)
+
+
+def _batch_affine(datas, batched, be):
+    """linear's forward on a batch: x and weight lifted to one rank (an unbatched 2-D
+    weight broadcast zero-copy, which ``_mm`` turns into one large matmul), the bias
+    laid out as the per-example forward adds it."""
+    (x, weight), (bx, bw) = datas[:2], batched[:2]
+    rank = max(x.ndim - bx, weight.ndim - bw)
+    x = _lift(x, rank) if bx else x
+    if bw:
+        weight = _lift(weight, rank)
+    elif bx and x.ndim == 3 and weight.ndim == 2:
+        weight = backend_of(weight).xp.broadcast_to(weight, x.shape[:1] + weight.shape)
+    data = _mm(x, weight, be)
+    if len(datas) > 2:
+        bias, bb = datas[2], batched[2]
+        if batched_bias(datas[1].shape[bw:], bias.shape[bb:]):
+            bias = bias[..., None, :]
+        bias = _lift(bias, rank) if bb else bias
+        if np.broadcast_shapes(data.shape, bias.shape) == data.shape:
+            data += bias
+        else:
+            data = data + bias
+    return data
+
+
+@linear.defbatch
+def _linear_batch(op, datas, batched, params):
+    return _batch_affine(datas, batched, params[0])
+
+
+@linear_relu.defbatch
+def _linear_relu_batch(op, datas, batched, params):
+    return params[0].relu(_batch_affine(datas, batched, params[0]))
+
+
+@mse.defbatch
+def _mse_batch(op, datas, batched, params):
+    """The per-example mean of squares: one row sum each, not the forward's single dot."""
+    prediction, target = _align(datas, batched)
+    diff = prediction - target
+    count = int(np.prod(diff.shape[1:]))
+    flat = diff.reshape(diff.shape[0], count)
+    xp = backend_of(flat).xp
+    return (xp.einsum("ij,ij->i", flat, flat) / max(count, 1)).astype(datas[0].dtype, copy=False)
+
+
+for _op in (add, sub, mul, div, pow_, neg, add_scalar, rsub_scalar, mul_scalar, rdiv_scalar,
+            pow_scalar, rpow_scalar, matmul, maximum, minimum, exp, log, sqrt, abs_, clip,
+            tanh, tanh_grad, sigmoid, sigmoid_grad, relu, relu_grad, mse_grad, sgd_update,
+            safe_sqrt, masked_power, astype):
+    _op.defbatch(batch_elementwise)
+for _op in (sum_, max_, min_, logsumexp, softmax, log_softmax):
+    _op.defbatch(batch_reduction)
+# a batched tensor lives on one device: move the inputs before vmap
+to.defbatch(not_batchable)
+
+# the op set users expect: elementwise ones share the broadcasting rule (triu/tril act on
+# the last two axes, so the batch axis in front changes nothing); the rest shift their
+# (non-negative, per-example) axes past the batch axis
+for _op in (sin, cos, tan, arcsin, arccos, arctan, sinh, cosh, erf, sign, floor, ceil, round_,
+            softplus, leaky_relu, elu, gelu, arctan2, logaddexp, mod, triu, tril):
+    _op.defbatch(batch_elementwise)
+prod.defbatch(batch_reduction)
+del _op
+
+
+@cumsum.defbatch
+def _cumsum_batch(op, datas, batched, params):
+    return op.forward(datas[0], params[0] + 1)
+
+
+@flip.defbatch
+def _flip_batch(op, datas, batched, params):
+    return op.forward(datas[0], tuple(a + 1 for a in params[0]))
+
+
+@roll.defbatch
+def _roll_batch(op, datas, batched, params):
+    shifts, axes = params
+    return op.forward(datas[0], shifts, tuple(a + 1 for a in axes))
+
+
+@repeat.defbatch
+def _repeat_batch(op, datas, batched, params):
+    repeats, axis = params
+    return op.forward(datas[0], repeats, axis + 1)
+
+
+@tile.defbatch
+def _tile_batch(op, datas, batched, params):
+    return op.forward(datas[0], (1,) + tuple(params[0]))
+
+
+@pad.defbatch
+def _pad_batch(op, datas, batched, params):
+    widths, value = params
+    return op.forward(datas[0], ((0, 0),) + tuple(widths), value)
+
+
+@diagonal.defbatch
+def _diagonal_batch(op, datas, batched, params):
+    offset, axis1, axis2 = params
+    return op.forward(datas[0], offset, axis1 + 1, axis2 + 1)
+
+
+@einsum.defbatch
+def _einsum_batch(op, datas, batched, params):
+    # a fresh index letter for the batch axis, on the batched operands and the output
+    inputs, output = params
+    used = set("".join(inputs) + output)
+    letter = next(c for c in string.ascii_letters if c not in used)
+    subscripts = [letter + spec if b else spec for spec, b in zip(inputs, batched)]
+    return op.forward(datas, subscripts, letter + output)
+
+# vmap's boundary nodes (made by vmap.py, outside the table): entering a vmap moves an
+# axis into the batch, leaving moves it back out, so each is the other's derivative.
+# Their rules run only in vmap's namespace, which provides ``o.vmap_in``/``o.vmap_out``.
+vmap_in = Op("vmap_in", None, 1, lambda o, g, out, ins, params, needs: (o.vmap_out(g, *params),))
+vmap_out = Op("vmap_out", None, 1, lambda o, g, out, ins, params, needs: (o.vmap_in(g, *params),))

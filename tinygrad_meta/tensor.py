@@ -44,9 +44,10 @@ def _resolve_dtype(dtype):
 # Nodes
 # ----------------------------------------------------------------------------------
 
-def _make(data, be, parents, op, params=()):
-    """Wrap a raw result; record a graph node only when some parent needs a gradient."""
-    out = _new(Tensor)
+def _make(data, be, parents, op, params=(), kind=None):
+    """Wrap a raw result; record a graph node only when some parent needs a gradient.
+    ``kind``: a Tensor subclass to make instead (vmap's BatchedTensor)."""
+    out = _new(kind or Tensor)
     out._data = data
     out.grad = None
     out._be = be
@@ -111,7 +112,12 @@ def record(op, *args):
             return _make(op.forward(datas, *params), inputs[0]._be, inputs, op, params)
     else:
         inputs, params = args[:nin], args[nin:]
-    anchor = next(x for x in inputs if isinstance(x, Tensor))
+    for x in (*inputs, *params):  # a batched tensor inside vmap: its batching rule runs the op
+        if isinstance(x, Tensor) and type(x) is not Tensor:
+            return x._record_batched(op, inputs, params)
+    anchor = next((x for x in inputs if isinstance(x, Tensor)), None)
+    if anchor is None:  # constants only (raw values inside a rule): a raw result
+        return op.forward(list(inputs), *params) if nin is None else op.forward(*inputs, *params)
     be = anchor._be
     inputs = tuple(x if isinstance(x, Tensor) else
                    _constant(be.asarray(x, dtype=anchor._data.dtype), be) for x in inputs)
@@ -310,6 +316,8 @@ def where(condition, a, b):
         if condition._be is not anchor._be:
             raise RuntimeError(f"where: condition is on {condition.device} but the values are on "
                                f"{anchor.device}; move it with .to(device)")
+        if type(condition) is not Tensor:  # batched inside vmap: its batching rule reads it
+            return condition._record_batched(ops.where, (a, b), (condition.astype(bool),))
         cond = condition._data
     elif condition is None or isinstance(condition, str):
         raise TypeError(f"where: condition must be a boolean Tensor or array, got "
