@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import tinygrad_meta as tgm  # noqa: E402
 from tinygrad_meta import optim  # noqa: E402
-from tinygrad_meta.hypergradient_descent import AdamHD, SGDHD  # noqa: E402
+from tinygrad_meta.optim import AdamHD, SGDHD  # noqa: E402
 from tinygrad_meta.meta.hyperopt import (HyperOptimizer, evaluate_hyperparameters,  # noqa: E402
                                          flatten_hyperparameters, hyperparameter_values,
                                          implicit_hypergradient, make_hyperparameters,

@@ -76,7 +76,9 @@ def main():
     plt = pyplot()
     if plt is None:
         return
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    # constrained layout keeps each panel's y-label clear of its neighbour's ticks
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
+    plain = plt.FuncFormatter(lambda value, _: f"{value:g}")  # 0.08, not 8x10^-2
     axes[0].plot(np.full(STEPS, START_LR), "--", label="initial (constant)")
     axes[0].plot(learned_lr, label="learned")
     axes[0].set_yscale("log")
@@ -96,6 +98,9 @@ def main():
     axes[2].set_ylabel("training loss")
     axes[2].legend(fontsize=7)
     axes[2].set_title("training curves")
+    for axis in (axes[0], axes[2]):   # log axes spanning less than a decade: label minor ticks plainly
+        axis.yaxis.set_major_formatter(plain)
+        axis.yaxis.set_minor_formatter(plain)
     save(figure, "06_lr_schedule.png")
 
 

@@ -130,3 +130,65 @@ THIRD_ORDER = {
 def test_tensor_compositions_match_finite_differences_to_third_order(name):
     f, arrays = THIRD_ORDER[name]
     assert check_grads(f, [T(a) for a in arrays], order=3)
+
+
+# ---- conjugate gradient ------------------------------------------------------------
+
+def spd_matrix(n, condition, seed=0):
+    """Q diag(eigenvalues from 1 to ``condition``) Qᵀ: SPD with a known condition number."""
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, n)))
+    return q @ np.diag(np.geomspace(1.0, condition, n)) @ q.T
+
+
+def test_conjugate_gradient_solves_a_known_spd_system_in_at_most_n_iterations():
+    a = spd_matrix(6, 50.0)
+    b = np.random.default_rng(1).standard_normal(6)
+    result = tgm.derivatives.conjugate_gradient(lambda v: a @ v, b, tol=1e-12)
+    assert result.converged and result.iterations <= 6 and result.residual <= 1e-12
+    np.testing.assert_allclose(result.solution, np.linalg.solve(a, b), rtol=1e-9)
+    assert result.curvature > 0
+
+
+def test_conjugate_gradient_stops_at_the_tolerance_and_reports_its_iterations():
+    a = spd_matrix(40, 1e4, seed=2)
+    b = np.random.default_rng(3).standard_normal(40)
+    loose = tgm.derivatives.conjugate_gradient(lambda v: a @ v, b, tol=1e-2, max_iters=200)
+    tight = tgm.derivatives.conjugate_gradient(lambda v: a @ v, b, tol=1e-10, max_iters=200)
+    assert loose.converged and tight.converged
+    assert loose.iterations < tight.iterations
+    assert tight.residual <= 1e-10 < loose.residual <= 1e-2
+    # the reported residual is the true one of the returned solution
+    true = np.linalg.norm(b - a @ loose.solution) / np.linalg.norm(b)
+    np.testing.assert_allclose(loose.residual, true, rtol=1e-6)
+    capped = tgm.derivatives.conjugate_gradient(lambda v: a @ v, b, tol=1e-10, max_iters=3)
+    assert capped.iterations == 3 and not capped.converged and capped.residual > 1e-10
+
+
+def test_conjugate_gradient_on_a_list_of_arrays_with_hessian_vector_products():
+    # f(x, y) = 0.5 xᵀ A x + 0.5 * 3 y² + x₀ y: one Hessian over both inputs
+    a = spd_matrix(3, 10.0, seed=4)
+    f = lambda x, y: 0.5 * (x * (T(a) @ x)).sum() + 1.5 * (y * y).sum() + (x[0] * y).sum()
+    hessian = np.zeros((4, 4))
+    hessian[:3, :3], hessian[3, 3] = a, 3.0
+    hessian[0, 3] = hessian[3, 0] = 1.0
+    point = [T(np.zeros(3)), T(np.zeros(1))]
+
+    def matvec(vectors):
+        return [h.numpy() for h in tgm.hvp(lambda x, y: f(x, y), point, [T(v) for v in vectors])]
+
+    b = [np.array([1.0, -2.0, 0.5]), np.array([2.0])]
+    result = tgm.derivatives.conjugate_gradient(matvec, b, tol=1e-12)
+    expected = np.linalg.solve(hessian, np.concatenate(b))
+    np.testing.assert_allclose(np.concatenate(result.solution), expected, rtol=1e-9)
+    assert [s.shape for s in result.solution] == [(3,), (1,)]
+
+
+def test_conjugate_gradient_stops_on_negative_curvature():
+    a = np.diag([2.0, -1.0])
+    result = tgm.derivatives.conjugate_gradient(lambda v: a @ v, np.array([0.0, 1.0]))
+    assert not result.converged and result.curvature <= 0 and result.iterations == 0
+
+
+def test_conjugate_gradient_of_a_zero_right_hand_side_is_zero_at_once():
+    result = tgm.derivatives.conjugate_gradient(lambda v: 2 * v, np.zeros(3))
+    assert result.converged and result.iterations == 0 and not result.solution.any()

@@ -8,7 +8,7 @@ import pytest
 import tinygrad_meta as tgm
 from tinygrad_meta import optim
 from tinygrad_meta.__main__ import main
-from tinygrad_meta.hypergradient_descent import AdamHD, SGDHD
+from tinygrad_meta.optim import AdamHD, SGDHD
 from tinygrad_meta.meta.hyperopt import (HyperOptimizer, evaluate_hyperparameters,
                                          flatten_hyperparameters, implicit_hypergradient,
                                          make_hyperparameters, unrolled_hypergradient)

@@ -8,7 +8,7 @@ import pytest
 
 import tinygrad_meta as tgm
 from tinygrad_meta import functional as F
-from tinygrad_meta.hypergradient_descent import AdamHD, SGDHD
+from tinygrad_meta.optim import AdamHD, SGDHD
 from tinygrad_meta.optim import SGD, Adam, adam_step, sgd_step
 
 

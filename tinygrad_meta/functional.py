@@ -232,3 +232,110 @@ def gelu(x, approximate="none"):
     0.841345
     """
     return _tensor(x, "gelu").gelu(approximate)
+# ----------------------------------------------------------------------------------
+# Binary classification: losses (PyTorch's names and semantics) and accuracy
+# ----------------------------------------------------------------------------------
+
+__all__ += ["binary_cross_entropy", "binary_cross_entropy_with_logits", "accuracy"]
+
+
+def _binary_pair(inputs, targets, name):
+    """(inputs, targets) as floating Tensors of one shape, device and dtype."""
+    inputs = _floating(_tensor(inputs, name))
+    if isinstance(targets, Tensor):
+        if targets._be is not inputs._be:
+            raise RuntimeError(f"{name}: targets are on {targets.device} but inputs on "
+                               f"{inputs.device}; move them with .to(device)")
+        if targets.dtype.kind != "f":
+            targets = targets.astype(inputs.dtype)
+    else:
+        if targets is None or isinstance(targets, str):
+            raise TypeError(f"{name}: targets must be numbers in [0, 1], got {type(targets).__name__}")
+        targets = Tensor(targets, dtype=inputs.dtype, device=inputs.device)
+    if targets.dtype != inputs.dtype:
+        raise TypeError(f"{name}: targets are {targets.dtype}, inputs {inputs.dtype} (no implicit promotion)")
+    if targets.shape != inputs.shape:
+        raise ValueError(f"{name}: targets of shape {targets.shape} must have the inputs' shape "
+                         f"{inputs.shape}")
+    return inputs, targets
+
+
+def binary_cross_entropy_with_logits(logits, targets):
+    """Mean of ``-(y log σ(x) + (1 - y) log(1 - σ(x)))`` over all elements, from logits.
+
+    ``logits``: a Tensor of any shape; ``targets``: numbers in [0, 1] (soft labels allowed)
+    of the same shape, a Tensor or an array. As torch's (mean reduction), and computed as
+    ``(1 - y) x + log(1 + exp(-x))`` with the log term a logsumexp, so it is exact for
+    |logits| ~ 1e4 (no overflow, no log 0) and smooth: differentiable to any order.
+
+    >>> import tinygrad_meta as tgm
+    >>> loss = binary_cross_entropy_with_logits(tgm.Tensor([0.0, 1e4]), [1.0, 1.0])
+    >>> round(float(loss.item()), 6)   # (log 2 + 0) / 2
+    0.346574
+    """
+    name = "binary_cross_entropy_with_logits"
+    logits, targets = _binary_pair(logits, targets, name)
+    zeros = Tensor(logits._be.xp.zeros(logits.shape, dtype=logits.dtype), dtype=logits.dtype,
+                   device=logits.device)
+    softplus_of_minus_x = record(ops.logsumexp, record(ops.stack, (zeros, -logits), 0), (0,), False)
+    return ((1.0 - targets) * logits + softplus_of_minus_x).mean()
+
+
+def binary_cross_entropy(probabilities, targets):
+    """Mean of ``-(y log p + (1 - y) log(1 - p))`` over all elements, from probabilities.
+
+    ``probabilities``: a Tensor with values in [0, 1] (e.g. a sigmoid's output);
+    ``targets``: numbers in [0, 1] of the same shape. As torch's: each log is clamped at
+    -100, so p = 0 or 1 gives a finite loss (100 per wrong element). Prefer
+    :func:`binary_cross_entropy_with_logits` on logits: it is exact where σ saturates.
+
+    >>> import tinygrad_meta as tgm
+    >>> loss = binary_cross_entropy(tgm.Tensor([0.5, 0.0]), [1.0, 1.0])
+    >>> round(float(loss.item()), 4)   # (log 2 + 100) / 2
+    50.3466
+    """
+    name = "binary_cross_entropy"
+    probabilities, targets = _binary_pair(probabilities, targets, name)
+    raw = probabilities._data
+    if raw.size and not bool(((raw >= 0) & (raw <= 1)).all()):
+        raise ValueError(f"{name}: probabilities must lie in [0, 1], got values in "
+                         f"[{float(raw.min())}, {float(raw.max())}]; for logits use "
+                         "binary_cross_entropy_with_logits")
+    return -(targets * _clamped_log(probabilities)
+             + (1.0 - targets) * _clamped_log(1.0 - probabilities)).mean()
+
+
+def _clamped_log(x):
+    """max(log x, -100) for x >= 0, without evaluating log 0 (its gradient is 0 there)."""
+    positive = x._data > 0
+    ones = Tensor(x._be.xp.ones(x.shape, dtype=x.dtype), dtype=x.dtype, device=x.device)
+    floor = ones * -100.0
+    return record(ops.where, record(ops.where, x, ones, positive).log(), floor, positive).clip(min=-100.0)
+
+
+def accuracy(logits, labels):
+    """The fraction of correct predictions, as a float (no graph is recorded).
+
+    ``logits``: shape (..., C) with integer ``labels`` of shape (...): the prediction is
+    the argmax over the last axis. Or ``logits`` of the labels' own shape, one logit per
+    example for two classes: the prediction is ``logits > 0`` and labels are 0 or 1.
+
+    >>> import tinygrad_meta as tgm
+    >>> accuracy(tgm.Tensor([[2.0, 0.1], [0.3, 0.9], [1.0, 0.0]]), [0, 1, 1])
+    0.6666666666666666
+    """
+    logits = _tensor(logits, "accuracy")
+    labels = labels._data if isinstance(labels, Tensor) else logits._be.asarray(labels)
+    if labels.dtype.kind not in "iub":
+        raise TypeError(f"accuracy: labels must be integers, got dtype {labels.dtype}")
+    if labels.shape == logits.shape:
+        predicted = logits._data > 0
+    elif logits.ndim >= 1 and labels.shape == logits.shape[:-1]:
+        predicted = logits._data.argmax(axis=-1)
+    else:
+        raise ValueError(f"accuracy: logits of shape {logits.shape} need labels of shape "
+                         f"{logits.shape[:-1]} (or {logits.shape} for one logit per example), "
+                         f"got {labels.shape}")
+    if labels.size == 0:
+        raise ValueError("accuracy: no examples (labels are empty)")
+    return float((predicted == labels).mean())

@@ -16,6 +16,7 @@ the arithmetic.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import time
 import warnings
@@ -37,12 +38,24 @@ MODES = ("cython", "numpy", "auto")
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
+# By full name: ``from .. import _cpu_matmul`` on a package still initialising turns
+# "no such module" into "cannot import name ... (most likely due to a circular import)".
+_EXTENSIONS = tuple(f"{__name__.rsplit('.', 2)[0]}.{name}" for name in ("_cpu_matmul", "_cpu_relu"))
 try:
-    from .. import _cpu_matmul, _cpu_relu
+    _cpu_matmul, _cpu_relu = (importlib.import_module(name) for name in _EXTENSIONS)
     _IMPORT_ERROR = None
-except ImportError as error:  # the build failed or was never run
+    _BUILT = True
+except ModuleNotFoundError as error:
+    if error.name not in _EXTENSIONS:
+        raise  # a missing dependency of ours, not the extension: let it say so
+    _cpu_matmul = _cpu_relu = None
+    _IMPORT_ERROR = (f"not built: there is no compiled module {error.name}; build it with "
+                     "`python setup.py build_ext --inplace` or `pip install -e . --no-build-isolation`")
+    _BUILT = False
+except ImportError as error:  # built, but it does not load (e.g. an undefined symbol)
     _cpu_matmul = _cpu_relu = None
     _IMPORT_ERROR = f"{type(error).__name__}: {error}"
+    _BUILT = True
 
 
 def _relu(x):
@@ -88,7 +101,8 @@ if _cpu_matmul is not None:
 if _IMPORT_ERROR is not None:
     warnings.warn(
         f"tinygrad_meta: compiled CPU kernels unavailable ({_IMPORT_ERROR}); matmul and relu "
-        "run on numpy. Build them with `pip install -e . --no-build-isolation`.",
+        "run on numpy." + ("" if not _BUILT else " Rebuild them with "
+                          "`pip install -e . --no-build-isolation`."),
         RuntimeWarning, stacklevel=2)
 
 
@@ -333,7 +347,9 @@ def _describe(kind):
 def kernel_info() -> dict:
     """What was built and what runs matmul and ReLU on the CPU.
 
-    Returns a dict: ``compiled`` (bool), ``error`` (why not, else None), ``mode``,
+    Returns a dict: ``compiled`` (bool: loaded and self-checked), ``built`` (False only
+    when the extension was never built: no compiled module at all), ``error`` (why not
+    compiled, else None), ``mode``,
     ``matmul`` and ``relu`` (the implementation that runs), ``cflags``, ``openmp``,
     ``vector_bits``, ``threads``, ``micro_tile_f32``/``_f64`` (MR, NR),
     ``gomp_spincount`` and ``crossover`` (auto mode's measurements, None until taken).
@@ -341,7 +357,7 @@ def kernel_info() -> dict:
     >>> kernel_info()["mode"] in MODES
     True
     """
-    info = {"compiled": _cpu_matmul is not None, "error": _IMPORT_ERROR, "mode": _mode,
+    info = {"compiled": _cpu_matmul is not None, "built": _BUILT, "error": _IMPORT_ERROR, "mode": _mode,
             "matmul": _describe("matmul"), "relu": _describe("relu")}
     if _cpu_matmul is not None:
         build = _cpu_matmul.BUILD_INFO

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from ..checkpoint import check_writable, make_folder, run_file
+from ..checkpoint import CheckpointError, check_writable, make_folder, run_file
 from ..meta import hyperopt as H
 from ..tasks.classification import PROBLEMS, classification_losses, make_classification, mlp_init
 
@@ -181,7 +181,6 @@ def run(args) -> int:
         if not os.path.exists(checkpoint):
             print(f"error: --resume: no checkpoint at {checkpoint}")
             return 2
-        from ..checkpoint import CheckpointError
         try:
             tuner.load(checkpoint)
         except CheckpointError as error:
