@@ -14,6 +14,7 @@ and the meta-loss moving average the metrics report), so a run killed at any mom
 even by ``kill -9`` -- and resumed from its last checkpoint ends with exactly the
 parameters, and writes exactly the metrics, of an uninterrupted run.
 
+>>> import tempfile
 >>> result = train({"iters": 3, "meta_batch": 2, "hidden": [8], "out": tempfile.mkdtemp(),
 ...                 "eval_tasks": 0}, progress=False, log=lambda *a: None)
 >>> result.iteration
@@ -28,8 +29,6 @@ import numbers
 import os
 import shlex
 import signal
-import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ import numpy as np
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, check_writable, generator_state, load_checkpoint,
                          make_folder, restore_generator, run_file, save_checkpoint)
 from .evaluate import adapted_metric
+from .progress import Progress
 from .run import (FIXED_ON_RESUME, build_algorithm, build_model, build_optimizer, check_device, check_sizes,
                   load_parameters, make_config, parameters_as_numpy, pinned_kernels, resume_config, to_device)
 from .tasks import get_task
@@ -124,45 +124,6 @@ def _check_fresh_folder(config, force):
     raise FileExistsError(
         f"{config['out']} already holds a checkpoint of a different run; pass --resume {config['out']} "
         "to continue it, --force to overwrite it, or choose another --out")
-
-
-class _Progress:
-    """A tqdm bar when tqdm is importable and wanted, else a line every few seconds."""
-
-    def __init__(self, total, initial, enabled, log):
-        self.bar = None
-        self.log = log
-        self.enabled = enabled
-        self.last_print = time.monotonic()
-        self.total = total
-        if enabled:
-            try:
-                from tqdm import tqdm
-                self.bar = tqdm(total=total, initial=initial, desc="meta-train", unit="it",
-                                dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
-            except ImportError:
-                self.bar = None
-
-    def update(self, iteration, loss):
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.update(1)
-            if iteration % 25 == 0:
-                self.bar.set_postfix_str(f"meta-loss {loss:.4f}", refresh=False)
-        elif time.monotonic() - self.last_print > 5.0 or iteration == self.total:
-            self.last_print = time.monotonic()
-            self.log(f"iteration {iteration}/{self.total}  meta-loss {loss:.4f}")
-
-    def write(self, text):
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
-        else:
-            self.log(text)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _validation_score(config, task, algorithm, validation):
@@ -272,7 +233,8 @@ def _train(config, checkpoint, task, progress, log):
                    "running": {"loss_average": loss_average, "seconds": seconds_before + elapsed()}},
         )
 
-    bar = _Progress(config["iters"], start, progress, log)
+    bar = Progress(config["iters"], start, enabled=progress, desc="meta-train", status_every=25,
+                   log=log)
 
     iteration = start
     with _deferred_interrupt() as interrupt:
@@ -287,7 +249,7 @@ def _train(config, checkpoint, task, progress, log):
                 optimizer.step(grads)
                 loss_average = (loss if loss_average is None
                                 else _AVERAGE_DECAY * loss_average + (1 - _AVERAGE_DECAY) * loss)
-                bar.update(iteration, loss_average)
+                bar.update(iteration, f"meta-loss {loss_average:.4f}")
                 if config["eval_every"] and iteration % config["eval_every"] == 0:
                     steps, score = _validation_score(config, task, algorithm, validation)
                     entry = {"iteration": iteration, "meta_loss": loss_average, f"val_{task.metric_name}": score,
