@@ -11,8 +11,9 @@ The baseline is a network of the same size trained by ordinary regression on poi
 from many random tasks (so it learns the average curve), then fine-tuned exactly the
 same way. It is trained once per run folder and cached in ``pretrained.npz``.
 
-All N tasks adapt at once: the fast weights carry a leading task axis and each step is
-one batched forward and backward pass.
+Adaptation is the meta-learners' own inner loop (meta/base.py): for an MLP all N tasks
+adapt at once (the fast weights carry a leading task axis and each step is one batched
+forward and backward pass), any other module task by task.
 
 >>> report = evaluate_run("runs/maml-sinusoid", num_tasks=600)  # doctest: +SKIP
 >>> print(format_table(report))                                   # doctest: +SKIP
@@ -25,8 +26,10 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .autograd import grad, no_grad
+from .autograd import grad
 from .checkpoint import CheckpointError, load_checkpoint, run_file, save_checkpoint
+from .functional import mse_loss
+from .meta import MAML
 from .tasks import get_task
 from .tasks.sinusoid import STREAM_EVAL, STREAM_PRETRAIN, task_rng
 from .tensor import Tensor
@@ -40,42 +43,20 @@ PRETRAINED_NAME = "pretrained.npz"
 PRETRAIN_DEFAULTS = {"iters": 5000, "tasks_per_batch": 25, "points_per_task": 10, "lr": 1e-3}
 
 
-def _batched_params(params, num_tasks, device):
-    """Each parameter repeated along a new leading task axis, as fresh leaf Tensors."""
-    out = OrderedDict()
-    for name, value in params.items():
-        array = np.asarray(value)
-        out[name] = Tensor(np.broadcast_to(array, (num_tasks,) + array.shape).copy(),
-                           device=device, requires_grad=True)
-    return out
-
-
-def _per_task_mse(prediction, target):
-    diff = prediction - target
-    return (diff * diff).mean(axis=(1, 2))
-
-
-def _adaptation(model, params, support_x, support_y, lr, max_steps, device):
-    """Yield ``(step, fast_params)`` for step = 0 .. max_steps of plain gradient descent.
-
-    All tasks at once: fast weights have a leading task axis, and the loss summed over
-    tasks gives each task's fast weights the gradient of its own support loss.
-    """
-    fast = _batched_params(params, support_x.shape[0], device)
+def _fine_tuner(model, lr):
+    """The inner loop of meta/base.py as plain gradient descent on the support MSE, from
+    whatever parameters it is given: ``lr`` a float, or name -> array of per-parameter rates."""
     if isinstance(lr, dict):
-        # per-parameter rates (Meta-SGD) broadcast over the task axis
-        rates = {name: Tensor(np.asarray(lr[name]), dtype=fast[name].dtype, device=device) for name in fast}
+        lr = OrderedDict((name, np.asarray(rate)) for name, rate in lr.items())
     else:
-        rates = {name: float(lr) for name in fast}
-    for step in range(max_steps + 1):
-        yield step, fast
-        if step == max_steps:
-            return
-        loss = _per_task_mse(model(support_x, params=fast), support_y).sum()
-        grads = grad(loss, list(fast.values()))
-        with no_grad():
-            fast = OrderedDict((name, (p - rates[name] * g).detach().requires_grad_(True))
-                               for (name, p), g in zip(fast.items(), grads))
+        lr = float(lr)
+    return MAML(model, inner_lr=lr, inner_steps=0, first_order=True, loss_fn=mse_loss)
+
+
+def _start(model, params):
+    like = next(iter(model.parameters()))
+    return OrderedDict((name, Tensor(np.asarray(value), dtype=like.dtype, device=like.device))
+                       for name, value in params.items())
 
 
 def adapt_curve(model, params, batch, steps=EVAL_STEPS, lr=0.01, device="cpu"):
@@ -84,40 +65,31 @@ def adapt_curve(model, params, batch, steps=EVAL_STEPS, lr=0.01, device="cpu"):
     In: ``model`` a Module; ``params`` name -> numpy array (the initialisation to adapt
     from); ``batch`` a TaskBatch (support (T, K, 1), query (T, Q, 1)); ``lr`` a float
     or name -> array of per-parameter rates (Meta-SGD). Out: dict step -> (T,) float64
-    array of query MSEs. Each task adapts on its own support set only.
+    array of query MSEs. Each task adapts on its own support set only (the meta-learners'
+    inner loop, meta/base.py); ``device`` is where the model lives.
     >>> curves = adapt_curve(model, model.state_dict(), batch, steps=(0, 1))  # doctest: +SKIP
     """
     steps = sorted(set(int(s) for s in steps))
     if not steps or steps[0] < 0:
         raise ValueError(f"adapt_curve: steps must be non-negative integers, got {steps}")
-    support_x, support_y, query_x, query_y = (Tensor(np.asarray(a), device=device) for a in batch)
-    curves = {}
     # a task that diverges overflows to inf/nan; the table reports it, numpy need not warn
     with np.errstate(over="ignore", invalid="ignore"):
-        for step, fast in _adaptation(model, params, support_x, support_y, lr, steps[-1], device):
-            if step in steps:
-                with no_grad():
-                    mse = _per_task_mse(model(query_x, params=fast), query_y)
-                curves[step] = np.asarray(mse.numpy(), dtype=np.float64)
-    return curves
+        return _fine_tuner(model, lr).evaluate(tuple(batch), steps, params=_start(model, params))
 
 
 def _learned_rates(algorithm):
-    """Meta-SGD's learned per-parameter inner learning rates, or None for the others."""
-    for attribute in ("learning_rates", "inner_lrs", "lrs"):
-        rates = getattr(algorithm, attribute, None)
-        if callable(rates):
-            rates = rates()
-        if isinstance(rates, dict) and rates:
-            return OrderedDict((name, np.asarray(r.numpy() if isinstance(r, Tensor) else r))
-                               for name, r in rates.items())
-    return None
+    """The learner's per-parameter inner rates as numpy arrays (Meta-SGD), or None."""
+    rates = algorithm.inner_learning_rates()
+    if rates is None:
+        return None
+    return OrderedDict((name, np.asarray(r.numpy() if isinstance(r, Tensor) else r))
+                       for name, r in rates.items())
 
 
 def adapted_mse(algorithm, batch, steps=EVAL_STEPS, inner_lr=0.01, device="cpu"):
     """``adapt_curve`` for a meta-learner: from its model's parameters, at its inner rates."""
     model = algorithm.model
-    params = OrderedDict((name, p.numpy()) for name, p in model.parameters().items())
+    params = OrderedDict((name, p.numpy()) for name, p in model.parameter_dict().items())
     rates = _learned_rates(algorithm)
     return adapt_curve(model, params, batch, steps, rates if rates is not None else inner_lr, device)
 
@@ -179,15 +151,15 @@ def train_pretrained_baseline(config, run_dir=None, log=print, **settings):
         except (CheckpointError, OSError, KeyError, ValueError) as error:
             log(f"note: ignoring unreadable baseline cache {cache} ({error}); retraining it")
     task = get_task(config["task"])
-    optimizer = optim.Adam(model.parameters(), lr=settings["lr"])
-    names = list(model.parameters())
+    optimizer = optim.Adam(model.parameter_dict(), lr=settings["lr"])
+    names = list(model.parameter_dict())
     for iteration in range(settings["iters"]):
         batch = task.sample_batch(settings["tasks_per_batch"], settings["points_per_task"],
                                   task_rng(config["seed"], iteration, STREAM_PRETRAIN), query_shots=1)
         x = Tensor(batch.support_x.reshape(-1, 1), device=config.get("device", "cpu"))
         y = Tensor(batch.support_y.reshape(-1, 1), device=config.get("device", "cpu"))
         loss = mse_loss(model(x), y)
-        grads = grad(loss, [model.parameters()[n] for n in names])
+        grads = grad(loss, list(model.parameter_dict().values()))
         optimizer.step(OrderedDict(zip(names, grads)))
     if cache:
         save_checkpoint(cache, params=model.state_dict(), iteration=settings["iters"], config=identity)
@@ -240,7 +212,7 @@ def _evaluate(run_dir, config, algorithm, iteration, num_tasks, shots, steps, ba
         curves = adapted_mse(algorithm, batch, steps, config["inner_lr"], device)
         rows.append(_row(config["algo"], k, curves, steps))
         if pretrained is not None:
-            params = OrderedDict((n, p.numpy()) for n, p in pretrained.parameters().items())
+            params = OrderedDict((n, p.numpy()) for n, p in pretrained.parameter_dict().items())
             curves = adapt_curve(pretrained, params, batch, steps, config["inner_lr"], device)
             rows.append(_row("pretrained", k, curves, steps))
     report = {"run": run_dir, "iteration": iteration, "algo": config["algo"], "num_tasks": num_tasks,
@@ -315,11 +287,11 @@ def save_plot(path, algorithm, pretrained, evaluation, config, device="cpu", log
     batch, amplitude, phase = evaluation
     grid_x, grid_y = true_curve(amplitude[:num_tasks], phase[:num_tasks])
     panels = [(config["algo"].upper(), algorithm.model,
-               OrderedDict((n, p.numpy()) for n, p in algorithm.model.parameters().items()),
+               OrderedDict((n, p.numpy()) for n, p in algorithm.model.parameter_dict().items()),
                _learned_rates(algorithm) or config["inner_lr"])]
     if pretrained is not None:
         panels.append(("pretrained", pretrained,
-                       OrderedDict((n, p.numpy()) for n, p in pretrained.parameters().items()), config["inner_lr"]))
+                       OrderedDict((n, p.numpy()) for n, p in pretrained.parameter_dict().items()), config["inner_lr"]))
     figure, axes = plt.subplots(num_tasks, len(panels), figsize=(5 * len(panels), 3.2 * num_tasks),
                                 squeeze=False)
     for column, (title, model, params, lr) in enumerate(panels):
@@ -348,13 +320,8 @@ def save_plot(path, algorithm, pretrained, evaluation, config, device="cpu", log
 
 def _predictions_after(model, params, batch, num_tasks, steps, lr, device, grid_x):
     """Each task's prediction on ``grid_x`` after each step count in ``steps``."""
-    x = np.broadcast_to(grid_x[None, :, None], (num_tasks, len(grid_x), 1)).astype(np.float32)
-    support_x = Tensor(batch.support_x[:num_tasks], device=device)
-    support_y = Tensor(batch.support_y[:num_tasks], device=device)
-    query = Tensor(x, device=device)
-    out = OrderedDict()
-    for step, fast in _adaptation(model, params, support_x, support_y, lr, max(steps), device):
-        if step in steps:
-            with no_grad():
-                out[step] = np.asarray(model(query, params=fast).numpy())[:, :, 0]
-    return out
+    like = next(iter(model.parameters()))
+    x = np.broadcast_to(grid_x[None, :, None], (num_tasks, len(grid_x), 1)).astype(like.dtype)
+    tasks = (batch.support_x[:num_tasks], batch.support_y[:num_tasks], x, x)
+    predictions = _fine_tuner(model, lr).predictions(tasks, steps, params=_start(model, params))
+    return OrderedDict((step, np.asarray(predictions[step].numpy())[:, :, 0]) for step in sorted(steps))
