@@ -430,3 +430,22 @@ def test_a_weight_broadcast_over_tasks_runs_as_one_large_matmul(monkeypatch):
     w = tgm.Tensor(np.ones((2, 3)), dtype="float64")
     F.linear(t64(np.ones((4, 5, 3))), w.broadcast_to((4, 2, 3)))
     assert calls == [((20, 3), (3, 2))]
+
+
+def test_resuming_a_run_saved_with_in_out_weights_is_an_error_naming_the_parameter(capsys, tmp_path):
+    from tinygrad_meta.__main__ import main
+    from tinygrad_meta.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+    out = tmp_path / "run"
+    tiny = ["--hidden", "8,8", "--meta-batch", "2", "--shots", "4", "--no-progress", "--no-plot",
+            "--eval-every", "0", "--eval-tasks", "0"]
+    assert main(["train", "--iters", "2", "--out", str(out), *tiny]) == 0
+    saved = load_checkpoint(out)
+    # what a checkpoint written before the (out, in) layout holds: every weight transposed
+    old = {n: (v.T.copy() if n.endswith("weight") else v) for n, v in saved.params.items()}
+    save_checkpoint(out / CHECKPOINT_NAME, params=old, optimizer_state=saved.optimizer_state,
+                    rng_state=saved.rng_state, iteration=saved.iteration, config=saved.config,
+                    extra=saved.extra)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--iters", "4", *tiny]) == 2
+    err = capsys.readouterr().err
+    assert "'layers.0.weight' has shape (1, 8)" in err and "transpose" in err
