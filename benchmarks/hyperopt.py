@@ -40,8 +40,8 @@ from tinygrad_meta.meta.hyperopt import (HyperOptimizer, evaluate_hyperparameter
                                          flatten_hyperparameters, hyperparameter_values,
                                          implicit_hypergradient, make_hyperparameters,
                                          unrolled_hypergradient)
-from tinygrad_meta.tasks.classification import (classification_losses, make_classification,  # noqa: E402
-                                                mlp_init, mlp_forward)
+from tinygrad_meta.tasks.classification import (classification_losses, classifier,  # noqa: E402
+                                                make_classification)
 from tinygrad_meta import functional as F  # noqa: E402
 
 ALL_KINDS = ("lr-schedule", "weight-decay", "momentum", "init-scale")
@@ -49,9 +49,10 @@ ALL_KINDS = ("lr-schedule", "weight-decay", "momentum", "init-scale")
 
 def spirals(hidden=32, n_train=150, n_val=150, seed=0):
     data = make_classification("spirals", n_train=n_train, n_val=n_val, seed=seed)
-    train_loss, val_loss = classification_losses(data)
-    init = mlp_init([2, hidden, 3], seed=seed + 1)
-    groups = {name: name.split(".")[0] for name in init}
+    model = classifier([2, hidden, 3], seed=seed + 1)
+    train_loss, val_loss = classification_losses(data, model)
+    init = model.state_dict()
+    groups = {name: name.rsplit(".", 1)[0] for name in init}
     return data, train_loss, val_loss, init, groups
 
 
@@ -68,7 +69,7 @@ def section_fd(args):
         for steps in args.fd_steps:
             lr = 0.3 if optimizer == "sgd" else 0.02
             hyper = make_hyperparameters(steps, lr=np.geomspace(lr, lr / 3, steps),
-                                         weight_decay={"layer0": 1e-3, "layer1": 3e-3}, momentum=0.8,
+                                         weight_decay={"layers.0": 1e-3, "layers.1": 3e-3}, momentum=0.8,
                                          init_scale=1.0, tune=ALL_KINDS)
             result = unrolled_hypergradient(train_loss, val_loss, init, hyper, steps, optimizer, groups=groups)
             analytic = flatten_hyperparameters(result.hypergrads)
@@ -96,19 +97,20 @@ def section_grid(args):
     print(f"\n== grid: learned LR schedule + weight decay vs best constant LR, {runs} training runs each ==")
     # one draw of 300 held-out points: the first half selects (val), the second half only reports (test)
     data = make_classification("spirals", n_train=150, n_val=300, seed=0)
-    train_loss, _ = classification_losses(data)
+    model = classifier([2, 32, 3], seed=1)
+    train_loss, _ = classification_losses(data, model)
     val_x, val_y = tgm.Tensor(data.val_x[:150], dtype="float64"), data.val_y[:150]
     test_x, test_y = tgm.Tensor(data.val_x[150:], dtype="float64"), data.val_y[150:]
 
     def val_loss(params):
-        return F.cross_entropy(mlp_forward(params, val_x), val_y)
+        return F.cross_entropy(tgm.func.functional_call(model, params, val_x), val_y)
 
     def test_loss(params):
         with tgm.no_grad():
-            return float(F.cross_entropy(mlp_forward(params, test_x), test_y).item())
+            return float(F.cross_entropy(tgm.func.functional_call(model, params, test_x), test_y).item())
 
-    init = mlp_init([2, 32, 3], seed=1)
-    groups = {name: name.split(".")[0] for name in init}
+    init = model.state_dict()
+    groups = {name: name.rsplit(".", 1)[0] for name in init}
     print(f"spirals (150 train / 150 val / 150 test), MLP 2-32-3, SGD momentum 0.9, T={steps} full-batch steps")
     start = time.perf_counter()
     grid = np.geomspace(1e-3, 10.0, runs)
@@ -124,7 +126,7 @@ def section_grid(args):
 
     start = time.perf_counter()
     hyper = make_hyperparameters(steps, lr=args.grid_lr0, momentum=0.9,
-                                 weight_decay={"layer0": 1e-3, "layer1": 1e-3},
+                                 weight_decay={"layers.0": 1e-3, "layers.1": 1e-3},
                                  tune=("lr-schedule", "weight-decay"))
     tuner = HyperOptimizer(train_loss, val_loss, init, hyper, steps, meta_lr=args.meta_lr, groups=groups)
     tuner.run(runs, progress=False)
@@ -178,21 +180,23 @@ def _hd_problem(name):
         # on noisy 10-class Gaussian blobs generated offline
         data = make_classification("gaussians", n_train=1000, n_val=200, classes=10, features=784,
                                    noise=20.0, seed=0)
-        init = mlp_init([784, 10], seed=1)
-        train_loss, _ = classification_losses(data)
+        model = classifier([784, 10], seed=1)
+        train_loss, _ = classification_losses(data, model)
+        init = model.state_dict()
 
         def objective(p):
-            return train_loss(p) + 0.005 * (p["layer0.weight"] ** 2).sum()
+            return train_loss(p) + 0.005 * (p["layers.0.weight"] ** 2).sum()
         return objective, init, ("L2-regularised logistic regression of the paper's size "
                                  "(784 -> 10, gaussians, 1000 points)")
     if name == "logreg":
         data = make_classification("gaussians", n_train=200, n_val=200, classes=5, features=10,
                                    noise=1.0, seed=0)
-        init = mlp_init([10, 5], seed=1)
-        train_loss, _ = classification_losses(data)
+        model = classifier([10, 5], seed=1)
+        train_loss, _ = classification_losses(data, model)
+        init = model.state_dict()
 
         def objective(p):  # L2 makes the optimum finite, so every method can reach it
-            return train_loss(p) + 0.005 * (p["layer0.weight"] ** 2).sum()
+            return train_loss(p) + 0.005 * (p["layers.0.weight"] ** 2).sum()
         return objective, init, "L2-regularised logistic regression, gaussians (10-d, 5 classes, 200 points)"
     _, train_loss, _, init, _ = spirals()
     return train_loss, init, "spirals MLP 2-32-3 (cross-entropy)"
@@ -311,7 +315,7 @@ def section_cost(args):
     print(f"{'T':>5} {'truncate':>9} {'peak MiB':>9} {'peak/T KiB':>11} {'seconds':>8}")
     peaks = {}
     for steps in args.cost_steps:
-        hyper = make_hyperparameters(steps, lr=0.1, weight_decay={"layer0": 1e-3, "layer1": 1e-3},
+        hyper = make_hyperparameters(steps, lr=0.1, weight_decay={"layers.0": 1e-3, "layers.1": 1e-3},
                                      momentum=0.9, init_scale=1.0, tune=ALL_KINDS)
         _, seconds, peak = _measure(lambda: unrolled_hypergradient(
             train_loss, val_loss, init, hyper, steps, groups=groups))
@@ -322,7 +326,7 @@ def section_cost(args):
     print(f"peak(T={ts[-1]}) / peak(T={ts[0]}) = {peaks[ts[-1]] / peaks[ts[0]]:.2f} for a {ts[-1] / ts[0]:.0f}x "
           f"longer unroll: ratio to linear growth {ratio:.2f} ({'<= 1: no worse than linear' if ratio <= 1.05 else '> 1: WORSE than linear'})")
     steps = max(ts)
-    hyper = make_hyperparameters(steps, lr=0.1, weight_decay={"layer0": 1e-3, "layer1": 1e-3},
+    hyper = make_hyperparameters(steps, lr=0.1, weight_decay={"layers.0": 1e-3, "layers.1": 1e-3},
                                  momentum=0.9, init_scale=1.0, tune=ALL_KINDS)
     for k in args.cost_truncate:
         _, seconds, peak = _measure(lambda: unrolled_hypergradient(
@@ -334,8 +338,9 @@ def section_cost(args):
     print("implicit (IFT + CG) vs unrolled GD (lr 1), L2 logistic regression on gaussians (10-d, 5 classes), "
           "d(val loss)/d(log weight decay) per parameter")
     data = make_classification("gaussians", n_train=200, n_val=200, classes=5, features=10, noise=1.0, seed=0)
-    ce_train, ce_val = classification_losses(data)
-    lin_init = mlp_init([10, 5], seed=1)
+    linear_model = classifier([10, 5], seed=1)
+    ce_train, ce_val = classification_losses(data, linear_model)
+    lin_init = linear_model.state_dict()
 
     def train_with_decay(params, hyper):
         return ce_train(params) + sum(0.5 * hyper[f"log_wd/{n}"].exp() * (p * p).sum()

@@ -76,13 +76,13 @@ def torch_step_fns(first_order, seed=0):
     from torch.func import grad, vmap
 
     functional = torch.nn.functional
-    reference = tgm.nn.MLP(SIZES, rng=np.random.default_rng(seed)).parameters()
+    reference = tgm.nn.MLP(SIZES, rng=np.random.default_rng(seed)).parameter_dict()
     layers = len(SIZES) - 1
 
     def initial():
         params = []
-        for i in range(layers):  # torch's weight is (out, in); ours is (in, out)
-            params.append(torch.tensor(reference[f"layers.{i}.weight"].numpy().T.copy(),
+        for i in range(layers):  # both weights are (out, in): PyTorch's layout
+            params.append(torch.tensor(reference[f"layers.{i}.weight"].numpy().copy(),
                                        requires_grad=True))
             params.append(torch.tensor(reference[f"layers.{i}.bias"].numpy().copy(),
                                        requires_grad=True))

@@ -72,7 +72,7 @@ def main():
     for shots in (5, 10):
         batch, _, _ = evaluation_batch(EVAL_TASKS, shots, task_rng(SEED, shots, STREAM_EVAL))
         for name, net in (("MAML", model), ("pretrained", pretrained)):
-            params = OrderedDict((n, p.numpy()) for n, p in net.parameters().items())
+            params = OrderedDict((n, p.numpy()) for n, p in net.parameter_dict().items())
             curves = adapt_curve(net, params, batch, steps=(0, 1, 10), lr=0.01)
             rows.append([shots, name] + [f"{curves[s].mean():.3f} ± {1.96 * curves[s].std() / np.sqrt(EVAL_TASKS):.3f}"
                                          for s in (0, 1, 10)])

@@ -45,7 +45,7 @@ def main():
     print(f"Meta-SGD: {ITERS} meta-iterations in {time.perf_counter() - start:.1f} s; "
           f"meta-loss over the last 10%: {np.mean(history[-max(1, ITERS // 10):]):.3f}\n")
 
-    rates = OrderedDict((name, lr.numpy().astype(np.float64)) for name, lr in metasgd.lrs.items())
+    rates = OrderedDict((name, lr.numpy().astype(np.float64)) for name, lr in metasgd.inner_learning_rates().items())
     rows = []
     for name, r in rates.items():
         rows.append([name, r.size, f"{r.mean():+.4f}", f"{r.std():.4f}", f"{r.min():+.4f}",
@@ -54,7 +54,7 @@ def main():
     table(["parameter", "entries", "mean", "std", "min", "max", "negative"], rows)
 
     batch, _, _ = evaluation_batch(EVAL_TASKS, 10, task_rng(SEED, 10, STREAM_EVAL))
-    params = OrderedDict((n, p.numpy()) for n, p in model.parameters().items())
+    params = OrderedDict((n, p.numpy()) for n, p in model.parameter_dict().items())
     learned = adapt_curve(model, params, batch, steps=(0, 1), lr=rates)
     uniform = adapt_curve(model, params, batch, steps=(0, 1), lr=INIT_LR)
     print(f"\nQuery MSE after one inner step from the meta-learned initialisation "

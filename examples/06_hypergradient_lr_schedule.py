@@ -20,7 +20,7 @@ import numpy as np
 from _common import pyplot, quick_mode, save, table
 
 from tinygrad_meta.meta import hyperopt as H
-from tinygrad_meta.tasks.classification import classification_losses, make_classification, mlp_init
+from tinygrad_meta.tasks.classification import classification_losses, classifier, make_classification
 
 QUICK = quick_mode()
 STEPS = 20 if QUICK else 100          # T, the unrolled training run
@@ -31,8 +31,9 @@ GRID = (0.03, 0.1, 0.3, 1.0)
 
 def main():
     data = make_classification("spirals", n_train=150, n_val=150, seed=0)
-    train_loss, val_loss = classification_losses(data)
-    init = mlp_init([data.features, 32, data.classes], seed=1)
+    model = classifier([data.features, 32, data.classes], seed=1)
+    train_loss, val_loss = classification_losses(data, model)
+    init = model.state_dict()
 
     def run_with(lr):
         fixed = H.make_hyperparameters(STEPS, lr=lr, momentum=MOMENTUM, tune=())

@@ -12,24 +12,24 @@ from tinygrad_meta.optim import AdamHD, SGDHD
 from tinygrad_meta.meta.hyperopt import (HyperOptimizer, evaluate_hyperparameters,
                                          flatten_hyperparameters, implicit_hypergradient,
                                          make_hyperparameters, unrolled_hypergradient)
-from tinygrad_meta.tasks.classification import (classification_losses, make_classification,
-                                                mlp_init)
+from tinygrad_meta.tasks.classification import classification_losses, classifier, make_classification
 
 ALL_KINDS = ("lr-schedule", "weight-decay", "momentum", "init-scale")
 
 
 def tiny_problem(seed=0):
     data = make_classification("spirals", n_train=24, n_val=24, seed=seed)
-    train_loss, val_loss = classification_losses(data)
-    init = mlp_init([2, 4, 3], seed=seed + 1)
-    groups = {name: name.split(".")[0] for name in init}
+    model = classifier([2, 4, 3], seed=seed + 1)
+    train_loss, val_loss = classification_losses(data, model)
+    init = model.state_dict()
+    groups = {name: name.rsplit(".", 1)[0] for name in init}
     return train_loss, val_loss, init, groups
 
 
 def all_kinds_hyper(steps, optimizer):
     lr = 0.3 if optimizer == "sgd" else 0.05
     return make_hyperparameters(steps, lr=np.linspace(lr, lr / 2, steps),
-                                weight_decay={"layer0": 1e-2, "layer1": 3e-3}, momentum=0.7,
+                                weight_decay={"layers.0": 1e-2, "layers.1": 3e-3}, momentum=0.7,
                                 init_scale=1.3, tune=ALL_KINDS)
 
 
@@ -66,7 +66,7 @@ def test_unrolled_hypergradients_match_central_differences_for_every_kind(optimi
                                     groups=groups)
     analytic = flatten_hyperparameters(result.hypergrads)
     numeric = central_differences(train_loss, val_loss, init, hyper, steps, optimizer, groups)
-    assert set(analytic) == {"log_lr", "log_weight_decay/layer0", "log_weight_decay/layer1",
+    assert set(analytic) == {"log_lr", "log_weight_decay/layers.0", "log_weight_decay/layers.1",
                              "logit_momentum", "log_init_scale"}
     for key in analytic:
         assert np.all(np.abs(numeric[key]) > 0), key  # every entry really is exercised
@@ -149,9 +149,9 @@ def test_non_scalar_losses_are_errors_that_name_the_loss():
     train_loss, val_loss, init, _ = tiny_problem()
     hyper = make_hyperparameters(2, lr=0.1)
     with pytest.raises(ValueError, match=r"val_loss must return a scalar loss, got shape \(3,\)"):
-        unrolled_hypergradient(train_loss, lambda p: p["layer1.bias"] * 2.0, init, hyper, 2)
+        unrolled_hypergradient(train_loss, lambda p: p["layers.1.bias"] * 2.0, init, hyper, 2)
     with pytest.raises(ValueError, match=r"train_loss must return a scalar loss, got shape \(3,\)"):
-        unrolled_hypergradient(lambda p, s: p["layer1.bias"] * 2.0, val_loss, init, hyper, 2)
+        unrolled_hypergradient(lambda p, s: p["layers.1.bias"] * 2.0, val_loss, init, hyper, 2)
 
 
 def test_a_hyperparameter_that_cannot_affect_the_validation_loss_is_an_error():
@@ -161,9 +161,9 @@ def test_a_hyperparameter_that_cannot_affect_the_validation_loss_is_an_error():
     with pytest.raises(ValueError, match="'logit_momentum' does not affect the validation loss"):
         unrolled_hypergradient(train_loss, val_loss, init, hyper, 1)
     # a weight-decay group with no parameter in it
-    hyper = make_hyperparameters(2, lr=0.1, weight_decay={"layer0": 1e-3, "layer7": 1e-3},
+    hyper = make_hyperparameters(2, lr=0.1, weight_decay={"layers.0": 1e-3, "layers.7": 1e-3},
                                  tune=("weight-decay",))
-    with pytest.raises(ValueError, match=r"group\(s\) \['layer7'\] contain no parameter"):
+    with pytest.raises(ValueError, match=r"group\(s\) \['layers.7'\] contain no parameter"):
         unrolled_hypergradient(train_loss, val_loss, init, hyper, 2, groups=groups)
 
 
@@ -275,7 +275,7 @@ def test_hyper_optimizer_lowers_the_validation_loss_and_resumes_exactly(tmp_path
     train_loss, val_loss, init, groups = tiny_problem()
 
     def fresh():
-        hyper = make_hyperparameters(5, lr=0.05, weight_decay={"layer0": 1e-3, "layer1": 1e-3},
+        hyper = make_hyperparameters(5, lr=0.05, weight_decay={"layers.0": 1e-3, "layers.1": 1e-3},
                                      tune=("lr-schedule", "weight-decay"))
         return HyperOptimizer(train_loss, val_loss, init, hyper, 5, meta_lr=0.2, groups=groups)
 

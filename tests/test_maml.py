@@ -6,7 +6,7 @@ import pytest
 
 import tinygrad_meta as tgm
 from tinygrad_meta.functional import mse_loss
-from tinygrad_meta.meta import MAML
+from tinygrad_meta.meta import MAML, MetaSGD, Reptile
 from tinygrad_meta.nn import MLP
 
 
@@ -48,7 +48,7 @@ def test_second_order_meta_gradient_equals_central_differences(vectorize):
     batch = small_batch()
     loss, grads = maml.meta_step(batch)
     numerical = central_differences(lambda: float(maml.meta_loss(batch).item()),
-                                    model.parameters())
+                                    model.parameter_dict())
     for name in grads:
         np.testing.assert_allclose(grads[name].numpy(), numerical[name], rtol=1e-5, atol=1e-7,
                                    err_msg=name)
@@ -57,15 +57,15 @@ def test_second_order_meta_gradient_equals_central_differences(vectorize):
 def manual_first_order_meta_gradient(model, batch, inner_lr, inner_steps):
     """Per-task loop written out by hand: inner gradients detached, averaged query loss."""
     sx, sy, qx, qy = (tgm.Tensor(a, dtype="float64") for a in batch)
-    params = model.parameters()
+    params = model.parameter_dict()
     total = None
     for t in range(sx.shape[0]):
         fast = OrderedDict(params)
         for _ in range(inner_steps):
-            inner = mse_loss(model(sx[t], params=fast), sy[t])
+            inner = mse_loss(tgm.func.functional_call(model, fast, sx[t]), sy[t])
             grads = tgm.grad(inner, list(fast.values()))
             fast = OrderedDict((n, p - g.detach() * inner_lr) for (n, p), g in zip(fast.items(), grads))
-        query = mse_loss(model(qx[t], params=fast), qy[t])
+        query = mse_loss(tgm.func.functional_call(model, fast, qx[t]), qy[t])
         total = query if total is None else total + query
     loss = total * (1.0 / sx.shape[0])
     return float(loss.item()), tgm.grad(loss, list(params.values()))
@@ -88,14 +88,14 @@ def test_first_order_equals_meta_gradient_with_inner_gradients_detached(vectoriz
 
 @pytest.mark.parametrize("first_order", [False, True])
 @pytest.mark.parametrize("inner_steps", [1, 3])
-@pytest.mark.parametrize("adapt", [None, ["layers.2"]])
-def test_vectorised_equals_looped_in_float32(first_order, inner_steps, adapt):
+@pytest.mark.parametrize("adapt_only", [None, ["layers.2"]])
+def test_vectorised_equals_looped_in_float32(first_order, inner_steps, adapt_only):
     batch = small_batch(tasks=5, shots=10, seed=2, dtype=np.float32)
     results = []
     for vectorize in (True, False):
         model = MLP([1, 40, 40, 1], rng=np.random.default_rng(3))
         maml = MAML(model, inner_lr=0.01, inner_steps=inner_steps, first_order=first_order,
-                    vectorize=vectorize, adapt=adapt)
+                    vectorize=vectorize, adapt_only=adapt_only)
         results.append(maml.meta_step(batch))
     (loss_v, grads_v), (loss_l, grads_l) = results
     assert loss_v == pytest.approx(loss_l, rel=1e-5)
@@ -107,30 +107,36 @@ def test_vectorised_equals_looped_in_float32(first_order, inner_steps, adapt):
 
 def test_anil_adapts_only_the_head():
     model = MLP([1, 8, 8, 1], rng=np.random.default_rng(0))
-    maml = MAML(model, inner_lr=0.5, adapt="layers.2")
+    maml = MAML(model, inner_lr=0.5, adapt_only="layers.2")
     assert maml.adapt_names == ["layers.2.weight", "layers.2.bias"]
     sx, sy, qx, qy = small_batch(tasks=4, dtype=np.float32)
     fast = maml.adapt(sx, sy)
-    params = model.parameters()
+    params = model.parameter_dict()
     for name in ("layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias"):
         assert fast[name] is params[name]
-    assert fast["layers.2.weight"].shape == (4, 8, 1)
+    assert fast["layers.2.weight"].shape == (4, 1, 8)
     assert not np.allclose(fast["layers.2.weight"].numpy()[0], params["layers.2.weight"].numpy())
     # the body still gets a meta-gradient through the query loss
     _, grads = maml.meta_step((sx, sy, qx, qy))
     assert np.abs(grads["layers.0.weight"].numpy()).max() > 0
 
 
-def test_unknown_adapt_name_is_an_error():
+def test_unknown_adapt_only_name_is_an_error():
     with pytest.raises(KeyError, match="head"):
-        MAML(MLP([1, 2, 1]), adapt=["head"])
+        MAML(MLP([1, 2, 1]), adapt_only=["head"])
+
+
+def test_the_old_adapt_keyword_says_it_is_now_adapt_only():
+    for learner in (MAML, MetaSGD, Reptile):
+        with pytest.raises(TypeError, match="adapt_only"):
+            learner(MLP([1, 2, 1]), adapt=["layers.1"])
 
 
 def test_adapt_one_step_equals_manual_sgd():
     model = model64(2)
     sx, sy, _, _ = small_batch(tasks=2, seed=3)
     fast = MAML(model, inner_lr=0.05).adapt(sx, sy)
-    params = model.parameters()
+    params = model.parameter_dict()
     for t in range(2):
         loss = mse_loss(model(tgm.Tensor(sx[t], dtype="float64")), tgm.Tensor(sy[t], dtype="float64"))
         grads = tgm.grad(loss, list(params.values()))
@@ -151,7 +157,7 @@ def test_evaluate_step_zero_is_the_unadapted_loss_and_loss_falls(vectorize):
         assert result[0][t] == pytest.approx(expected, rel=1e-12)
     assert result[10].mean() < result[0].mean()
     # evaluation leaves no gradient behind on the model
-    assert all(p.grad is None for p in model.parameters().values())
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_evaluate_vectorised_equals_looped():

@@ -28,9 +28,10 @@ def model64(seed=0):
 def test_metasgd_meta_parameters_hold_one_lr_per_parameter():
     metasgd = MetaSGD(model64(), init_lr=0.03)
     names = list(metasgd.meta_parameters())
-    assert names[:4] == list(metasgd.model.parameters())
-    assert names[4:] == [f"lr.{n}" for n in metasgd.model.parameters()]
-    for name, p in metasgd.model.parameters().items():
+    assert names[:4] == list(metasgd.model.parameter_dict())
+    assert names[4:] == [f"lr.{n}" for n in metasgd.model.parameter_dict()]
+    assert metasgd.inner_learning_rates() is metasgd.lrs
+    for name, p in metasgd.model.named_parameters():
         lr = metasgd.meta_parameters()[f"lr.{name}"]
         assert lr.shape == p.shape and np.all(lr.numpy() == 0.03) and lr.requires_grad
 
@@ -85,9 +86,9 @@ def manual_reptile_phi(model, batch, inner_lr, inner_steps):
     sx, sy = (tgm.Tensor(a, dtype="float64") for a in batch[:2])
     phis = []
     for t in range(sx.shape[0]):
-        fast = OrderedDict((n, p.detach().requires_grad_()) for n, p in model.parameters().items())
+        fast = OrderedDict((n, p.detach().requires_grad_()) for n, p in model.named_parameters())
         for _ in range(inner_steps):
-            loss = mse_loss(model(sx[t], params=fast), sy[t])
+            loss = mse_loss(tgm.func.functional_call(model, fast, sx[t]), sy[t])
             grads = tgm.grad(loss, list(fast.values()))
             fast = OrderedDict((n, (p - g * inner_lr).detach().requires_grad_())
                                for (n, p), g in zip(fast.items(), grads))
@@ -99,7 +100,7 @@ def manual_reptile_phi(model, batch, inner_lr, inner_steps):
 def test_reptile_pseudo_gradient_and_update_match_the_formula(vectorize):
     model = model64(7)
     batch = small_batch(tasks=4, seed=7)
-    theta = OrderedDict((n, p.numpy().copy()) for n, p in model.parameters().items())
+    theta = OrderedDict((n, p.numpy().copy()) for n, p in model.named_parameters())
     phis = manual_reptile_phi(model, batch, 0.05, 3)
     reptile = Reptile(model, inner_lr=0.05, inner_steps=3, outer_stepsize=0.25, vectorize=vectorize)
     loss, grads = reptile.meta_step(batch)
@@ -108,7 +109,7 @@ def test_reptile_pseudo_gradient_and_update_match_the_formula(vectorize):
         np.testing.assert_allclose(grads[name].numpy(), theta[name] - mean_phi, rtol=1e-10,
                                    atol=1e-13)
     SGD(reptile.meta_parameters(), lr=0.25).step(grads)
-    for name, p in model.parameters().items():
+    for name, p in model.named_parameters():
         mean_phi = np.mean([phi[name] for phi in phis], axis=0)
         np.testing.assert_allclose(p.numpy(), theta[name] + 0.25 * (mean_phi - theta[name]),
                                    rtol=1e-10, atol=1e-13)
@@ -121,8 +122,8 @@ def test_reptile_outer_update_equals_outer_sgd():
     _, grads = a.meta_step(batch)
     a.outer_update(grads)
     SGD(b.meta_parameters(), lr=0.3).step(b.meta_step(batch)[1])
-    for name, p in a.model.parameters().items():
-        np.testing.assert_allclose(p.numpy(), b.model.parameters()[name].numpy(), rtol=1e-12)
+    for name, p in a.model.named_parameters():
+        np.testing.assert_allclose(p.numpy(), b.model.parameter_dict()[name].numpy(), rtol=1e-12)
 
 
 def test_reptile_has_no_differentiable_meta_loss():

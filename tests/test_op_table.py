@@ -47,8 +47,8 @@ FUNCTIONS = {
     "pow": lambda x, w, b: (x ** (x * 0.5)).sum(),
     "matmul": lambda x, w, b: ((x @ w) ** 2).sum(),
     "matmul_t": lambda x, w, b: (F.matmul_t(x, w, False, False) * F.matmul_t(w, x, True, True).T).sum(),
-    "linear_relu": lambda x, w, b: (F.linear_relu(x, w, b) ** 2).sum(),
-    "linear": lambda x, w, b: F.linear(x, w, b).tanh().sum(),
+    "linear_relu": lambda x, w, b: (F.linear_relu(x, w.T, b) ** 2).sum(),  # weight (out, in)
+    "linear": lambda x, w, b: F.linear(x, w.T, b).tanh().sum(),
     "mse": lambda x, w, b: F.mse_loss(x @ w, (x * x) @ w),
     "softmax family": lambda x, w, b: (F.softmax(x) * F.log_softmax(x)).sum() + F.logsumexp(x),
     "reductions": lambda x, w, b: (x.max(axis=1) * x.min(axis=0).sum()).sum() + x.mean(),
@@ -76,6 +76,6 @@ def test_a_rule_gives_the_same_gradient_on_raw_arrays_and_on_tensors(name):
 
 def test_viz_names_ops_after_the_table():
     x = tgm.Tensor([1.0, 2.0], requires_grad=True)
-    y = F.linear_relu(x.reshape(1, 2), tgm.Tensor(np.ones((2, 3))))
+    y = F.linear_relu(x.reshape(1, 2), tgm.Tensor(np.ones((3, 2))))
     assert viz.op_name(y) == "linear_relu" and y._op is ops.TABLE["linear_relu"]
     assert viz.op_name(x) is None

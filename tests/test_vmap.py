@@ -157,7 +157,7 @@ def _linear_case(fused):
         n_in, n_out = draw(st.integers(1, 3)), draw(st.integers(1, 3))
         lead = draw(shapes(1, 2))
         function = F.linear_relu if fused else F.linear
-        inputs = [(lead + (n_in,), "normal"), ((n_in, n_out), "normal")]
+        inputs = [(lead + (n_in,), "normal"), ((n_out, n_in), "normal")]  # PyTorch's layout
         if draw(st.booleans()):
             return (lambda x, w: function(x, w)), inputs
         return (lambda x, w, b: function(x, w, b)), inputs + [((n_out,), "normal")]
@@ -578,7 +578,10 @@ def _check_maml(forward, params, tasks, shots, n_in, n_out):
 
 def test_vmapped_maml_matches_the_task_loop_for_an_mlp():
     model = tgm.nn.MLP([1, 16, 16, 1], dtype=F64, rng=np.random.default_rng(0))
-    _check_maml(model, model.parameter_dict(), tasks=5, shots=10, n_in=1, n_out=1)
+
+    def forward(x, p):
+        return tgm.func.functional_call(model, p, x)
+    _check_maml(forward, model.parameter_dict(), tasks=5, shots=10, n_in=1, n_out=1)
 
 
 def test_vmapped_maml_matches_the_task_loop_with_a_per_feature_parameter():

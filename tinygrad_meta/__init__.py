@@ -8,7 +8,7 @@ and gradient-based meta-learning built on it.
 >>> h.numpy().tolist()
 [6.0, 12.0]
 """
-from . import backends, functional, nn, optim
+from . import backends, func, functional, nn, optim
 from .autograd import enable_grad, grad, is_grad_enabled, no_grad
 from .derivatives import hessian, hvp, jacobian, jvp
 from .scalar import Value
@@ -31,7 +31,7 @@ __all__ = [
     "Tensor", "Value", "tensor", "grad", "no_grad", "enable_grad", "is_grad_enabled",
     "hvp", "jvp", "jacobian", "hessian", "zeros", "ones", "zeros_like", "ones_like", "full",
     "concatenate", "stack", "where", "maximum", "minimum", "functional", "backends",
-    "nn", "optim", "meta", "vmap",
+    "nn", "func", "optim", "meta", "vmap",
 ]
 __all__ += ["einsum", "tensordot", "outer", "arctan2", "logaddexp", "remainder", "mod", "pad",
             "norm"]

@@ -12,8 +12,9 @@ The baseline is a network of the same size trained by ordinary regression on poi
 from many random tasks (so it learns the average curve), then fine-tuned exactly the
 same way. It is trained once per run folder and cached in ``pretrained.npz``.
 
-All N tasks adapt at once: the fast weights carry a leading task axis and each step is
-one batched forward and backward pass.
+Adaptation is the meta-learners' own inner loop (meta/base.py): for an MLP all N tasks
+adapt at once (the fast weights carry a leading task axis and each step is one batched
+forward and backward pass), any other module task by task.
 
 >>> report = evaluate_run("runs/maml-sinusoid", num_tasks=600)  # doctest: +SKIP
 >>> print(format_table(report))                                   # doctest: +SKIP
@@ -28,13 +29,14 @@ from collections import OrderedDict
 import numpy as np
 
 from . import optim
-from .autograd import grad, no_grad
+from .autograd import grad
 from .checkpoint import CheckpointError, load_checkpoint, run_file, save_checkpoint
 from .run import build_model, check_evaluation_size, load_run, pinned_kernels
+from .functional import mse_loss
+from .meta import MAML
 from .tasks import get_task
 from .tasks.base import TaskBatch, stream_rng
 from .tasks.sinusoid import SINUSOID
-from .tasks.base import per_task_mse as _per_task_mse
 from .tensor import Tensor
 
 __all__ = ["adapt_curve", "adapted_mse", "adapted_metric", "train_pretrained_baseline", "evaluate_run",
@@ -49,37 +51,20 @@ PLOT_NAME = "eval_plot.png"
 PRETRAIN_DEFAULTS = {"iters": 5000, "tasks_per_batch": 25, "points_per_task": 10, "lr": 1e-3}
 
 
-def _batched_params(params, num_tasks, device):
-    """Each parameter repeated along a new leading task axis, as fresh leaf Tensors."""
-    out = OrderedDict()
-    for name, value in params.items():
-        array = np.asarray(value)
-        out[name] = Tensor(np.broadcast_to(array, (num_tasks,) + array.shape).copy(),
-                           device=device, requires_grad=True)
-    return out
-
-
-def _adaptation(model, params, support_x, support_y, lr, max_steps, device):
-    """Yield ``(step, fast_params)`` for step = 0 .. max_steps of plain gradient descent.
-
-    All tasks at once: fast weights have a leading task axis, and the loss summed over
-    tasks gives each task's fast weights the gradient of its own support loss.
-    """
-    fast = _batched_params(params, support_x.shape[0], device)
+def _fine_tuner(model, lr, loss_fn=mse_loss):
+    """The inner loop of meta/base.py as plain gradient descent on the support loss, from
+    whatever parameters it is given: ``lr`` a float, or name -> array of per-parameter rates."""
     if isinstance(lr, dict):
-        # per-parameter rates (Meta-SGD) broadcast over the task axis
-        rates = {name: Tensor(np.asarray(lr[name]), dtype=fast[name].dtype, device=device) for name in fast}
+        lr = OrderedDict((name, np.asarray(rate)) for name, rate in lr.items())
     else:
-        rates = {name: float(lr) for name in fast}
-    for step in range(max_steps + 1):
-        yield step, fast
-        if step == max_steps:
-            return
-        loss = _per_task_mse(model(support_x, params=fast), support_y).sum()
-        grads = grad(loss, list(fast.values()))
-        with no_grad():
-            fast = OrderedDict((name, (p - rates[name] * g).detach().requires_grad_(True))
-                               for (name, p), g in zip(fast.items(), grads))
+        lr = float(lr)
+    return MAML(model, inner_lr=lr, inner_steps=0, first_order=True, loss_fn=loss_fn)
+
+
+def _start(model, params):
+    like = next(iter(model.parameters()))
+    return OrderedDict((name, Tensor(np.asarray(value), dtype=like.dtype, device=like.device))
+                       for name, value in params.items())
 
 
 def adapt_curve(model, params, batch, steps=EVAL_STEPS, lr=0.01, device="cpu"):
@@ -88,34 +73,25 @@ def adapt_curve(model, params, batch, steps=EVAL_STEPS, lr=0.01, device="cpu"):
     In: ``model`` a Module; ``params`` name -> numpy array (the initialisation to adapt
     from); ``batch`` a TaskBatch (support (T, K, 1), query (T, Q, 1)); ``lr`` a float
     or name -> array of per-parameter rates (Meta-SGD). Out: dict step -> (T,) float64
-    array of query MSEs. Each task adapts on its own support set only.
+    array of query MSEs. Each task adapts on its own support set only (the meta-learners'
+    inner loop, meta/base.py); ``device`` is where the model lives.
     >>> curves = adapt_curve(model, model.state_dict(), batch, steps=(0, 1))  # doctest: +SKIP
     """
     steps = sorted(set(int(s) for s in steps))
     if not steps or steps[0] < 0:
         raise ValueError(f"adapt_curve: steps must be non-negative integers, got {steps}")
-    support_x, support_y, query_x, query_y = (Tensor(np.asarray(a), device=device) for a in batch)
-    curves = {}
     # a task that diverges overflows to inf/nan; the table reports it, numpy need not warn
     with np.errstate(over="ignore", invalid="ignore"):
-        for step, fast in _adaptation(model, params, support_x, support_y, lr, steps[-1], device):
-            if step in steps:
-                with no_grad():
-                    mse = _per_task_mse(model(query_x, params=fast), query_y)
-                curves[step] = np.asarray(mse.numpy(), dtype=np.float64)
-    return curves
+        return _fine_tuner(model, lr).evaluate(tuple(batch), steps, params=_start(model, params))
 
 
 def _learned_rates(algorithm):
-    """Meta-SGD's learned per-parameter inner learning rates, or None for the others."""
-    for attribute in ("learning_rates", "inner_lrs", "lrs"):
-        rates = getattr(algorithm, attribute, None)
-        if callable(rates):
-            rates = rates()
-        if isinstance(rates, dict) and rates:
-            return OrderedDict((name, np.asarray(r.numpy() if isinstance(r, Tensor) else r))
-                               for name, r in rates.items())
-    return None
+    """The learner's per-parameter inner rates as numpy arrays (Meta-SGD), or None."""
+    rates = algorithm.inner_learning_rates()
+    if rates is None:
+        return None
+    return OrderedDict((name, np.asarray(r.numpy() if isinstance(r, Tensor) else r))
+                       for name, r in rates.items())
 
 
 def _parameters(model):
@@ -129,25 +105,25 @@ def adapted_mse(algorithm, batch, steps=EVAL_STEPS, inner_lr=0.01, device="cpu")
     return adapt_curve(model, _parameters(model), batch, steps, rates if rates is not None else inner_lr, device)
 
 
-def _query_predictions(model, params, batch, steps, lr, device):
+def _query_predictions(model, params, batch, steps, lr, device, loss_fn=mse_loss):
     """The model's predictions on ``batch.query_x`` after each step count in ``steps``:
-    dict step -> numpy array (T, Q, outputs), each task adapted on its own support set."""
-    support_x, support_y, query_x = (Tensor(np.asarray(a), device=device) for a in batch[:3])
+    dict step -> numpy array (T, Q, outputs), each task adapted on its own support set
+    by the meta-learners' inner loop (meta/base.py) on ``loss_fn``."""
     steps = sorted(set(int(s) for s in steps))
-    out = OrderedDict()
+    like = next(iter(model.parameters()))
+    tasks = tuple(np.asarray(a, dtype=like.dtype) if np.asarray(a).dtype.kind == "f" else np.asarray(a)
+                  for a in batch[:4])
     # a task that diverges overflows to inf/nan; the table reports it, numpy need not warn
     with np.errstate(over="ignore", invalid="ignore"):
-        for step, fast in _adaptation(model, params, support_x, support_y, lr, steps[-1], device):
-            if step in steps:
-                with no_grad():
-                    out[step] = np.asarray(model(query_x, params=fast).numpy())
-    return out
+        predictions = _fine_tuner(model, lr, loss_fn).predictions(tasks, steps, params=_start(model, params))
+    return OrderedDict((step, np.asarray(predictions[step].numpy())) for step in steps)
 
 
 def _metric_curves(task, model, params, batch, steps, lr, device):
     with np.errstate(over="ignore", invalid="ignore"):
         return {step: task.metric(prediction, np.asarray(batch.query_y))
-                for step, prediction in _query_predictions(model, params, batch, steps, lr, device).items()}
+                for step, prediction in _query_predictions(model, params, batch, steps, lr, device,
+                                                           task.loss).items()}
 
 
 def adapted_metric(task, algorithm, batch, steps=EVAL_STEPS, inner_lr=0.01, device="cpu"):

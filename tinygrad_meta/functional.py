@@ -143,8 +143,8 @@ def _check_linear(x, weight, bias, name):
             x._data.dtype is weight._data.dtype and (bias is None or type(bias) is Tensor and
                                                       bias._data.dtype is weight._data.dtype):
         xs, ws = x._data.shape, weight._data.shape  # the everyday case: only shapes to check
-        if len(ws) >= 2 and len(xs) >= 2 and xs[-1] == ws[-2] and (
-                bias is None or bias._be is x._be and bias._data.shape in (ws[:-2] + ws[-1:], ws[-1:])):
+        if len(ws) >= 2 and len(xs) >= 2 and xs[-1] == ws[-1] and (
+                bias is None or bias._be is x._be and bias._data.shape in (ws[:-1], ws[-2:-1])):
             return (x, weight) if bias is None else (x, weight, bias)
     x = _tensor(x, name)
     weight = _tensor(weight, name)
@@ -156,10 +156,10 @@ def _check_linear(x, weight, bias, name):
     x, weight = _pair(x, weight, name)
     xs, ws = x.shape, weight.shape
     if len(ws) < 2:
-        raise ValueError(f"{name}: weight must be (in, out) or (T, in, out), got shape {ws}")
-    if len(xs) < 2 or xs[-1] != ws[-2]:
+        raise ValueError(f"{name}: weight must be (out, in) or (T, out, in), got shape {ws}")
+    if len(xs) < 2 or xs[-1] != ws[-1]:
         raise ValueError(f"{name}: input of shape {xs} does not match weight of shape "
-                         f"{ws} (need (..., {ws[-2]}))")
+                         f"{ws} (weight is (out, in): need input (..., {ws[-1]}))")
     if bias is None:
         return (x, weight)
     bias = _tensor(bias, name)
@@ -168,21 +168,22 @@ def _check_linear(x, weight, bias, name):
     if bias.dtype != weight.dtype:
         raise TypeError(f"{name}: dtype mismatch: bias {bias.dtype}, weight {weight.dtype}")
     bs = bias.shape
-    if bs != ws[:-2] + ws[-1:] and bs != ws[-1:]:
+    if bs != ws[:-1] and bs != ws[-2:-1]:
         raise ValueError(f"{name}: bias of shape {bs} does not match weight of shape "
-                         f"{ws} (expected {ws[:-2] + ws[-1:]})")
+                         f"{ws} (expected {ws[:-1]})")
     return (x, weight, bias)
 
 
 def linear(x, weight, bias=None):
-    """x @ weight + bias as one graph node (fused forward and backward).
+    """x @ weight.T + bias as one graph node (fused forward and backward), PyTorch's layout.
 
-    ``x``: (..., in). ``weight``: (in, out), or (T, in, out) with a task axis, then x is
+    ``x``: (..., in). ``weight``: (out, in), or (T, out, in) with a task axis, then x is
     (T, K, in). ``bias``: (out,), or (T, out) with the task axis. Returns (..., out).
-    The backward is matmul's rule plus a sum for the bias (ops.py), differentiable again.
+    The backward is matmul's rule (with the weight transposed) plus a sum for the bias
+    (ops.py), differentiable again.
 
     >>> import numpy as np, tinygrad_meta as tgm
-    >>> x = tgm.Tensor(np.ones((5, 3))); w = tgm.Tensor(np.ones((3, 2))); b = tgm.Tensor([1.0, 2.0])
+    >>> x = tgm.Tensor(np.ones((5, 3))); w = tgm.Tensor(np.ones((2, 3))); b = tgm.Tensor([1.0, 2.0])
     >>> linear(x, w, b).numpy()[0].tolist()
     [4.0, 5.0]
     """
@@ -191,10 +192,10 @@ def linear(x, weight, bias=None):
 
 
 def linear_relu(x, weight, bias=None):
-    """relu(x @ weight + bias) as one graph node; shapes as in ``linear``.
+    """relu(x @ weight.T + bias) as one graph node; shapes as in ``linear``.
 
     >>> import numpy as np, tinygrad_meta as tgm
-    >>> x = tgm.Tensor(np.ones((1, 2))); w = tgm.Tensor([[1.0, -1.0], [1.0, -1.0]])
+    >>> x = tgm.Tensor(np.ones((1, 2))); w = tgm.Tensor([[1.0, 1.0], [-1.0, -1.0]])
     >>> linear_relu(x, w).numpy().tolist()
     [[2.0, 0.0]]
     """

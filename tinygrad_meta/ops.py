@@ -718,12 +718,14 @@ def _logsumexp_vjp(o, g, out, ins, params, needs):
 # ----------------------------------------------------------------------------------
 
 def batched_bias(weight_shape, bias_shape):
-    """True when the bias has the weight's task axes: (T, out) with weight (T, in, out)."""
+    """True when the bias has the weight's task axes: (T, out) with weight (T, out, in)."""
     return len(weight_shape) > 2 and len(bias_shape) == len(weight_shape) - 1
 
 
 def _affine(x, weight, bias, be):
-    data = _mm(x, weight, be)
+    # PyTorch's layout: weight is (out, in), so the product is x @ weight^T (a strided view,
+    # never a copy; a weight broadcast over tasks keeps its stride-0 axis for _mm)
+    data = _mm(x, _swap_last(weight), be)
     if bias is not None:
         data += bias[..., None, :] if batched_bias(weight.shape, bias.shape) else bias
     return data
@@ -731,13 +733,13 @@ def _affine(x, weight, bias, be):
 
 @primitive("linear", nin=None)
 def linear(xs, be):
-    """x @ weight (+ bias); ``xs`` is (x, weight) or (x, weight, bias)."""
+    """x @ weight^T (+ bias); ``xs`` is (x, weight) or (x, weight, bias), weight (out, in)."""
     return _affine(xs[0], xs[1], xs[2] if len(xs) > 2 else None, be)
 
 
 def _linear_grads(o, g, ins, be, needs):
     x, weight = ins[0], ins[1]
-    grads = matmul_grads(o, g, x, weight, False, False, be, needs)
+    grads = matmul_grads(o, g, x, weight, False, True, be, needs)
     if len(ins) == 2:
         return grads
     bias = ins[2]
@@ -757,7 +759,7 @@ def _linear_vjp(o, g, out, ins, params, needs):
 
 @primitive("linear_relu", nin=None)
 def linear_relu(xs, be):
-    """relu(x @ weight (+ bias)) as one node."""
+    """relu(x @ weight^T (+ bias)) as one node."""
     return be.relu(_affine(xs[0], xs[1], xs[2] if len(xs) > 2 else None, be))
 
 
@@ -1520,7 +1522,7 @@ def _batch_affine(datas, batched, be):
         weight = _lift(weight, rank)
     elif bx and x.ndim == 3 and weight.ndim == 2:
         weight = backend_of(weight).xp.broadcast_to(weight, x.shape[:1] + weight.shape)
-    data = _mm(x, weight, be)
+    data = _mm(x, _swap_last(weight), be)  # weight (..., out, in), as the forward
     if len(datas) > 2:
         bias, bb = datas[2], batched[2]
         if batched_bias(datas[1].shape[bw:], bias.shape[bb:]):

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..checkpoint import CheckpointError, check_writable, make_folder, run_file
 from ..meta import hyperopt as H
-from ..tasks.classification import PROBLEMS, classification_losses, make_classification, mlp_init
+from ..tasks.classification import PROBLEMS, classification_losses, classifier, make_classification
 
 __all__ = ["register", "run", "parse_hyper"]
 
@@ -76,9 +76,10 @@ def parse_hyper(text):
 
 def _build(args, kinds):
     data = make_classification(args.problem, n_train=args.n_train, n_val=args.n_val, seed=args.seed)
-    train_loss, val_loss = classification_losses(data)
-    init = mlp_init([data.features, args.hidden, data.classes], seed=args.seed + 1)
-    groups = {name: name.split(".")[0] for name in init}  # weight decay per layer
+    model = classifier([data.features, args.hidden, data.classes], seed=args.seed + 1)
+    train_loss, val_loss = classification_losses(data, model)
+    init = model.state_dict()
+    groups = {name: name.rsplit(".", 1)[0] for name in init}  # weight decay per layer
     lr = args.lr if args.lr is not None else (0.1 if args.optimizer == "sgd" else 0.01)
     weight_decay = args.weight_decay if (args.weight_decay > 0 or "weight-decay" in kinds) else None
     if weight_decay is not None:

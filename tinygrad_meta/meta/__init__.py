@@ -1,10 +1,12 @@
-"""Gradient-based meta-learning: MAML (second and first order, ANIL), Meta-SGD, Reptile.
+"""Gradient-based meta-learning: MAML (second and first order, ANIL), Meta-SGD, Reptile,
+all on the one inner loop of meta/base.py and any ``tgm.nn.Module``.
 
 Each algorithm offers the same training interface: ``meta_parameters()``,
 ``meta_step(task_batch) -> (loss, grads)``, ``evaluate(task_batch, steps)``,
 ``state_dict()`` / ``load_state_dict()``; ``tgm.optim`` steps the meta-parameters.
 """
-from .maml import MAML, MetaLearner
+from .base import MetaLearner
+from .maml import MAML
 from .metasgd import MetaSGD
 from .reptile import Reptile
 

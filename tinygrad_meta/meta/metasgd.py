@@ -2,7 +2,9 @@
 
 The inner update is ``fast = param - lr * grad`` with ``lr`` a Tensor of the parameter's
 shape, meta-learned together with the initialisation. The learning rates are
-meta-parameters named ``"lr.<parameter name>"``.
+meta-parameters named ``"lr.<parameter name>"``; ``inner_learning_rates()`` returns them
+(name -> Tensor), and the inner loop (meta/base.py) hands them to the inner optimizer
+as its per-parameter ``lr``.
 
 >>> import numpy as np, tinygrad_meta as tgm
 >>> model = tgm.nn.MLP([1, 8, 1], rng=np.random.default_rng(0))
@@ -17,6 +19,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..functional import mse_loss
+from ..optim import sgd_step
 from ..tensor import Tensor
 from .maml import MAML
 
@@ -25,7 +28,7 @@ __all__ = ["MetaSGD"]
 
 class MetaSGD(MAML):
     """``MetaSGD(model, init_lr=0.01, inner_steps=1, first_order=False, loss_fn=mse_loss,
-    vectorize=True, adapt=None)``.
+    vectorize=True, adapt_only=None, inner_optimizer=sgd_step)``.
 
     Every adapted parameter gets a learning-rate Tensor of its shape, filled with
     ``init_lr``; ``meta_parameters()`` holds the model's parameters followed by these
@@ -34,20 +37,22 @@ class MetaSGD(MAML):
     """
 
     def __init__(self, model, init_lr=0.01, inner_steps=1, first_order=False, loss_fn=mse_loss,
-                 vectorize=True, adapt=None):
+                 vectorize=True, adapt_only=None, inner_optimizer=sgd_step, **unknown):
         super().__init__(model, inner_lr=init_lr, inner_steps=inner_steps, first_order=first_order,
-                         loss_fn=loss_fn, vectorize=vectorize, adapt=adapt)
-        params = model.parameters()
+                         loss_fn=loss_fn, vectorize=vectorize, adapt_only=adapt_only,
+                         inner_optimizer=inner_optimizer, **unknown)
+        params = model.parameter_dict()
         self.lrs = OrderedDict(
             (name, Tensor(np.full(params[name].shape, float(init_lr)), dtype=params[name].dtype,
                           device=params[name].device, requires_grad=True))
             for name in self.adapt_names)
 
-    def _lr(self, name):
-        return self.lrs[name]
+    def inner_learning_rates(self):
+        """The learned per-parameter rates: OrderedDict name -> Tensor (the live meta-parameters)."""
+        return self.lrs
 
     def meta_parameters(self):
-        out = self.model.parameters()
+        out = self.model.parameter_dict()
         for name, lr in self.lrs.items():
             out[f"lr.{name}"] = lr
         return out

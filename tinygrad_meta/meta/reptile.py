@@ -1,8 +1,8 @@
 """Reptile (Nichol et al. 2018): first-order meta-learning without a meta-loss gradient.
 
-For each task, run ``inner_steps`` plain SGD steps from the shared parameters θ on the
-task's support set, reaching φ_t; then move θ towards the average: θ ← θ + ε (mean_t φ_t − θ)
-with ε = ``outer_stepsize``.
+For each task, run ``inner_steps`` inner-optimizer steps (plain SGD by default) from the
+shared parameters θ on the task's support set, reaching φ_t; then move θ towards the
+average: θ ← θ + ε (mean_t φ_t − θ) with ε = ``outer_stepsize``.
 
 To share the training interface of MAML, ``meta_step`` returns the *pseudo-gradient*
 θ − mean_t φ_t: an outer ``SGD`` with ``lr=outer_stepsize`` then performs exactly
@@ -14,7 +14,7 @@ Reptile's update (``outer_update(grads)`` does that in place). Any other outer o
 >>> reptile = Reptile(tgm.nn.MLP([1, 8, 1], rng=np.random.default_rng(0)), inner_steps=2)
 >>> loss, grads = reptile.meta_step(sample_batch(3, 5, np.random.default_rng(0)))
 >>> grads["layers.0.weight"].shape
-(1, 8)
+(8, 1)
 """
 from __future__ import annotations
 
@@ -25,15 +25,16 @@ import numpy as np
 
 from ..autograd import enable_grad, no_grad
 from ..functional import mse_loss
+from ..optim import sgd_step
 from ..tensor import Tensor, _constant
-from .maml import MetaLearner
+from .base import MetaLearner, _last
 
 __all__ = ["Reptile"]
 
 
 class Reptile(MetaLearner):
     """``Reptile(model, inner_lr=0.02, inner_steps=5, outer_stepsize=0.1, loss_fn=mse_loss,
-    vectorize=True, adapt=None)``.
+    vectorize=True, adapt_only=None, inner_optimizer=sgd_step)``.
 
     ``meta_step(task_batch) -> (loss, grads)``: ``loss`` is the mean query loss after
     adaptation (a float, for monitoring); ``grads[name]`` is θ − mean_t φ_t (zero for
@@ -41,9 +42,10 @@ class Reptile(MetaLearner):
     """
 
     def __init__(self, model, inner_lr=0.02, inner_steps=5, outer_stepsize=0.1, loss_fn=mse_loss,
-                 vectorize=True, adapt=None):
+                 vectorize=True, adapt_only=None, inner_optimizer=sgd_step, **unknown):
         super().__init__(model, inner_lr=inner_lr, inner_steps=inner_steps, loss_fn=loss_fn,
-                         vectorize=vectorize, adapt=adapt)
+                         vectorize=vectorize, adapt_only=adapt_only, inner_optimizer=inner_optimizer,
+                         **unknown)
         if not isinstance(outer_stepsize, numbers.Real) or outer_stepsize < 0:
             raise ValueError(f"Reptile: outer_stepsize must be a number >= 0, got {outer_stepsize!r}")
         self.outer_stepsize = float(outer_stepsize)
@@ -52,45 +54,35 @@ class Reptile(MetaLearner):
         raise TypeError("Reptile has no differentiable meta-loss; use meta_step(), which returns "
                         "the pseudo-gradient θ − mean φ")
 
-    def _adapted(self, support_x, support_y):
-        """Per-task adapted parameters φ as raw arrays with a leading task axis."""
-        params = self._adapt_leaves(self.model.parameters())
-        tasks = support_x.shape[0]
-        with enable_grad():
-            if self.vectorize:
-                fast = self._inner_loop(support_x, support_y, params, 0, False, task_axis=True)
-                fast = self._continue(fast, support_x, support_y, self.inner_steps)
-                return fast
-            per_task = []
-            for t in range(tasks):
-                per_task.append(self._continue(OrderedDict(params), support_x[t], support_y[t],
-                                               self.inner_steps, task_axis=False))
-        be = support_x._be
-        out = OrderedDict(params)
-        for name in self.adapt_names:
-            out[name] = _constant(be.xp.stack([f[name].data for f in per_task]), be)
-        return out
-
     def meta_step(self, task_batch):
         """(mean query loss after adaptation, OrderedDict name -> θ − mean_t φ_t)."""
         support_x, support_y, query_x, query_y = self._task_batch(task_batch)
-        fast = self._adapted(support_x, support_y)
-        with no_grad():
-            if self.vectorize:
-                loss = float(self.loss_fn(self.model(query_x, params=fast), query_y).item())
+        params = self.model.parameter_dict()
+        tasks = support_x.shape[0]
+        steps = self.inner_steps
+        with enable_grad():
+            if self._batches_tasks():
+                fast = _last(self._adaptation(params, support_x, support_y, steps, False, False, True))
+                with no_grad():
+                    loss = float(self.loss_fn(self._vectorized_forward(fast, query_x), query_y).item())
+                phi = {name: fast[name].data for name in self.adapt_names}
             else:
-                losses = []
-                for t in range(support_x.shape[0]):
-                    task_params = OrderedDict(
-                        (n, _constant(p.data[t], p._be) if n in self.adapt_names else p)
-                        for n, p in fast.items())
-                    losses.append(float(self.loss_fn(self.model(query_x[t], params=task_params),
-                                                     query_y[t]).item()))
+                per_task, losses = [], []
+                for t in range(tasks):
+                    fast = _last(self._adaptation(params, support_x[t], support_y[t], steps, False,
+                                                  False, False))
+                    with no_grad():
+                        losses.append(float(self.loss_fn(self._forward(fast, query_x[t]),
+                                                         query_y[t]).item()))
+                    per_task.append(fast)
                 loss = float(np.mean(losses))
+                xp = support_x._be.xp
+                phi = {name: xp.stack([f[name].data for f in per_task]) for name in self.adapt_names}
         grads = OrderedDict()
-        for name, theta in self.model.parameters().items():
-            if name in self.adapt_names:
-                phi_mean = fast[name].data.mean(axis=0)
+        for name, theta in params.items():
+            if name in phi:
+                # φ has a task axis, or is θ itself broadcast when no step ran
+                phi_mean = phi[name].mean(axis=0) if phi[name].ndim > theta.ndim else phi[name]
                 grads[name] = _constant((theta.data - phi_mean).astype(theta.dtype, copy=False),
                                         theta._be)
             else:
@@ -99,7 +91,7 @@ class Reptile(MetaLearner):
 
     def outer_update(self, grads):
         """θ ← θ − outer_stepsize · grads, in place: with meta_step's grads, Reptile's update."""
-        for name, theta in self.model.parameters().items():
+        for name, theta in self.model.parameter_dict().items():
             theta.data = theta.data - self.outer_stepsize * grads[name].data
 
     def __repr__(self):

@@ -14,9 +14,10 @@ The data are a pure function of the seed (numpy ``default_rng``), so every run, 
 benchmark sees the same points. Points are standardised with the train split's mean and
 standard deviation.
 
-A small tanh MLP stored as an ordered dict of parameters, ``mlp_init`` / ``mlp_forward``,
-goes with them so that the hyperparameter code does not depend on any Module class:
-the parameters are plain Tensors that an unrolled optimizer can replace step by step.
+``classifier(sizes, seed)`` is the small tanh ``nn.MLP`` that goes with them (LeCun
+normal weights, zero biases), and ``classification_losses(data, model)`` gives its
+cross-entropy as functions of a parameter dict, which is what the hyperparameter code
+unrolls: any module works there, run on the parameters through ``func.functional_call``.
 
 >>> data = make_classification("spirals", n_train=90, n_val=60, seed=0)
 >>> data.train_x.shape, data.val_y.shape, data.classes
@@ -24,15 +25,16 @@ the parameters are plain Tensors that an unrolled optimizer can replace step by 
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import functional as F
+from ..func import functional_call
+from ..nn import MLP
 from ..tensor import Tensor
 
-__all__ = ["ClassificationData", "make_classification", "PROBLEMS", "mlp_init", "mlp_forward",
+__all__ = ["ClassificationData", "make_classification", "PROBLEMS", "classifier",
            "classification_losses"]
 
 PROBLEMS = ("spirals", "gaussians")
@@ -103,52 +105,44 @@ def make_classification(name="spirals", n_train=150, n_val=150, classes=3, featu
         ((val_x - mean) / std).astype(dtype), val_y.astype(np.int64), classes, name)
 
 
-def mlp_init(sizes, seed=0, dtype="float64"):
-    """Unit-scale initial weights for a tanh MLP with layer widths ``sizes``.
+def classifier(sizes, seed=0, dtype="float64"):
+    """The tanh MLP of these problems: ``nn.MLP(sizes, activation="tanh", init="lecun")``.
 
-    Returns an OrderedDict ``"layer{i}.weight"`` (in, out) and ``"layer{i}.bias"`` (out,)
-    of numpy arrays. Weights are N(0, 1/fan_in) so that ``init_scale`` = 1 is the usual
-    LeCun scale; biases start at zero.
+    Weights N(0, 1/fan_in) (so that ``init_scale`` = 1 is the usual LeCun scale), biases
+    zero, drawn from ``numpy.random.default_rng(seed)``; parameters "layers.0.weight"
+    (out, in), "layers.0.bias", ...
 
-    >>> list(mlp_init([2, 8, 3]).keys())
-    ['layer0.weight', 'layer0.bias', 'layer1.weight', 'layer1.bias']
+    >>> [name for name, _ in classifier([2, 8, 3]).named_parameters()]
+    ['layers.0.weight', 'layers.0.bias', 'layers.1.weight', 'layers.1.bias']
     """
     if len(sizes) < 2:
-        raise ValueError(f"mlp_init: need at least an input and an output width, got {sizes}")
-    rng = np.random.default_rng(seed)
-    params = OrderedDict()
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        params[f"layer{i}.weight"] = (rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(dtype)
-        params[f"layer{i}.bias"] = np.zeros(fan_out, dtype=dtype)
-    return params
+        raise ValueError(f"classifier: need at least an input and an output width, got {sizes}")
+    return MLP(sizes, activation="tanh", init="lecun", dtype=dtype, rng=np.random.default_rng(seed))
 
 
-def mlp_forward(params, x):
-    """Logits of the tanh MLP whose parameters are ``params`` (dict of Tensors, as from mlp_init)."""
-    layers = len(params) // 2
-    h = x
-    for i in range(layers):
-        h = h @ params[f"layer{i}.weight"] + params[f"layer{i}.bias"]
-        if i < layers - 1:
-            h = h.tanh()
-    return h
-
-
-def classification_losses(data: ClassificationData):
-    """``(train_loss, val_loss)``: cross-entropy of the MLP on each split, full batch.
+def classification_losses(data: ClassificationData, model):
+    """``(train_loss, val_loss)``: cross-entropy of ``model`` (any ``nn.Module`` mapping
+    (N, features) to (N, classes) logits) on each split, full batch, as functions of a
+    parameter dict name -> Tensor (names as in ``model.named_parameters()``).
 
     ``train_loss(params, step)`` ignores ``step`` (full-batch training keeps the
     validation loss a smooth, deterministic function of the hyperparameters);
     ``val_loss(params)``.
+
+    >>> data = make_classification("gaussians", n_train=10, n_val=5)
+    >>> model = classifier([2, 4, 3])
+    >>> train_loss, val_loss = classification_losses(data, model)
+    >>> val_loss(model.parameter_dict()).shape
+    ()
     """
     dtype = data.train_x.dtype
     train_x, val_x = Tensor(data.train_x, dtype=dtype), Tensor(data.val_x, dtype=dtype)
     train_y, val_y = data.train_y, data.val_y
 
     def train_loss(params, step=0):
-        return F.cross_entropy(mlp_forward(params, train_x), train_y)
+        return F.cross_entropy(functional_call(model, params, train_x), train_y)
 
     def val_loss(params):
-        return F.cross_entropy(mlp_forward(params, val_x), val_y)
+        return F.cross_entropy(functional_call(model, params, val_x), val_y)
 
     return train_loss, val_loss
