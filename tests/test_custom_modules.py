@@ -9,6 +9,7 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import tinygrad_meta as tgm
 from tinygrad_meta.functional import mse_loss
@@ -119,13 +120,21 @@ def test_second_order_maml_on_a_custom_module_matches_central_differences():
 
 
 def test_broadcasting_a_custom_module_over_tasks_would_give_another_answer(monkeypatch):
-    # why vectorize=True loops for modules of unknown batching: forced through the batched
-    # path, the (T, hidden) scale meets (T, K, hidden) activations and mixes tasks and shots
+    # why a module of unknown batching runs under vmap: fed the task-axis weights directly,
+    # the (T, hidden) scale meets (T, K, hidden) activations and mixes tasks and shots
     data = batch()
-    honest = MAML(ScaledNet(), inner_lr=0.1).meta_step(data)[0]
+    honest = MAML(ScaledNet(), inner_lr=0.1, vectorize=False).meta_step(data)[0]
     forced = MAML(ScaledNet(), inner_lr=0.1)
-    monkeypatch.setattr(forced, "_batches_tasks", lambda: True)
+    monkeypatch.setattr(tgm.meta.base, "batches_over_tasks", lambda model: True)
     assert abs(forced.meta_step(data)[0] - honest) > 1e-6
+
+
+def test_a_custom_module_vectorised_runs_under_vmap(monkeypatch):
+    calls = []
+    original = tgm.meta.base.vmap
+    monkeypatch.setattr(tgm.meta.base, "vmap", lambda *a, **k: calls.append(1) or original(*a, **k))
+    MAML(ScaledNet(), inner_lr=0.1, inner_steps=2).meta_step(batch())
+    assert calls  # the vectorised path, not the per-task loop
 
 
 @pytest.mark.parametrize("first_order", [False, True])
@@ -208,3 +217,50 @@ def test_the_unrolled_hypergradient_tunes_a_custom_modules_learning_rate():
     # and the module itself was never changed by the unrolled run
     for name, value in init.items():
         np.testing.assert_array_equal(model.parameter_dict()[name].numpy(), value)
+
+
+class RandomNet(tgm.nn.Module):
+    """A small random custom module: a stack of layers, each an activation of a linear map
+    times an optional per-feature parameter, plus an optional per-feature shift at the end."""
+
+    def __init__(self, widths, activations, scaled, shift, seed):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        sizes = [1] + list(widths) + [1]
+        self.layers = tgm.nn.ModuleList([tgm.nn.Linear(a, b, dtype="float64", rng=rng)
+                                         for a, b in zip(sizes[:-1], sizes[1:])])
+        self.activations = activations
+        self.scales = [tgm.Tensor(rng.uniform(0.5, 1.5, w), dtype="float64", requires_grad=True)
+                       if s else None for w, s in zip(widths, scaled)]
+        for i, scale in enumerate(self.scales):
+            if scale is not None:
+                setattr(self, f"scale{i}", scale)
+        self.shift = tgm.Tensor(rng.normal(size=1), dtype="float64", requires_grad=True) if shift else None
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers[:-1]):
+            x = getattr(layer(x), self.activations[i])()
+            scale = getattr(self, f"scale{i}", None)
+            if scale is not None:
+                x = x * scale
+        x = self.layers[len(self.layers) - 1](x)
+        return x + self.shift if self.shift is not None else x
+
+
+
+@settings(max_examples=12, deadline=None)
+@given(depth=st.integers(1, 2), width=st.integers(1, 5), tasks=st.integers(1, 5), shots=st.integers(1, 5),
+       activation=st.sampled_from(["tanh", "sigmoid", "relu"]), scaled=st.booleans(),
+       shift=st.booleans(), first_order=st.booleans(), seed=st.integers(0, 100))
+def test_vectorised_equals_looped_for_random_custom_modules(depth, width, tasks, shots, activation,
+                                                           scaled, shift, first_order, seed):
+    data = batch(seed, tasks=tasks, shots=shots)
+    steps = []
+    for vectorize in (True, False):
+        model = RandomNet([width] * depth, [activation] * depth, [scaled] * depth, shift, seed)
+        steps.append(MAML(model, inner_lr=0.1, inner_steps=2, first_order=first_order,
+                          vectorize=vectorize).meta_step(data))
+    assert steps[0][0] == pytest.approx(steps[1][0], rel=1e-6, abs=1e-9)
+    for name in steps[1][1]:
+        np.testing.assert_allclose(steps[0][1][name].numpy(), steps[1][1][name].numpy(),
+                                   rtol=1e-6, atol=1e-9, err_msg=name)

@@ -15,12 +15,11 @@ t's loss depends only on slice t of the stacked fast weights, its gradient with 
 to the stack is exactly each task's own gradient, stacked. For a ``loss_fn`` that
 averages over all elements (``mse_loss``, ``cross_entropy``) and tasks of equal size,
 that sum is T * loss_fn(all predictions, all targets), which we get by seeding the
-backward pass with T instead of 1 (no extra node). This needs a model that runs every
-task independently on task-axis weights; today that is known only for ``nn.MLP``,
-``nn.Linear`` and stacks of them with activations (``nn.batches_over_tasks``). Any other
-module runs the per-task loop even with ``vectorize=True``, which gives the same loss and
-meta-gradient. (Where that choice is made: ``MetaLearner._batches_tasks`` and
-``MetaLearner._vectorized_forward``, the one place a general ``vmap`` plugs in.)
+backward pass with T instead of 1 (no extra node). Models known to run every
+task independently on task-axis weights (``nn.MLP``, ``nn.Linear`` and stacks of them with
+activations: ``nn.batches_over_tasks``) take the task axis directly, the fast path; any
+other module runs per task under ``tgm.vmap`` (``MetaLearner._vectorized_forward``), so
+it sees exactly the shapes it was written for and gives the looped loss and meta-gradient.
 
 >>> import numpy as np, tinygrad_meta as tgm
 >>> from tinygrad_meta.tasks.sinusoid import sample_batch
@@ -44,6 +43,7 @@ from ..functional import mse_loss
 from ..nn import Module, batches_over_tasks, load_parameters
 from ..optim import sgd_step
 from ..tensor import Tensor, _constant, record, stack
+from ..vmap import vmap
 
 __all__ = ["MetaLearner", "sgd_update"]
 
@@ -209,12 +209,19 @@ class MetaLearner:
 
     def _batches_tasks(self):
         """Whether the inner loop runs all tasks at once (see the module docstring)."""
-        return self.vectorize and batches_over_tasks(self.model)
+        return self.vectorize
 
     def _vectorized_forward(self, fast, x):
-        """The model on task-axis fast weights and task-batched ``x`` (T, K, ...): the hook
-        where a general vmap replaces the known-model fast path."""
-        return functional_call(self.model, fast, x)
+        """The model on task-axis fast weights and task-batched ``x`` (T, K, ...). A model of
+        known batching (``nn.batches_over_tasks``) takes the task axis directly (the fast
+        path); any other module runs per task under ``tgm.vmap``, so it sees exactly the
+        shapes it was written for."""
+        if batches_over_tasks(self.model):
+            return functional_call(self.model, fast, x)
+        adapted = set(self.adapt_names)
+        axes = {name: 0 if name in adapted else None for name in fast}
+        return vmap(lambda params, xs: functional_call(self.model, params, xs),
+                    in_axes=(axes, 0))(fast, x)
 
     def _forward(self, fast, x):
         """The model on one task's fast weights."""
