@@ -36,13 +36,13 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .. import ops
 from ..autograd import enable_grad, grad, no_grad
 from ..func import functional_call
 from ..functional import mse_loss
 from ..nn import Module, batches_over_tasks, load_parameters
 from ..optim import sgd_step
-from ..tensor import Tensor, _constant, record, stack
+from ..optim.rules import descend
+from ..tensor import Tensor, _constant, stack
 from ..vmap import vmap
 
 __all__ = ["MetaLearner", "sgd_update"]
@@ -59,9 +59,9 @@ def sgd_update(param, gradient, lr):
     >>> sgd_update(tgm.Tensor([1.0]), tgm.Tensor([2.0]), 0.25).numpy().tolist()
     [0.5]
     """
-    if type(lr) is float or isinstance(lr, numbers.Real):
-        return record(ops.sgd_update, (param, gradient), -float(lr))
-    return record(ops.sgd_update, (param, gradient, lr), None)
+    # the one SGD update (optim/rules.py), recorded on Tensors
+    return descend(Tensor._graph_ops, param, gradient,
+                   float(lr) if isinstance(lr, numbers.Real) else lr)
 
 
 def _expand_tasks(param, tasks):
