@@ -23,6 +23,8 @@ import warnings
 
 import numpy as np
 
+from . import im2col as _im2col
+
 __all__ = ["BACKEND", "CPUBackend", "kernel_info", "set_kernels", "get_kernels", "MODES"]
 
 MODES = ("cython", "numpy", "auto")
@@ -116,6 +118,9 @@ class CPUBackend:
         self.matmul = np.matmul
         self.relu = _relu
         self.relu_backward = _relu_backward
+        # Convolution's gather/scatter (the numpy reference until a compiled kernel is set).
+        self.im2col = _im2col.im2col
+        self.col2im = _im2col.col2im
 
     @staticmethod
     def asarray(data, dtype=None):

@@ -256,6 +256,15 @@ class CUDABackend:
             return array
         return self.xp.asnumpy(array)
 
+    # ---- convolution's gather/scatter (CuPy array code until our kernels replace it)
+    def im2col(self, x, kernel, stride, padding, dilation, pad_value=0.0):
+        from .im2col import im2col
+        return im2col(x, kernel, stride, padding, dilation, pad_value)
+
+    def col2im(self, cols, input_shape, kernel, stride, padding, dilation):
+        from .im2col import col2im
+        return col2im(cols, input_shape, kernel, stride, padding, dilation)
+
     # ---- matmul ----------------------------------------------------------------
     def matmul(self, a, b, tile=None):
         """``numpy.matmul(a, b)`` semantics: 1-D operands, N-d batches with broadcasting.

@@ -1,0 +1,66 @@
+"""im2col and col2im on any numpy-like module: the reference the compiled kernels match.
+
+A 2-D convolution is a matrix product once every receptive field is laid out as a
+column: ``im2col`` gathers them, ``col2im`` scatters columns back (adding where fields
+overlap). The two are adjoint linear maps, so each is the other's gradient, which is
+what makes convolution differentiable to any order with no rule of its own.
+
+Layout (Caffe's, so the product gives NCHW with no transpose):
+
+* ``x``: (N, C, H, W)
+* ``cols``: (N, C * kh * kw, OH * OW), row index ``(c * kh + i) * kw + j``, column
+  ``oy * OW + ox``; the row order matches a PyTorch weight (O, C, kh, kw) reshaped to
+  (O, C * kh * kw).
+* ``OH = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1`` (PyTorch's formula), same for OW.
+
+Out-of-bounds (padding) taps read ``pad_value`` (0 for convolution, -inf for max pooling).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["im2col", "col2im", "output_size"]
+
+
+def output_size(size, kernel, stride, padding, dilation):
+    """Output length of one spatial axis, as PyTorch computes it."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _xp(array):
+    return np if isinstance(array, np.ndarray) else __import__(type(array).__module__.split(".")[0])
+
+
+def im2col(x, kernel, stride, padding, dilation, pad_value=0.0):
+    """Receptive fields of ``x`` (N, C, H, W) as columns (N, C*kh*kw, OH*OW).
+
+    ``kernel``, ``stride``, ``padding``, ``dilation`` are (row, column) pairs.
+    """
+    xp = _xp(x)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    n, c, h, w = x.shape
+    oh, ow = output_size(h, kh, sh, ph, dh), output_size(w, kw, sw, pw, dw)
+    if ph or pw:
+        x = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), mode="constant", constant_values=pad_value)
+    cols = xp.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            r, q = i * dh, j * dw
+            cols[:, :, i, j] = x[:, :, r:r + sh * (oh - 1) + 1:sh, q:q + sw * (ow - 1) + 1:sw]
+    return cols.reshape(n, c * kh * kw, oh * ow)
+
+
+def col2im(cols, input_shape, kernel, stride, padding, dilation):
+    """The adjoint of :func:`im2col` (with ``pad_value`` 0): columns (N, C*kh*kw, OH*OW)
+    summed back into an (N, C, H, W) array, overlapping taps added."""
+    xp = _xp(cols)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    n, c, h, w = input_shape
+    oh, ow = output_size(h, kh, sh, ph, dh), output_size(w, kw, sw, pw, dw)
+    cols = cols.reshape(n, c, kh, kw, oh, ow)
+    padded = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            r, q = i * dh, j * dw
+            padded[:, :, r:r + sh * (oh - 1) + 1:sh, q:q + sw * (ow - 1) + 1:sw] += cols[:, :, i, j]
+    return padded[:, :, ph:ph + h, pw:pw + w] if (ph or pw) else padded
