@@ -29,15 +29,15 @@ def _fits(h, w, kernel, padding, dilation):
                for size, k, p, d in zip((h, w), kernel, padding, dilation))
 
 
-def _check_equal(x, kernel, stride, padding, dilation, pad_value, threads=False):
+def _check_equal(x, kernel, stride, padding, dilation, pad_value, layout="image"):
     geometry = (kernel, stride, padding, dilation)
-    want = reference.im2col(x, *geometry, pad_value=pad_value)
-    got = _cpu_conv.im2col(x, *geometry, pad_value=pad_value)
+    want = reference.im2col(x, *geometry, pad_value=pad_value, layout=layout)
+    got = _cpu_conv.im2col(x, *geometry, pad_value=pad_value, layout=layout)
     assert got.dtype == want.dtype and got.shape == want.shape and got.flags.c_contiguous
     np.testing.assert_array_equal(got, want)
     cols = np.random.default_rng(x.size).standard_normal(want.shape).astype(x.dtype)
-    want_image = reference.col2im(cols, x.shape, *geometry)
-    got_image = _cpu_conv.col2im(cols, x.shape, *geometry)
+    want_image = reference.col2im(cols, x.shape, *geometry, layout=layout)
+    got_image = _cpu_conv.col2im(cols, x.shape, *geometry, layout=layout)
     assert got_image.dtype == want_image.dtype and got_image.shape == x.shape
     np.testing.assert_array_equal(got_image, want_image)
 
@@ -45,21 +45,43 @@ def _check_equal(x, kernel, stride, padding, dilation, pad_value, threads=False)
 @settings(max_examples=150, deadline=None)
 @given(n=st.integers(0, 3), c=st.integers(0, 4), h=st.integers(0, 9), w=st.integers(0, 9),
        dtype=st.sampled_from(["float32", "float64"]), pad_value=st.sampled_from([0.0, -np.inf, 2.5]),
-       **GEOMETRY)
-def test_im2col_and_col2im_equal_the_reference(n, c, h, w, dtype, pad_value, kernel, stride,
+       layout=st.sampled_from(["image", "batch"]), **GEOMETRY)
+def test_im2col_and_col2im_equal_the_reference(n, c, h, w, dtype, pad_value, layout, kernel, stride,
                                                padding, dilation):
     if not _fits(h, w, kernel, padding, dilation):
         return   # test_kernel_larger_than_padded_input_is_a_clear_error covers these
     x = np.random.default_rng(n + 10 * c + 100 * h + 1000 * w).standard_normal((n, c, h, w)).astype(dtype)
-    _check_equal(x, kernel, stride, padding, dilation, pad_value)
+    _check_equal(x, kernel, stride, padding, dilation, pad_value, layout)
 
 
 @pytest.mark.parametrize("shape,stride", [((80, 1, 28, 28), 2), ((5, 64, 14, 14), 2), ((5, 64, 4, 4), 2),
                                           ((6, 64, 7, 7), 1), ((6, 64, 3, 3), 1)])
-def test_omniglot_shapes_equal_the_reference(shape, stride):
+@pytest.mark.parametrize("layout", ["image", "batch"])
+def test_omniglot_shapes_equal_the_reference(shape, stride, layout):
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    _check_equal(x, (3, 3), (stride, stride), (1, 1), (1, 1), 0.0)
-    _check_equal(x, (2, 2), (2, 2), (0, 0), (1, 1), -np.inf)     # max pooling's gather
+    _check_equal(x, (3, 3), (stride, stride), (1, 1), (1, 1), 0.0, layout)
+    _check_equal(x, (2, 2), (2, 2), (0, 0), (1, 1), -np.inf, layout)     # max pooling's gather
+
+
+def test_batch_layout_is_the_image_layout_with_images_side_by_side():
+    # column n * L + l of the batch matrix is column l of image n's columns
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 4, 7, 6))
+    geometry = ((3, 2), (2, 1), (1, 0), (1, 2))
+    per_image = _cpu_conv.im2col(x, *geometry)
+    n, k, length = per_image.shape
+    stacked = per_image.transpose(1, 0, 2).reshape(k, n * length)
+    np.testing.assert_array_equal(_cpu_conv.im2col(x, *geometry, layout="batch"), stacked)
+    cols = rng.standard_normal(per_image.shape)
+    np.testing.assert_array_equal(
+        _cpu_conv.col2im(cols.transpose(1, 0, 2).reshape(k, n * length), x.shape, *geometry, layout="batch"),
+        _cpu_conv.col2im(cols, x.shape, *geometry))
+
+
+def test_unknown_layout_is_a_clear_error():
+    for implementation in (_cpu_conv, reference):
+        with pytest.raises(ValueError, match=r"im2col: layout must be one of \('image', 'batch'\), got 'nkl'"):
+            implementation.im2col(np.zeros((1, 1, 3, 3)), (3, 3), (1, 1), (0, 0), (1, 1), layout="nkl")
 
 
 def test_threaded_planes_give_the_same_result():
@@ -67,8 +89,9 @@ def test_threaded_planes_give_the_same_result():
     old_threads = _cpu_conv.set_num_threads(2)
     try:
         x = np.random.default_rng(1).standard_normal((3, 5, 11, 10))
-        _check_equal(x, (3, 2), (2, 1), (1, 2), (2, 1), 0.0)
-        _check_equal(x.astype(np.float32), (3, 3), (1, 1), (1, 1), (1, 1), -np.inf)
+        for layout in ("image", "batch"):
+            _check_equal(x, (3, 2), (2, 1), (1, 2), (2, 1), 0.0, layout)
+            _check_equal(x.astype(np.float32), (3, 3), (1, 1), (1, 1), (1, 1), -np.inf, layout)
     finally:
         _cpu_conv.set_thread_min_elements(old_min)
         _cpu_conv.set_num_threads(old_threads)

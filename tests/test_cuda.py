@@ -212,8 +212,9 @@ extern "C" void emu_dgemm_tiled(int gx, int gy, int gz, int bx, const double* A,
 RF(relu_forward_f32, float) RF(relu_forward_f64, double) RF(relu_forward_f32_vec4, float)
 RB(relu_backward_f32, float) RB(relu_backward_f64, double) RB(relu_backward_f32_vec4, float)
 #define GEO_PARAMS long long n, long long c, long long h, long long w, long long kh, long long kw, \
-    long long sh, long long sw, long long ph, long long pw, long long dh, long long dw, long long oh, long long ow
-#define GEO n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow
+    long long sh, long long sw, long long ph, long long pw, long long dh, long long dw, long long oh, long long ow, \
+    int batch_layout
+#define GEO n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, batch_layout
 #define I2C(NAME, T) extern "C" void emu_##NAME(int gx, int gy, int gz, int bx, const T* x, T* cols, \
     GEO_PARAMS, T pad) { emu_run(gx, gy, gz, bx, [=] { NAME(x, cols, GEO, pad); }); }
 #define C2I(NAME, T) extern "C" void emu_##NAME(int gx, int gy, int gz, int bx, const T* cols, T* x, \
@@ -451,10 +452,11 @@ CONV_CASES = dict(n=st.integers(0, 2), c=st.integers(0, 3), h=st.integers(0, 7),
                   padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
                   dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
                   dtype=st.sampled_from(["float32", "float64"]),
-                  pad_value=st.sampled_from([0.0, -np.inf]))
+                  pad_value=st.sampled_from([0.0, -np.inf]), layout=st.sampled_from(["image", "batch"]))
 
 
-def _check_im2col_case(backend, n, c, h, w, kernel, stride, padding, dilation, dtype, pad_value):
+def _check_im2col_case(backend, n, c, h, w, kernel, stride, padding, dilation, dtype, pad_value,
+                       layout):
     """One case on ``backend`` against the numpy reference: im2col copies, so it must be
     equal; col2im adds the taps in the reference's order, so it must be equal too."""
     from tinygrad_meta.backends import im2col as reference
@@ -463,18 +465,18 @@ def _check_im2col_case(backend, n, c, h, w, kernel, stride, padding, dilation, d
     x = _random(rng, (n, c, h, w), dtype)
     geometry = (kernel, stride, padding, dilation)
     try:
-        want = reference.im2col(x, *geometry, pad_value=pad_value)
+        want = reference.im2col(x, *geometry, pad_value=pad_value, layout=layout)
     except ValueError as error:   # the kernel does not fit: the same message on the device
         with pytest.raises(ValueError, match="larger than the padded input"):
-            backend.im2col(xp.asarray(x), *geometry, pad_value=pad_value)
+            backend.im2col(xp.asarray(x), *geometry, pad_value=pad_value, layout=layout)
         assert "larger than the padded input" in str(error)
         return
-    got = backend.to_numpy(backend.im2col(xp.asarray(x), *geometry, pad_value=pad_value))
-    assert got.dtype == want.dtype
+    got = backend.to_numpy(backend.im2col(xp.asarray(x), *geometry, pad_value=pad_value, layout=layout))
+    assert got.dtype == want.dtype and got.shape == want.shape
     np.testing.assert_array_equal(got, want)
     cols = _random(rng, want.shape, dtype)
-    got = backend.to_numpy(backend.col2im(xp.asarray(cols), x.shape, *geometry))
-    np.testing.assert_array_equal(got, reference.col2im(cols, x.shape, *geometry))
+    got = backend.to_numpy(backend.col2im(xp.asarray(cols), x.shape, *geometry, layout=layout))
+    np.testing.assert_array_equal(got, reference.col2im(cols, x.shape, *geometry, layout=layout))
 
 
 @settings(max_examples=40, deadline=None)
@@ -497,6 +499,10 @@ def test_emulated_im2col_col2im_run_our_kernels_at_omniglot_shapes(emulated):
         # a non-contiguous input is read after one copy, same result
         view = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
         np.testing.assert_array_equal(emulated.im2col(view, *geometry), reference.im2col(x, *geometry))
+        cols = emulated.im2col(x, *geometry, layout="batch")
+        np.testing.assert_array_equal(cols, reference.im2col(x, *geometry, layout="batch"))
+        np.testing.assert_array_equal(emulated.col2im(cols, shape, *geometry, layout="batch"),
+                                      reference.col2im(cols, shape, *geometry, layout="batch"))
     assert {"im2col_f32", "col2im_f32"} <= set(emulated.kernels.launched[launched:])
 
 

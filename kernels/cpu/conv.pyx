@@ -56,15 +56,16 @@ cdef extern from *:
         *lo = first; *hi = end;
     }
 
-    /* One (h, w) plane -> its kh*kw rows of oh*ow columns. */
+    /* One (h, w) plane -> its kh*kw rows of oh*ow columns, tap_stride apart (oh*ow in
+       the per-image layout, n*oh*ow in the batch layout). */
     #define TGM_DEFINE_CONV(T, SFX)                                                      \\
     static void tgm_im2col_plane_##SFX(const T *restrict plane, T *restrict rows,         \\
             ptrdiff_t h, ptrdiff_t w, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh,           \\
             ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw,         \\
-            ptrdiff_t oh, ptrdiff_t ow, T pad) {                                          \\
+            ptrdiff_t oh, ptrdiff_t ow, ptrdiff_t tap_stride, T pad) {                    \\
         for (ptrdiff_t i = 0; i < kh; i++)                                                \\
         for (ptrdiff_t j = 0; j < kw; j++) {                                              \\
-            T *restrict row = rows + (i * kw + j) * oh * ow;                              \\
+            T *restrict row = rows + (i * kw + j) * tap_stride;                           \\
             ptrdiff_t lo, hi, offset = pw - j * dw;                                       \\
             tgm_valid_range(w, ow, sw, offset, &lo, &hi);                                 \\
             for (ptrdiff_t oy = 0; oy < oh; oy++) {                                       \\
@@ -90,11 +91,11 @@ cdef extern from *:
     static void tgm_col2im_plane_##SFX(const T *restrict rows, T *restrict plane,         \\
             ptrdiff_t h, ptrdiff_t w, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh,           \\
             ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw,         \\
-            ptrdiff_t oh, ptrdiff_t ow) {                                                 \\
+            ptrdiff_t oh, ptrdiff_t ow, ptrdiff_t tap_stride) {                           \\
         memset(plane, 0, (size_t)(h * w) * sizeof(T));                                   \\
         for (ptrdiff_t i = 0; i < kh; i++)                                                \\
         for (ptrdiff_t j = 0; j < kw; j++) {                                              \\
-            const T *restrict row = rows + (i * kw + j) * oh * ow;                        \\
+            const T *restrict row = rows + (i * kw + j) * tap_stride;                     \\
             ptrdiff_t lo, hi, offset = pw - j * dw;                                       \\
             tgm_valid_range(w, ow, sw, offset, &lo, &hi);                                 \\
             for (ptrdiff_t oy = 0; oy < oh; oy++) {                                       \\
@@ -119,19 +120,19 @@ cdef extern from *:
     void tgm_im2col_plane_f32(const float *plane, float *rows, Py_ssize_t h, Py_ssize_t w,
                               Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                               Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
-                              Py_ssize_t oh, Py_ssize_t ow, float pad) nogil
+                              Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t tap_stride, float pad) nogil
     void tgm_im2col_plane_f64(const double *plane, double *rows, Py_ssize_t h, Py_ssize_t w,
                               Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                               Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
-                              Py_ssize_t oh, Py_ssize_t ow, double pad) nogil
+                              Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t tap_stride, double pad) nogil
     void tgm_col2im_plane_f32(const float *rows, float *plane, Py_ssize_t h, Py_ssize_t w,
                               Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                               Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
-                              Py_ssize_t oh, Py_ssize_t ow) nogil
+                              Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t tap_stride) nogil
     void tgm_col2im_plane_f64(const double *rows, double *plane, Py_ssize_t h, Py_ssize_t w,
                               Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                               Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
-                              Py_ssize_t oh, Py_ssize_t ow) nogil
+                              Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t tap_stride) nogil
 
 # Threads only above this many column elements (set_thread_min_elements tunes it; the
 # value is measured in benchmarks/conv.py --threads).
@@ -190,31 +191,47 @@ _np_ascontiguousarray = np.ascontiguousarray
 
 
 cdef struct Geometry:
-    Py_ssize_t h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow
+    Py_ssize_t n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow
+    bint batch_layout      # columns (C*kh*kw, N*OH*OW) instead of (N, C*kh*kw, OH*OW)
+
+
+cdef inline Py_ssize_t _tap_stride(Geometry *g) noexcept nogil:
+    """Elements between the rows of consecutive taps of one plane."""
+    return g.n * g.oh * g.ow if g.batch_layout else g.oh * g.ow
+
+
+cdef inline Py_ssize_t _rows_offset(Py_ssize_t p, Geometry *g) noexcept nogil:
+    """Where plane p = image * C + channel's first tap row starts in the columns."""
+    cdef Py_ssize_t taps = g.kh * g.kw, columns = g.oh * g.ow
+    if g.batch_layout:
+        return (p % g.c) * taps * g.n * columns + (p // g.c) * columns
+    return p * taps * columns
 
 
 cdef inline void _im2col_plane(const char *src, char *dst, Py_ssize_t p, Geometry *g,
                                bint f32, double pad) noexcept nogil:
-    cdef Py_ssize_t plane_in = g.h * g.w, plane_out = g.kh * g.kw * g.oh * g.ow
+    cdef Py_ssize_t plane_in = g.h * g.w, rows = _rows_offset(p, g), tap_stride = _tap_stride(g)
     if f32:
-        tgm_im2col_plane_f32(<const float *>src + p * plane_in, <float *>dst + p * plane_out,
+        tgm_im2col_plane_f32(<const float *>src + p * plane_in, <float *>dst + rows,
                              g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw,
-                             g.oh, g.ow, <float>pad)
+                             g.oh, g.ow, tap_stride, <float>pad)
     else:
-        tgm_im2col_plane_f64(<const double *>src + p * plane_in, <double *>dst + p * plane_out,
+        tgm_im2col_plane_f64(<const double *>src + p * plane_in, <double *>dst + rows,
                              g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw,
-                             g.oh, g.ow, pad)
+                             g.oh, g.ow, tap_stride, pad)
 
 
 cdef inline void _col2im_plane(const char *src, char *dst, Py_ssize_t p, Geometry *g,
                                bint f32) noexcept nogil:
-    cdef Py_ssize_t plane_in = g.h * g.w, plane_out = g.kh * g.kw * g.oh * g.ow
+    cdef Py_ssize_t plane_in = g.h * g.w, rows = _rows_offset(p, g), tap_stride = _tap_stride(g)
     if f32:
-        tgm_col2im_plane_f32(<const float *>src + p * plane_out, <float *>dst + p * plane_in,
-                             g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.oh, g.ow)
+        tgm_col2im_plane_f32(<const float *>src + rows, <float *>dst + p * plane_in,
+                             g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw,
+                             g.oh, g.ow, tap_stride)
     else:
-        tgm_col2im_plane_f64(<const double *>src + p * plane_out, <double *>dst + p * plane_in,
-                             g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.oh, g.ow)
+        tgm_col2im_plane_f64(<const double *>src + rows, <double *>dst + p * plane_in,
+                             g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw,
+                             g.oh, g.ow, tap_stride)
 
 
 cdef void _run(const char *src, char *dst, Py_ssize_t planes, Geometry *g, bint f32,
@@ -237,70 +254,77 @@ cdef void _run(const char *src, char *dst, Py_ssize_t planes, Geometry *g, bint 
             _im2col_plane(src, dst, p, g, f32, pad)
 
 
-cdef Geometry _unpack(tuple geo, Py_ssize_t *n, Py_ssize_t *c):
+cdef Geometry _unpack(tuple geo, str layout, str op):
     cdef Geometry g
-    n[0], c[0], g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.oh, g.ow = geo
+    g.n, g.c, g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.oh, g.ow = geo
+    g.batch_layout = _reference.check_layout(op, layout) == "batch"
     return g
 
 
-def im2col(x, kernel, stride, padding, dilation, pad_value=0.0):
+def im2col(x, kernel, stride, padding, dilation, pad_value=0.0, layout="image"):
     """Receptive fields of ``x`` (N, C, H, W) as columns (N, C*kh*kw, OH*OW), exactly
     the reference's result; ``kernel``/``stride``/``padding``/``dilation`` are
-    (row, column) pairs, padding taps read ``pad_value``.
+    (row, column) pairs, padding taps read ``pad_value``. ``layout="batch"``: one
+    (C*kh*kw, N*OH*OW) matrix instead (the reference's docstring says why).
 
     >>> import numpy as np
     >>> im2col(np.arange(4.0).reshape(1, 1, 2, 2), (2, 2), (1, 1), (0, 0), (1, 1)).ravel().tolist()
     [0.0, 1.0, 2.0, 3.0]
     """
     cdef cnp.ndarray X, cols
-    cdef Py_ssize_t n, c
     cdef Geometry g
     cdef cnp.npy_intp dims[3]
     cdef int t
     if not _native_float(x):
-        return _reference.im2col(x, kernel, stride, padding, dilation, pad_value)
+        return _reference.im2col(x, kernel, stride, padding, dilation, pad_value, layout)
     X = <cnp.ndarray>x
-    g = _unpack(_reference.geometry("im2col", x.shape, kernel, stride, padding, dilation), &n, &c)
+    g = _unpack(_reference.geometry("im2col", x.shape, kernel, stride, padding, dilation),
+                layout, "im2col")
     t = cnp.PyArray_TYPE(X)
     if not cnp.PyArray_IS_C_CONTIGUOUS(X):
         X = _np_ascontiguousarray(X)
-    dims[0] = n
-    dims[1] = c * g.kh * g.kw
-    dims[2] = g.oh * g.ow
-    cols = cnp.PyArray_EMPTY(3, dims, t, 0)
-    _run(<const char *>cnp.PyArray_DATA(X), <char *>cnp.PyArray_DATA(cols), n * c, &g,
+    if g.batch_layout:
+        dims[0] = g.c * g.kh * g.kw
+        dims[1] = g.n * g.oh * g.ow
+        cols = cnp.PyArray_EMPTY(2, dims, t, 0)
+    else:
+        dims[0] = g.n
+        dims[1] = g.c * g.kh * g.kw
+        dims[2] = g.oh * g.ow
+        cols = cnp.PyArray_EMPTY(3, dims, t, 0)
+    _run(<const char *>cnp.PyArray_DATA(X), <char *>cnp.PyArray_DATA(cols), g.n * g.c, &g,
          t == cnp.NPY_FLOAT32, <double>pad_value, False)
     return cols
 
 
-def col2im(cols, input_shape, kernel, stride, padding, dilation):
-    """The adjoint of :func:`im2col`: columns (N, C*kh*kw, OH*OW) summed back into a
-    new (N, C, H, W) array, bitwise equal to the reference (same additions, same order).
+def col2im(cols, input_shape, kernel, stride, padding, dilation, layout="image"):
+    """The adjoint of :func:`im2col`: columns (N, C*kh*kw, OH*OW) (or, with
+    ``layout="batch"``, (C*kh*kw, N*OH*OW)) summed back into a new (N, C, H, W) array,
+    bitwise equal to the reference (same additions, same order).
 
     >>> import numpy as np
     >>> col2im(np.ones((1, 4, 1)), (1, 1, 2, 2), (2, 2), (1, 1), (0, 0), (1, 1)).ravel().tolist()
     [1.0, 1.0, 1.0, 1.0]
     """
     cdef cnp.ndarray C, image
-    cdef Py_ssize_t n, c
     cdef Geometry g
     cdef cnp.npy_intp dims[4]
     cdef int t
     if not _native_float(cols):
-        return _reference.col2im(cols, input_shape, kernel, stride, padding, dilation)
+        return _reference.col2im(cols, input_shape, kernel, stride, padding, dilation, layout)
     geo = _reference.geometry("col2im", input_shape, kernel, stride, padding, dilation)
-    _reference.check_cols("col2im", cols, geo)
-    g = _unpack(geo, &n, &c)
+    _reference.check_cols("col2im", cols, geo, layout)
+    g = _unpack(geo, layout, "col2im")
     C = <cnp.ndarray>cols
     t = cnp.PyArray_TYPE(C)
     if not cnp.PyArray_IS_C_CONTIGUOUS(C):
         C = _np_ascontiguousarray(C)
-    dims[0] = n
-    dims[1] = c
+    dims[0] = g.n
+    dims[1] = g.c
     dims[2] = g.h
     dims[3] = g.w
     # every plane is zeroed by its own thread, so no zero-fill pass here
     image = cnp.PyArray_EMPTY(4, dims, t, 0)
-    _run(<const char *>cnp.PyArray_DATA(C), <char *>cnp.PyArray_DATA(image), n * c, &g,
+    _run(<const char *>cnp.PyArray_DATA(C), <char *>cnp.PyArray_DATA(image), g.n * g.c, &g,
          t == cnp.NPY_FLOAT32, 0.0, True)
     return image

@@ -1,6 +1,7 @@
 // im2col and col2im for the cuda backend, float32 and float64, on C-contiguous arrays.
-// The layout is the reference's (tinygrad_meta/backends/im2col.py):
-//   x (N, C, H, W)  <->  cols (N, C*kh*kw, OH*OW), row (c*kh + i)*kw + j, column oy*OW + ox.
+// The layouts are the reference's (tinygrad_meta/backends/im2col.py):
+//   x (N, C, H, W)  <->  cols (N, C*kh*kw, OH*OW), row (c*kh + i)*kw + j, column oy*OW + ox,
+//   or with batch_layout = 1 one matrix (C*kh*kw, N*OH*OW), column n*OH*OW + oy*OW + ox.
 //
 //   im2col_{f32,f64}(x, cols, ..., pad):  one thread per element of cols, a gather: it reads
 //       x[n, c, oy*sh - ph + i*dh, ox*sw - pw + j*dw], or pad outside the input
@@ -21,15 +22,19 @@ __device__ __forceinline__ void tgm_im2col(const T* __restrict__ x, T* __restric
                                            tgm_i64 n, tgm_i64 c, tgm_i64 h, tgm_i64 w,
                                            tgm_i64 kh, tgm_i64 kw, tgm_i64 sh, tgm_i64 sw,
                                            tgm_i64 ph, tgm_i64 pw, tgm_i64 dh, tgm_i64 dw,
-                                           tgm_i64 oh, tgm_i64 ow, T pad) {
+                                           tgm_i64 oh, tgm_i64 ow, int batch_layout, T pad) {
     const tgm_i64 total = n * c * kh * kw * oh * ow;
     const tgm_i64 stride = (tgm_i64)gridDim.x * blockDim.x;
     for (tgm_i64 index = (tgm_i64)blockIdx.x * blockDim.x + threadIdx.x; index < total; index += stride) {
         tgm_i64 rest = index;
         const tgm_i64 ox = rest % ow; rest /= ow;
         const tgm_i64 oy = rest % oh; rest /= oh;
+        tgm_i64 image = 0;
+        if (batch_layout) { image = rest % n; rest /= n; }
         const tgm_i64 j = rest % kw; rest /= kw;
-        const tgm_i64 i = rest % kh; rest /= kh;   // rest is now n * c + channel: the plane
+        const tgm_i64 i = rest % kh; rest /= kh;
+        // the (image, channel) plane read: rest is image * c + channel, or the channel
+        if (batch_layout) rest += image * c;
         const tgm_i64 iy = oy * sh - ph + i * dh;
         const tgm_i64 ix = ox * sw - pw + j * dw;
         cols[index] = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? x[(rest * h + iy) * w + ix] : pad;
@@ -41,14 +46,17 @@ __device__ __forceinline__ void tgm_col2im(const T* __restrict__ cols, T* __rest
                                            tgm_i64 n, tgm_i64 c, tgm_i64 h, tgm_i64 w,
                                            tgm_i64 kh, tgm_i64 kw, tgm_i64 sh, tgm_i64 sw,
                                            tgm_i64 ph, tgm_i64 pw, tgm_i64 dh, tgm_i64 dw,
-                                           tgm_i64 oh, tgm_i64 ow) {
+                                           tgm_i64 oh, tgm_i64 ow, int batch_layout) {
     const tgm_i64 total = n * c * h * w;
     const tgm_i64 stride = (tgm_i64)gridDim.x * blockDim.x;
     for (tgm_i64 index = (tgm_i64)blockIdx.x * blockDim.x + threadIdx.x; index < total; index += stride) {
         const tgm_i64 ix = index % w;
         const tgm_i64 iy = (index / w) % h;
         const tgm_i64 plane = index / (w * h);
-        const T* rows = cols + plane * kh * kw * oh * ow;
+        // this plane's first tap row, and the distance between tap rows
+        const T* rows = batch_layout ? cols + (plane % c) * kh * kw * n * oh * ow + (plane / c) * oh * ow
+                                     : cols + plane * kh * kw * oh * ow;
+        const tgm_i64 tap_stride = batch_layout ? n * oh * ow : oh * ow;
         T sum = T(0);
         for (tgm_i64 i = 0; i < kh; ++i) {
             // the output row oy whose tap i reads input row iy: oy * sh = iy + ph - i * dh
@@ -58,7 +66,7 @@ __device__ __forceinline__ void tgm_col2im(const T* __restrict__ cols, T* __rest
             for (tgm_i64 j = 0; j < kw; ++j) {
                 const tgm_i64 xx = ix + pw - j * dw;
                 if (xx < 0 || xx % sw != 0 || xx / sw >= ow) continue;
-                sum += rows[((i * kw + j) * oh + oy) * ow + xx / sw];
+                sum += rows[(i * kw + j) * tap_stride + oy * ow + xx / sw];
             }
         }
         x[index] = sum;
@@ -66,8 +74,9 @@ __device__ __forceinline__ void tgm_col2im(const T* __restrict__ cols, T* __rest
 }
 
 #define TGM_IM2COL_ARGS tgm_i64 n, tgm_i64 c, tgm_i64 h, tgm_i64 w, tgm_i64 kh, tgm_i64 kw, \
-    tgm_i64 sh, tgm_i64 sw, tgm_i64 ph, tgm_i64 pw, tgm_i64 dh, tgm_i64 dw, tgm_i64 oh, tgm_i64 ow
-#define TGM_IM2COL_PASS n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow
+    tgm_i64 sh, tgm_i64 sw, tgm_i64 ph, tgm_i64 pw, tgm_i64 dh, tgm_i64 dw, tgm_i64 oh, tgm_i64 ow, \
+    int batch_layout
+#define TGM_IM2COL_PASS n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, batch_layout
 
 extern "C" __global__ void im2col_f32(const float* __restrict__ x, float* __restrict__ cols,
                                       TGM_IM2COL_ARGS, float pad) {

@@ -266,36 +266,40 @@ class CUDABackend:
         return self.xp.asnumpy(array)
 
     # ---- convolution's gather/scatter ----------------------------------------------
-    def im2col(self, x, kernel, stride, padding, dilation, pad_value=0.0):
-        """Receptive fields of x (N, C, H, W) as columns (N, C*kh*kw, OH*OW), the
-        reference's layout and values (``backends/im2col.py``); float32/float64 run
-        our kernel, other dtypes the reference on CuPy."""
+    def im2col(self, x, kernel, stride, padding, dilation, pad_value=0.0, layout="image"):
+        """Receptive fields of x (N, C, H, W) as columns (N, C*kh*kw, OH*OW), or one
+        (C*kh*kw, N*OH*OW) matrix with ``layout="batch"``: the reference's layouts and
+        values (``backends/im2col.py``). float32/float64 run our kernel, other dtypes
+        the reference on CuPy."""
         geo = _im2col.geometry("im2col", x.shape, kernel, stride, padding, dilation)
+        batch_layout = _im2col.check_layout("im2col", layout) == "batch"
         if x.dtype not in (_F32, _F64):
-            return _im2col.im2col(x, kernel, stride, padding, dilation, pad_value)
+            return _im2col.im2col(x, kernel, stride, padding, dilation, pad_value, layout)
         n, c, _, _, kh, kw, _, _, _, _, _, _, oh, ow = geo
         x = self.xp.ascontiguousarray(x)
-        cols = self.xp.empty((n, c * kh * kw, oh * ow), dtype=x.dtype)
+        shape = (c * kh * kw, n * oh * ow) if batch_layout else (n, c * kh * kw, oh * ow)
+        cols = self.xp.empty(shape, dtype=x.dtype)
         if cols.size:
             scalar = np.float32 if x.dtype == _F32 else np.float64
             self.kernels.launch("im2col.cu", f"im2col_{'f32' if x.dtype == _F32 else 'f64'}",
                                 self._elementwise_grid(cols.size), (_THREADS, 1, 1),
-                                (x, cols, *(np.int64(v) for v in geo), scalar(pad_value)))
+                                (x, cols, *(np.int64(v) for v in geo), np.int32(batch_layout),
+                                 scalar(pad_value)))
         return cols
 
-    def col2im(self, cols, input_shape, kernel, stride, padding, dilation):
+    def col2im(self, cols, input_shape, kernel, stride, padding, dilation, layout="image"):
         """The adjoint of :meth:`im2col`: columns summed back into (N, C, H, W), one
         thread per input element (no atomics: deterministic, the reference's sums)."""
         geo = _im2col.geometry("col2im", input_shape, kernel, stride, padding, dilation)
-        _im2col.check_cols("col2im", cols, geo)
+        _im2col.check_cols("col2im", cols, geo, layout)
         if cols.dtype not in (_F32, _F64):
-            return _im2col.col2im(cols, input_shape, kernel, stride, padding, dilation)
+            return _im2col.col2im(cols, input_shape, kernel, stride, padding, dilation, layout)
         cols = self.xp.ascontiguousarray(cols)
         image = self.xp.empty(geo[:4], dtype=cols.dtype)
         if image.size:
             self.kernels.launch("im2col.cu", f"col2im_{'f32' if cols.dtype == _F32 else 'f64'}",
                                 self._elementwise_grid(image.size), (_THREADS, 1, 1),
-                                (cols, image, *(np.int64(v) for v in geo)))
+                                (cols, image, *(np.int64(v) for v in geo), np.int32(layout == "batch")))
         return image
 
     # ---- matmul ----------------------------------------------------------------
