@@ -14,11 +14,14 @@ and the bias for an all-ones output gradient. Ours runs as
 * ``per-image`` / ``batch``: the CPU backend's kernels called directly (im2col, our
   GEMM, col2im), with the columns laid out per image, (N, C*9, L) and one product per
   image as the engine's conv2d does, or as one (C*9, N*L) matrix for the whole batch, so
-  the forward and both gradients are one GEMM each (``layout="batch"``).
+  the forward and both gradients are one GEMM each (``layout="batch"``);
+* ``batch-auto``: the same in the default ``auto`` mode, where products above the
+  size measured at start-up go to numpy's BLAS instead of our GEMM.
 
 PyTorch runs in its own process (``--torch-worker``; this process never imports torch),
-started between our rounds, so load from other processes on a shared machine hits both;
-each number is the median over all rounds. Before timing, the worker computes the same
+asked over a pipe to time one layer at a time between ours, so that load from other
+processes on a shared machine hits both alike; each number is the median of all calls
+over all rounds. Before timing, the worker computes the same
 layer on the same arrays and we compare (max relative difference printed).
 
     python benchmarks/conv.py                  # per-layer and total ms, ratios ours / torch
@@ -136,39 +139,59 @@ def time_calls(fn, seconds, min_calls=3):
 # ----------------------------------------------------------------------------------
 
 def torch_worker(args):
+    """Serve requests on stdin, one JSON line each: {"check": folder} writes every layer's
+    output and gradients there; {"time": layer index, "seconds": s} times that layer."""
     import torch
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     functional = torch.nn.functional
-    result = {"version": torch.__version__, "threads": torch.get_num_threads(), "layers": {}}
+    steps = []
     for layer in LAYERS:
         x, weight, bias = (torch.from_numpy(a).requires_grad_() for a in layer_arrays(layer))
-        stride = layer[4]
 
-        def step():
+        def step(x=x, weight=weight, bias=bias, stride=layer[4]):
             out = functional.conv2d(x, weight, bias, stride=stride, padding=PADDING)
-            grads = torch.autograd.grad(out, [x, weight, bias], torch.ones_like(out))
-            return out, grads
-        entry = {}
-        if args.check_dir:
-            out, grads = step()
-            np.savez(os.path.join(args.check_dir, f"{layer_name(layer)}.npz"), out=out.detach().numpy(),
-                     grad_x=grads[0].numpy(), grad_w=grads[1].numpy(), grad_b=grads[2].numpy())
+            return (out, *torch.autograd.grad(out, [x, weight, bias], torch.ones_like(out)))
+        steps.append(step)
+    print(json.dumps({"version": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        if "check" in request:
+            for layer, step in zip(LAYERS, steps):
+                out, grad_x, grad_w, grad_b = (t.detach().numpy() for t in step())
+                np.savez(os.path.join(request["check"], f"{layer_name(layer)}.npz"), out=out,
+                         grad_x=grad_x, grad_w=grad_w, grad_b=grad_b)
+            reply = {"done": True}
         else:
-            entry["samples"] = time_calls(step, args.seconds)
-        result["layers"][layer_name(layer)] = entry
-    print(json.dumps(result))
+            reply = {"samples": time_calls(steps[request["time"]], request["seconds"])}
+        print(json.dumps(reply), flush=True)
 
 
-def run_torch(args, check_dir=None):
-    command = [sys.executable, os.path.abspath(__file__), "--torch-worker", "--seconds", str(args.seconds),
-               "--torch-threads", str(args.torch_threads)]
-    if check_dir:
-        command += ["--check-dir", check_dir]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-    if result.returncode != 0:
-        raise RuntimeError(f"the torch worker failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+class TorchWorker:
+    """PyTorch in its own process, asked to time one layer at a time, so that its
+    samples interleave with ours at a fine grain (load on a shared machine hits both)."""
+
+    def __init__(self, torch_threads):
+        command = [sys.executable, os.path.abspath(__file__), "--torch-worker",
+                   "--torch-threads", str(torch_threads)]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, cwd=REPO)
+        self.meta = self._reply()
+
+    def _reply(self):
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the torch worker failed:\n{self.process.stderr.read()[-3000:]}")
+        return json.loads(line)
+
+    def ask(self, **request):
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        return self._reply()
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
 
 
 def max_relative_difference(ours, theirs):
@@ -214,36 +237,44 @@ def kernel_rows(seconds):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="ours/torch alternations")
-    parser.add_argument("--seconds", type=float, default=0.3, help="timing per layer per round")
+    parser.add_argument("--rounds", type=int, default=8, help="ours/torch alternations")
+    parser.add_argument("--seconds", type=float, default=0.1,
+                        help="timing per layer, variant and round")
     parser.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (0: default)")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--kernels", action="store_true", help="also time im2col/col2im vs the reference")
     parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--check-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.torch_worker:
         torch_worker(args)
         return 0
 
     from tinygrad_meta.backends import cpu
-    info = cpu.kernel_info()
+    # variant -> the CPU kernel mode it runs under: "cython" is our GEMM and im2col/col2im
+    # throughout; "auto" is the default, which sends products above the crossover it
+    # measured at start-up to numpy's BLAS
+    mode_of = {"per-image": "cython", "batch": "cython", "batch-auto": "auto"}
     steps = {}
     for layer in LAYERS:
-        steps[layer] = {"per-image": kernel_step(layer, "per-image"), "batch": kernel_step(layer, "batch")}
+        steps[layer] = {"per-image": kernel_step(layer, "per-image"), "batch": kernel_step(layer, "batch"),
+                        "batch-auto": kernel_step(layer, "batch")}
         engine = engine_step(layer)
         if engine is not None:
             steps[layer]["engine"] = engine
+            mode_of["engine"] = "cython"
     variants = list(steps[LAYERS[0]])
     with_torch = not args.no_torch
+    worker = None
     if with_torch:
         try:
+            worker = TorchWorker(args.torch_threads)
             with tempfile.TemporaryDirectory() as folder:
-                run_torch(args, check_dir=folder)
+                worker.ask(check=folder)
                 for layer in LAYERS:
                     reference = np.load(os.path.join(folder, f"{layer_name(layer)}.npz"))
                     want = [reference[k] for k in ("out", "grad_x", "grad_w", "grad_b")]
                     for variant, step in steps[layer].items():
+                        cpu.set_kernels(mode_of[variant])
                         diff = max_relative_difference(step(), want)
                         if diff > 1e-4:   # float32 sums of up to N*L = 78400 terms
                             raise SystemExit(f"{variant} {layer_name(layer)} differs from torch: {diff:.2e}")
@@ -253,19 +284,23 @@ def main(argv=None):
             print(f"torch unavailable, timing ours only ({str(error).splitlines()[-1]})")
             with_torch = False
     samples = {layer: {v: [] for v in variants + ["torch"]} for layer in LAYERS}
-    torch_meta = None
+    torch_meta = worker.meta if with_torch else None
     for _ in range(args.rounds):
-        for layer in LAYERS:
+        for index, layer in enumerate(LAYERS):
             for variant in variants:
-                samples[layer][variant] += time_calls(steps[layer][variant], args.seconds / len(variants))
-        if with_torch:
-            torch_meta = run_torch(args)
-            for layer in LAYERS:
-                samples[layer]["torch"] += torch_meta["layers"][layer_name(layer)]["samples"]
+                cpu.set_kernels(mode_of[variant])
+                samples[layer][variant] += time_calls(steps[layer][variant], args.seconds)
+            if with_torch:
+                samples[layer]["torch"] += worker.ask(time=index, seconds=args.seconds)["samples"]
+    if worker is not None:
+        worker.close()
     columns = variants + (["torch"] if with_torch else [])
-    print(f"conv2d 3x3, 64 filters, float32, forward + input/weight/bias gradients; median ms of "
-          f"{args.rounds} rounds x {args.seconds:.2f} s; machine shared with other processes")
-    print(f"ours: matmul {info['matmul']}; im2col {info['im2col']}; {info.get('threads')} threads"
+    cpu.set_kernels("auto")
+    info = cpu.kernel_info()
+    print(f"conv2d 3x3, 64 filters, float32, forward + input/weight/bias gradients; median ms over "
+          f"{args.rounds} rounds of {args.seconds:.2f} s per layer and variant, interleaved")
+    print("ours: " + ", ".join(f"{v} in mode {m}" for v, m in mode_of.items())
+          + f"; auto mode's matmul: {info['matmul']}; {info.get('threads')} threads"
           + (f" | torch {torch_meta['version']}, {torch_meta['threads']} threads, own process"
              if torch_meta else ""))
     header = f"{'layer':<28}" + "".join(f"{c:>11}" for c in columns)

@@ -63,6 +63,18 @@ def test_omniglot_shapes_equal_the_reference(shape, stride, layout):
     _check_equal(x, (2, 2), (2, 2), (0, 0), (1, 1), -np.inf, layout)     # max pooling's gather
 
 
+@pytest.mark.parametrize("h,w,kernel,padding,dilation", [
+    (5, 6, (3, 3), (1, 1), (1, 1)), (4, 4, (5, 5), (2, 2), (1, 1)), (6, 5, (3, 3), (2, 2), (2, 2)),
+    (3, 7, (1, 3), (0, 1), (1, 1)), (1, 1, (3, 3), (1, 1), (1, 1)), (2, 9, (5, 3), (2, 1), (1, 1))])
+def test_same_geometry_fast_path_equals_the_reference(h, w, kernel, padding, dilation):
+    # unit strides with OW == W copy each tap's rows in one run, then reset the
+    # padding columns: taps whose rows are all padding or all inside are edge cases
+    x = np.random.default_rng(h * w).standard_normal((2, 3, h, w))
+    for layout in ("image", "batch"):
+        for pad_value in (0.0, -np.inf):
+            _check_equal(x, kernel, (1, 1), padding, dilation, pad_value, layout)
+
+
 def test_batch_layout_is_the_image_layout_with_images_side_by_side():
     # column n * L + l of the batch matrix is column l of image n's columns
     rng = np.random.default_rng(6)

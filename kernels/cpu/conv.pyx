@@ -8,8 +8,9 @@ column ``oy*OW + ox``; padding taps read ``pad_value``.
 
 * :func:`im2col` copies each kernel tap's output rows in one pass: for tap (i, j) the
   valid output columns of a row are one contiguous range ``[ox_lo, ox_hi)``, computed
-  once per tap, so the inner loop has no bounds test (a ``memcpy`` at stride 1) and the
-  padding is two short fills. Exact: it only copies.
+  once per tap, so the inner loop has no bounds test and the padding is two short
+  fills; in the "same" geometry of unit strides (OW == W) a tap's valid rows are one
+  contiguous run, copied in one loop. Exact: it only copies.
 * :func:`col2im` adds each tap's columns back in the reference's order (taps (i, j) in
   row-major order, each input element starting from 0), so the sums are the same
   floating-point operations in the same order: bitwise equal to the reference.
@@ -56,18 +57,50 @@ cdef extern from *:
         *lo = first; *hi = end;
     }
 
+    /* Copy loops of a few elements per row must stay loops: gcc would otherwise turn
+       each into a call to memcpy, which costs more than the copy. */
+    #define TGM_CONV_NO_MEMCPY __attribute__((optimize("no-tree-loop-distribute-patterns")))
+
     /* One (h, w) plane -> its kh*kw rows of oh*ow columns, tap_stride apart (oh*ow in
        the per-image layout, n*oh*ow in the batch layout). */
     #define TGM_DEFINE_CONV(T, SFX)                                                      \\
-    static void tgm_im2col_plane_##SFX(const T *restrict plane, T *restrict rows,         \\
+    static TGM_CONV_NO_MEMCPY void tgm_im2col_plane_##SFX(const T *restrict plane,        \\
+            T *restrict rows,                                                             \\
             ptrdiff_t h, ptrdiff_t w, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh,           \\
             ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw,         \\
             ptrdiff_t oh, ptrdiff_t ow, ptrdiff_t tap_stride, T pad) {                    \\
+        /* "same" geometry (unit strides, ow == w): a tap's source rows and its output \\
+           rows are both w apart, so its valid output rows are one contiguous copy;   \\
+           the padding columns it brings in from neighbouring rows are then reset.    \\
+           Other geometries copy row by row. */                                      \\
+        int same = sh == 1 && sw == 1 && ow == w;                                       \\
         for (ptrdiff_t i = 0; i < kh; i++)                                                \\
         for (ptrdiff_t j = 0; j < kw; j++) {                                              \\
             T *restrict row = rows + (i * kw + j) * tap_stride;                           \\
             ptrdiff_t lo, hi, offset = pw - j * dw;                                       \\
             tgm_valid_range(w, ow, sw, offset, &lo, &hi);                                 \\
+            if (same && hi > lo) {                                                        \\
+                /* output rows oy with input row oy - ph + i*dh inside [0, h) */         \\
+                ptrdiff_t first = ph - i * dh, top = first > 0 ? first : 0;               \\
+                ptrdiff_t bottom = h + first < oh ? h + first : oh;                       \\
+                if (bottom < top) bottom = top;                                           \\
+                for (ptrdiff_t e = 0; e < top * ow; e++) row[e] = pad;                    \\
+                if (bottom > top) {                                                       \\
+                    /* from the first valid element to the last: every source index   \\
+                       in between lies inside the plane */                            \\
+                    ptrdiff_t begin = top * ow + lo, count = (bottom - 1 - top) * ow + hi - lo; \\
+                    const T *restrict src = plane + (top - first) * w + lo - offset;      \\
+                    T *restrict dst = row + begin;                                        \\
+                    for (ptrdiff_t e = 0; e < count; e++) dst[e] = src[e];                \\
+                    for (ptrdiff_t oy = top; oy < bottom; oy++) {                         \\
+                        T *restrict dst = row + oy * ow;                                  \\
+                        for (ptrdiff_t ox = 0; ox < lo; ox++) dst[ox] = pad;              \\
+                        for (ptrdiff_t ox = hi; ox < ow; ox++) dst[ox] = pad;             \\
+                    }                                                                     \\
+                }                                                                         \\
+                for (ptrdiff_t e = bottom * ow; e < oh * ow; e++) row[e] = pad;           \\
+                continue;                                                                 \\
+            }                                                                             \\
             for (ptrdiff_t oy = 0; oy < oh; oy++) {                                       \\
                 T *restrict dst = row + oy * ow;                                          \\
                 ptrdiff_t iy = oy * sh - ph + i * dh;                                     \\
@@ -78,7 +111,7 @@ cdef extern from *:
                 const T *restrict src = plane + iy * w - offset;                          \\
                 for (ptrdiff_t ox = 0; ox < lo; ox++) dst[ox] = pad;                      \\
                 if (sw == 1) {                                                            \\
-                    if (hi > lo) memcpy(dst + lo, src + lo, (size_t)(hi - lo) * sizeof(T)); \\
+                    for (ptrdiff_t ox = lo; ox < hi; ox++) dst[ox] = src[ox];             \\
                 } else {                                                                  \\
                     for (ptrdiff_t ox = lo; ox < hi; ox++) dst[ox] = src[ox * sw];        \\
                 }                                                                         \\
