@@ -15,8 +15,12 @@ and the bias for an all-ones output gradient. Ours runs as
   GEMM, col2im), with the columns laid out per image, (N, C*9, L) and one product per
   image as the engine's conv2d does, or as one (C*9, N*L) matrix for the whole batch, so
   the forward and both gradients are one GEMM each (``layout="batch"``);
-* ``batch-auto``: the same in the default ``auto`` mode, where products above the
-  size measured at start-up go to numpy's BLAS instead of our GEMM.
+* ``hybrid``: per layer, ``batch`` when an image has at most ``BATCH_LAYOUT_MAX_COLUMNS``
+  output positions (where N small products waste the GEMM), else ``per-image`` (where
+  the one product's B operand, C*9 x N*L, is too large to pack efficiently).
+
+Our variants run in the ``cython`` kernel mode (our GEMM for every product); the default
+``auto`` mode would send the larger products to numpy's BLAS.
 
 PyTorch runs in its own process (``--torch-worker``; this process never imports torch),
 asked over a pipe to time one layer at a time between ours, so that load from other
@@ -50,6 +54,8 @@ LAYERS = [("maml", 80, 1, 28, 2), ("maml", 80, 64, 14, 2), ("maml", 80, 64, 7, 2
           ("protonet", 100, 1, 28, 1), ("protonet", 100, 64, 14, 1), ("protonet", 100, 64, 7, 1),
           ("protonet", 100, 64, 3, 1)]
 OUT_CHANNELS = 64
+# hybrid: the batch layout for layers with at most this many output positions per image
+BATCH_LAYOUT_MAX_COLUMNS = 16
 KERNEL = 3
 PADDING = 1
 
@@ -77,6 +83,7 @@ def kernel_step(layer, layout):
     """Forward + the three gradients on the CPU backend's kernels, columns in ``layout``.
     Returns a function of no arguments that returns (out, grad_x, grad_w, grad_b)."""
     from tinygrad_meta.backends.cpu import BACKEND as be
+    from tinygrad_meta.backends.im2col import output_size
     x, weight, bias = layer_arrays(layer)
     _, n, c, h, s = layer
     geometry = ((KERNEL, KERNEL), (s, s), (PADDING, PADDING), (1, 1))
@@ -100,6 +107,9 @@ def kernel_step(layer, layout):
         grad_w = be.matmul(g_t, cols.T)
         return out, grad_x, grad_w, g.sum(axis=(0, 2))
 
+    if layout == "hybrid":
+        columns = output_size(h, KERNEL, s, PADDING, 1) ** 2
+        layout = "batch" if columns <= BATCH_LAYOUT_MAX_COLUMNS else "per-image"
     return per_image if layout == "per-image" else batch
 
 
@@ -250,14 +260,12 @@ def main(argv=None):
         return 0
 
     from tinygrad_meta.backends import cpu
-    # variant -> the CPU kernel mode it runs under: "cython" is our GEMM and im2col/col2im
-    # throughout; "auto" is the default, which sends products above the crossover it
-    # measured at start-up to numpy's BLAS
-    mode_of = {"per-image": "cython", "batch": "cython", "batch-auto": "auto"}
+    # variant -> the CPU kernel mode it runs under ("cython": our GEMM and im2col/col2im
+    # throughout)
+    mode_of = {"per-image": "cython", "batch": "cython", "hybrid": "cython"}
     steps = {}
     for layer in LAYERS:
-        steps[layer] = {"per-image": kernel_step(layer, "per-image"), "batch": kernel_step(layer, "batch"),
-                        "batch-auto": kernel_step(layer, "batch")}
+        steps[layer] = {name: kernel_step(layer, name) for name in ("per-image", "batch", "hybrid")}
         engine = engine_step(layer)
         if engine is not None:
             steps[layer]["engine"] = engine
