@@ -112,9 +112,18 @@ def main():
     axes[2].legend(fontsize=7)
     axes[2].set_title("validation loss along training:\nconstant rates vs the learned schedule")
     axes[1].xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-    for axis in (axes[0], axes[2]):   # log axes spanning less than a decade: label minor ticks plainly
+    for axis in (axes[0], axes[2]):
+        # log axes spanning about a decade: label 1-2-3-5 steps plainly (0.08, not 8x10^-2),
+        # every minor tick labelled would overlap
+        low, high = axis.get_ylim()
+        for mantissas in ((1, 2, 3, 5), range(1, 10), np.arange(10, 100, 2) / 10):
+            ticks = [m * 10.0 ** e for e in range(-3, 2) for m in mantissas
+                     if low <= m * 10.0 ** e <= high]
+            if len(ticks) >= 3:  # the coarsest steps that still give three labels
+                break
+        axis.set_yticks(ticks)
         axis.yaxis.set_major_formatter(plain)
-        axis.yaxis.set_minor_formatter(plain)
+        axis.yaxis.set_minor_formatter(plt.NullFormatter())
     save(figure, "06_lr_schedule.png")
 
 
