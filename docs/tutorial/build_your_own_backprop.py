@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 import tinygrad_meta as tgm
-from tinygrad_meta.viz import graph_stats
+from tinygrad_meta.viz import graph_stats, node_order
 
 QUICK = "--quick" in sys.argv[1:] or os.environ.get("TGM_QUICK", "0") not in ("", "0")
 OUT_DIR = os.environ.get("TGM_TUTORIAL_OUT", "tutorial_out")
@@ -512,6 +512,7 @@ tx = tgm.Value(2.0)
 library_stats = graph_stats(td2y)
 assert graph_stats(tdy)["ops"] == 7 and library_stats["ops"] == 13
 assert library_stats["ops_by_order"] == {1: 5, 2: 8}
+assert node_order(td2y) == 1, "the last + into x's gradient ran under m's (forward) rule"
 print(f"\nExercise 1: pass 1 records {first} ops, pass 2 records {second}; "
       f"{tutorial_ops_behind(d2y)} ops behind d2y/dx2 (tinygrad_meta: {library_stats['ops']}, "
       f"by rule depth {library_stats['ops_by_order']})")
