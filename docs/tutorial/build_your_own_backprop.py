@@ -221,10 +221,9 @@ print("backward pass visits:", " -> ".join(node.name for node, _ in frames))
 print("gradients of L:", ", ".join(f"dL/d{n.name} = {g.data:.4f}" for n, g in zip(nodes, leaf_grads)))
 
 
-def depth(node, memo={}):
-    if id(node) not in memo:
-        memo[id(node)] = 0 if not node.parents else 1 + max(depth(p) for p in node.parents)
-    return memo[id(node)]
+def depth(node):
+    """Column of a node in the picture: 0 for leaves, one right of its deepest parent."""
+    return 0 if not node.parents else 1 + max(depth(p) for p in node.parents)
 
 
 def draw_frames(frames, path):
