@@ -271,6 +271,8 @@ def _legend(title, depths, kinds, has_clusters, stage_frames, collapse, compact)
         borders.append("double border: leaf that requires grad")
     if "const" in kinds:
         borders.append("dashed border: constant")
+    if "no const" in kinds:
+        borders.append("constants (data, seeds) not drawn")
     borders.append("bold border: output")
     if not (collapse or compact):
         borders.append("ellipse: the op that made the box it points to")
@@ -314,7 +316,7 @@ def _stage_of(nodes, stages, caller):
 
 
 def to_dot(outputs, max_nodes=400, collapse=False, show_values=True, names=None,
-           rankdir="LR", title=None, compact=False, stages=None, legend=True):
+           rankdir="LR", title=None, compact=False, stages=None, legend=True, constants=True):
     """Graphviz DOT text for the graph behind ``outputs``.
 
     ``outputs``: a Tensor or Value, or a list of them (drawn together, shared nodes once).
@@ -332,6 +334,8 @@ def to_dot(outputs, max_nodes=400, collapse=False, show_values=True, names=None,
     ``stages``: [(title, outputs), ...], one per pass or step, earliest first: each node
     is framed with the first stage whose outputs reach it (what that pass added).
     ``legend``: draw the legend (colours, borders, frames) under the title.
+    ``constants``: ``False`` leaves constants out (the legend says so), which unclutters
+    graphs whose constants are data and seeds rather than part of the story.
 
     Node ids follow the breadth-first discovery order from the outputs, so the same
     graph always gives the same text.
@@ -357,9 +361,14 @@ def to_dot(outputs, max_nodes=400, collapse=False, show_values=True, names=None,
     nodes, _, first_child = _collect(outputs)
     placement = _placement(nodes, first_child)
     stage_of, stage_titles = _stage_of(nodes, stages, "to_dot")
-    # a constant is framed with the node that uses it, as it is clustered with it
     for node in nodes:
-        if _kind(node) == "const" and id(first_child.get(id(node), node)) in stage_of:
+        if _kind(node) != "const":
+            continue
+        if id(node) in named:
+            # named data (a batch, a target) is drawn as an input, not inside a rule
+            placement[id(node)] = (0, None)
+        elif id(first_child.get(id(node), node)) in stage_of:
+            # a constant is framed with the node that uses it, as it is clustered with it
             stage_of[id(node)] = stage_of[id(first_child.get(id(node), node))]
     output_ids = {id(node) for node in outputs}
     inline_ops = bool(collapse) or bool(compact)
@@ -368,6 +377,8 @@ def to_dot(outputs, max_nodes=400, collapse=False, show_values=True, names=None,
     units, unit_of = [], {}
     by_key = {}
     for position, node in enumerate(nodes):
+        if not constants and _kind(node) == "const" and id(node) not in named:
+            continue
         order, origin = placement[id(node)]
         if collapse and id(node) not in named and id(node) not in output_ids:
             data = node.data
@@ -494,7 +505,9 @@ def to_dot(outputs, max_nodes=400, collapse=False, show_values=True, names=None,
         for child in unit.members:
             for parent in child._parents:
                 target = number[id(unit)]
-                parent_unit = unit_of[id(parent)]
+                parent_unit = unit_of.get(id(parent))
+                if parent_unit is None:  # a constant left out on purpose
+                    continue
                 if id(parent_unit) in shown_set:
                     edge = (number[id(parent_unit)], target)
                     edge_counts[edge] = edge_counts.get(edge, 0) + 1
@@ -516,6 +529,8 @@ def to_dot(outputs, max_nodes=400, collapse=False, show_values=True, names=None,
         shown_nodes = [member for unit in shown for member in unit.members]
         depths = sorted({placement[id(node)][0] for node in shown_nodes})
         kinds = {_kind(node) for node in shown_nodes}
+        if not constants:
+            kinds.add("no const")
         lines.append(f"  label={_legend(title, depths, kinds, has_clusters, bool(stage_titles), collapse, compact)}; "
                      "labelloc=t; labeljust=l;")
     elif title:
