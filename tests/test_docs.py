@@ -60,8 +60,18 @@ def test_the_cheap_numbers_recomputed_now_match_numbers_json(fast_numbers):
     assert len(fast_numbers) >= 30  # the fast mode really computes most of them
     for key, item in fast_numbers.items():
         assert key in stored, f"{key} is computed but not in numbers.json: rerun docs/make_figures.py"
-        assert json.loads(json.dumps(item["value"])) == stored[key]["value"], key
-        assert item["text"] == stored[key]["text"], key
+        now, then = json.loads(json.dumps(item["value"])), stored[key]["value"]
+        if isinstance(then, float) and then < 1e-12:
+            # rounding-level differences (2.2e-16 here, 4.4e-16 on another BLAS) are
+            # the claim "equal to rounding", not a value to reproduce digit for digit
+            assert now < 1e-12, key
+        elif isinstance(then, float):
+            # a cosine of float32 gradients: the last printed digit may move with the
+            # summation order of another machine's kernels
+            assert now == pytest.approx(then, abs=2e-3), key
+        else:
+            assert now == then, key
+            assert item["text"] == stored[key]["text"], key
 
 
 def test_the_second_grad_call_adds_nodes_of_two_depths(fast_numbers):

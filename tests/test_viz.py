@@ -181,6 +181,19 @@ def test_every_picture_has_a_legend_naming_the_depths_drawn():
     assert "label=<<TABLE" not in viz.to_dot(dy, legend=False)
 
 
+def test_constants_can_be_left_out_but_named_data_stays_an_input():
+    x = tgm.Tensor(np.ones((3, 1)))
+    w = tgm.Tensor(np.ones((1, 2)), requires_grad=True)
+    y = ((x @ w) * (x @ w)).sum()
+    (g,) = grad(y, [w], create_graph=True)
+    text = viz.to_dot(g, names={"batch x": x}, constants=False, compact=True)
+    assert "batch x" in text and "constants (data, seeds) not drawn" in text
+    assert 'const\n' not in text.replace('batch x\nconst', '')  # only the named one is drawn
+    batch_line = next(line for line in text.splitlines() if "batch x" in line)
+    assert "#dbe9f6" in batch_line  # drawn as depth-0 data, not inside a backward rule
+    assert len(boxes(text)) < len(boxes(viz.to_dot(g, names={"batch x": x}, compact=True)))
+
+
 # ---- to_dot: large graphs -----------------------------------------------------------
 
 def _long_chain(n):
