@@ -96,7 +96,10 @@ def test_the_product_formulas_hold_to_rounding(fast_numbers):
 
 
 def _embedded_figures():
-    return re.findall(r"!\[[^\]]*\]\((figures/[^)]+)\)", _page())
+    """Paths (relative to docs/) of the pictures the walkthrough and the README show inline."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
+        readme = re.findall(r"!\[[^\]]*\]\(docs/(figures/[^)]+)\)", handle.read())
+    return re.findall(r"!\[[^\]]*\]\((figures/[^)]+)\)", _page()) + readme
 
 
 def test_embedded_figures_exist_and_fit_the_readme_width():

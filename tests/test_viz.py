@@ -418,6 +418,19 @@ def test_explain_counts_what_each_grad_call_added_by_depth(capsys):
     assert rows[2]["new_ops_by_depth"] == viz.ops_per_pass([r["value"] for r in rows])[2]["by_depth"]
 
 
+def test_explain_collapses_the_pictures_of_high_orders_by_default(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert main(["explain", "tanh(x*x) at x=0.7", "--order", "4", "--out", str(tmp_path)]) == 0
+    order2, order4 = ((tmp_path / f"order_{k}.dot").read_text() for k in (2, 4))
+    rows = explain(parse_expression("tanh(x*x)"), 0.7, max_order=4)
+    assert " ×" not in order2 and " ×" in order4
+    # collapsed: far fewer boxes than the 112 op nodes behind the 4th derivative
+    assert len(boxes(order4)) < rows[4]["ops"] / 2
+    # framed by pass: the forward and the 4th grad call at least (a pass whose nodes the
+    # 4th derivative no longer reaches gets no frame)
+    assert 'label="forward"' in order4 and 'label="grad call 4"' in order4
+
+
 def test_explain_command_writes_dot_when_graphviz_is_missing(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     assert main(["explain", "x**3", "--at", "2", "--order", "2", "--out", str(tmp_path)]) == 0
