@@ -79,7 +79,7 @@ def main():
     current, size_rows = composite(x), []
     for order in range(top + 1):
         stats = graph_stats(current)
-        by_order = " ".join(f"{k}:{n}" for k, n in stats["ops_by_order"].items())
+        by_order = " ".join(f"{k}:{n}" for k, n in stats["ops_by_depth"].items())
         size_rows.append([order, stats["ops"], by_order])
         if order < top:
             start = time.perf_counter()
@@ -87,8 +87,8 @@ def main():
             size_rows[-1].append(f"{(time.perf_counter() - start) * 1e3:.2f} ms")
         else:
             size_rows[-1].append("-")
-    table(["order", "ops in graph", "ops by node order", "time of next grad"], size_rows)
-    print("(node order k = recorded while the backward rule of an order k-1 node ran; each\n"
+    table(["order", "ops in graph", "ops by rule depth", "time of next grad"], size_rows)
+    print("(rule depth k = recorded while the backward rule of a depth k-1 node ran; each\n"
           " backward pass runs a rule for every node it passes, and each rule records new ops)")
     growth = [size_rows[k + 1][1] / size_rows[k][1] for k in range(1, top)]
     print("growth per order:", ", ".join(f"{g:.2f}x" for g in growth))

@@ -80,10 +80,10 @@ def main():
     second = graph_stats(MAML(new_model(), inner_lr=0.01, first_order=False).meta_loss(batch))
     first = graph_stats(MAML(new_model(), inner_lr=0.01, first_order=True).meta_loss(batch))
     print("Graph of one meta-loss (25 tasks, K=10, one inner step):")
-    table(["", "op nodes", "by node order", "array bytes held"],
-          [["MAML (second order)", second["ops"], str(second["ops_by_order"]), second["data_bytes"]],
-           ["FOMAML (first order)", first["ops"], str(first["ops_by_order"]), first["data_bytes"]]])
-    print("(order-1 nodes were recorded by the inner gradient with create_graph=True: the\n"
+    table(["", "op nodes", "by rule depth", "array bytes held"],
+          [["MAML (second order)", second["ops"], str(second["ops_by_depth"]), second["data_bytes"]],
+           ["FOMAML (first order)", first["ops"], str(first["ops_by_depth"]), first["data_bytes"]]])
+    print("(depth-1 nodes were recorded by the inner gradient with create_graph=True: the\n"
           " meta-gradient backpropagates through them)\n")
 
     maml, maml_history = meta_train(first_order=False)
