@@ -322,8 +322,10 @@ def load_parameters(algorithm, saved, where):
 
 
 def parameters_as_numpy(algorithm):
-    """The meta-parameters as name -> numpy copies, in order (what a checkpoint stores)."""
-    return OrderedDict((name, np.array(p.numpy(), copy=True)) for name, p in algorithm.meta_parameters().items())
+    """What a checkpoint stores: the meta-parameters as name -> numpy copies, in order, and
+    the model's state that is not a parameter (BatchNorm's running statistics, a Dropout's
+    generator): ``algorithm.state_dict()``, which ``load_parameters`` restores whole."""
+    return OrderedDict((name, np.array(value, copy=True)) for name, value in algorithm.state_dict().items())
 
 
 def load_run(run_dir, device=None):
