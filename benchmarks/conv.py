@@ -54,8 +54,12 @@ LAYERS = [("maml", 80, 1, 28, 2), ("maml", 80, 64, 14, 2), ("maml", 80, 64, 7, 2
           ("protonet", 100, 1, 28, 1), ("protonet", 100, 64, 14, 1), ("protonet", 100, 64, 7, 1),
           ("protonet", 100, 64, 3, 1)]
 OUT_CHANNELS = 64
-# hybrid: the batch layout for layers with at most this many output positions per image
-BATCH_LAYOUT_MAX_COLUMNS = 16
+# hybrid: the batch layout for layers with at most this many output positions per image.
+# Measured here (interleaved runs on a shared 2-core machine): at L = 4 the batch layout
+# took a fifth to a third of the per-image time (N products of 4 columns each run our
+# matmul's unpacked small-N loop), at L = 9 it won in 4 of 5 runs, at L = 16 and above
+# per-image won (one (C*9, N*L) operand is slower to pack and stream than N small ones).
+BATCH_LAYOUT_MAX_COLUMNS = 9
 KERNEL = 3
 PADDING = 1
 
