@@ -270,24 +270,34 @@ cdef inline void _col2im_plane(const char *src, char *dst, Py_ssize_t p, Geometr
                              g.oh, g.ow, tap_stride)
 
 
+cdef inline Py_ssize_t _plane(Py_ssize_t q, Geometry *g) noexcept nogil:
+    """The plane (image * C + channel) visited q-th. In the batch layout channel by
+    channel, images inside: consecutive planes then fill (or read) consecutive stretches
+    of the same column rows, instead of strides of C*kh*kw rows apart (at the Omniglot
+    shapes, image order made both passes 1.3-8x slower)."""
+    if g.batch_layout:
+        return (q % g.n) * g.c + q // g.n
+    return q
+
+
 cdef void _run(const char *src, char *dst, Py_ssize_t planes, Geometry *g, bint f32,
                double pad, bint adjoint) noexcept nogil:
     """Every (image, channel) plane, threaded when large enough (no parallel region at
     all otherwise: opening one costs microseconds even for one thread)."""
-    cdef Py_ssize_t p
+    cdef Py_ssize_t q
     cdef int nt = _threads_for(planes * g.kh * g.kw * g.oh * g.ow)
     if nt <= 1 or planes < 2:
-        for p in range(planes):
+        for q in range(planes):
             if adjoint:
-                _col2im_plane(src, dst, p, g, f32)
+                _col2im_plane(src, dst, _plane(q, g), g, f32)
             else:
-                _im2col_plane(src, dst, p, g, f32, pad)
+                _im2col_plane(src, dst, _plane(q, g), g, f32, pad)
         return
-    for p in prange(planes, num_threads=nt, schedule="static"):
+    for q in prange(planes, num_threads=nt, schedule="static"):
         if adjoint:
-            _col2im_plane(src, dst, p, g, f32)
+            _col2im_plane(src, dst, _plane(q, g), g, f32)
         else:
-            _im2col_plane(src, dst, p, g, f32, pad)
+            _im2col_plane(src, dst, _plane(q, g), g, f32, pad)
 
 
 cdef Geometry _unpack(tuple geo, str layout, str op):
