@@ -15,9 +15,12 @@ and the bias for an all-ones output gradient. Ours runs as
   GEMM, col2im), with the columns laid out per image, (N, C*9, L) and one product per
   image as the engine's conv2d does, or as one (C*9, N*L) matrix for the whole batch, so
   the forward and both gradients are one GEMM each (``layout="batch"``);
-* ``hybrid``: per layer, ``batch`` when an image has at most ``BATCH_LAYOUT_MAX_COLUMNS``
-  output positions (where N small products waste the GEMM), else ``per-image`` (where
-  the one product's B operand, C*9 x N*L, is too large to pack efficiently).
+* ``mixed``: the batch layout, but when an image has more than ``ONE_GEMM_MAX_COLUMNS``
+  output positions the forward runs as N products on a view of the columns, (N, C*9, L)
+  with strides, which also gives the output in (N, O, L) order without a transpose: one
+  (64, C*9) @ (C*9, N*L) product is slower in our GEMM than N of (C*9, L) (its B operand
+  is too long to pack and stream well), while at L = 4 or 9 the N small products are
+  the slow ones. The gradients are one GEMM each.
 
 Our variants run in the ``cython`` kernel mode (our GEMM for every product); the default
 ``auto`` mode would send the larger products to numpy's BLAS.
@@ -54,12 +57,12 @@ LAYERS = [("maml", 80, 1, 28, 2), ("maml", 80, 64, 14, 2), ("maml", 80, 64, 7, 2
           ("protonet", 100, 1, 28, 1), ("protonet", 100, 64, 14, 1), ("protonet", 100, 64, 7, 1),
           ("protonet", 100, 64, 3, 1)]
 OUT_CHANNELS = 64
-# hybrid: the batch layout for layers with at most this many output positions per image.
-# Measured here (interleaved runs on a shared 2-core machine): at L = 4 the batch layout
-# took a fifth to a third of the per-image time (N products of 4 columns each run our
+# mixed: one forward GEMM for layers with at most this many output positions per image,
+# N products above. Measured here (interleaved runs on a shared 2-core machine): at L = 4
+# one GEMM took a fifth to a third of the time of N products (each of 4 columns runs our
 # matmul's unpacked small-N loop), at L = 9 it won in 4 of 5 runs, at L = 16 and above
-# per-image won (one (C*9, N*L) operand is slower to pack and stream than N small ones).
-BATCH_LAYOUT_MAX_COLUMNS = 9
+# the N products won.
+ONE_GEMM_MAX_COLUMNS = 9
 KERNEL = 3
 PADDING = 1
 
@@ -101,19 +104,22 @@ def kernel_step(layer, layout):
         grad_w = be.matmul(g, cols.transpose(0, 2, 1)).sum(axis=0)
         return out, grad_x, grad_w, g.sum(axis=(0, 2))
 
-    def batch():
+    def batch(one_gemm=True):
         cols = be.im2col(x, *geometry, layout="batch")      # (K, N*L)
-        out_t = be.matmul(w2, cols)                          # (O, N*L): one product
-        out = out_t.reshape(OUT_CHANNELS, n, -1).transpose(1, 0, 2) + bias[:, None]
+        if one_gemm:
+            out_t = be.matmul(w2, cols)                      # (O, N*L): one product
+            out = out_t.reshape(OUT_CHANNELS, n, -1).transpose(1, 0, 2) + bias[:, None]
+        else:                                                # N products on a strided view
+            out = be.matmul(w2, cols.reshape(cols.shape[0], n, -1).transpose(1, 0, 2)) + bias[:, None]
         g = np.ones_like(out)
         g_t = np.ascontiguousarray(g.transpose(1, 0, 2)).reshape(OUT_CHANNELS, -1)
         grad_x = be.col2im(be.matmul(w2.T, g_t), x.shape, *geometry, layout="batch")
         grad_w = be.matmul(g_t, cols.T)
         return out, grad_x, grad_w, g.sum(axis=(0, 2))
 
-    if layout == "hybrid":
+    if layout == "mixed":
         columns = output_size(h, KERNEL, s, PADDING, 1) ** 2
-        layout = "batch" if columns <= BATCH_LAYOUT_MAX_COLUMNS else "per-image"
+        return lambda: batch(one_gemm=columns <= ONE_GEMM_MAX_COLUMNS)
     return per_image if layout == "per-image" else batch
 
 
@@ -266,10 +272,10 @@ def main(argv=None):
     from tinygrad_meta.backends import cpu
     # variant -> the CPU kernel mode it runs under ("cython": our GEMM and im2col/col2im
     # throughout)
-    mode_of = {"per-image": "cython", "batch": "cython", "hybrid": "cython"}
+    mode_of = {"per-image": "cython", "batch": "cython", "mixed": "cython"}
     steps = {}
     for layer in LAYERS:
-        steps[layer] = {name: kernel_step(layer, name) for name in ("per-image", "batch", "hybrid")}
+        steps[layer] = {name: kernel_step(layer, name) for name in mode_of}
         engine = engine_step(layer)
         if engine is not None:
             steps[layer]["engine"] = engine

@@ -4,7 +4,8 @@
 
 Same layout and results as ``tinygrad_meta/backends/im2col.py`` (the reference):
 ``x`` (N, C, H, W) -> ``cols`` (N, C*kh*kw, OH*OW), row ``(c*kh + i)*kw + j``,
-column ``oy*OW + ox``; padding taps read ``pad_value``.
+column ``oy*OW + ox``, or with ``layout="batch"`` one (C*kh*kw, N*OH*OW) matrix,
+column ``n*OH*OW + oy*OW + ox``; padding taps read ``pad_value``.
 
 * :func:`im2col` copies each kernel tap's output rows in one pass: for tap (i, j) the
   valid output columns of a row are one contiguous range ``[ox_lo, ox_hi)``, computed
