@@ -93,6 +93,8 @@ class _Traced:
         return trace.call(function, args, kwargs)
 
     def __getattr__(self, name):
+        if name.startswith("__"):  # numpy's and Python's protocol probes: not an array
+            raise AttributeError(name)
         if name in _STATIC_ATTRIBUTES:
             return getattr(self.value, name)
         attribute = getattr(type(self.value), name, None)
@@ -294,6 +296,9 @@ class _Trace:
             if type(out) is tuple and type(result) is tuple:
                 return tuple(targets)
             return targets[0] if out is not None or result is targets[0].value else self._wrap(result)
+        for arg in args:  # a no-op for this signature (asarray, astype(copy=False)): no call
+            if type(arg) is _Traced and result is arg.value:
+                return arg
         wrapped = self._wrap(result, function)
         self.tape.append(("call", function, self.template(args), self.template(kwargs),
                           self.template(wrapped)))
@@ -425,6 +430,20 @@ def _traced_kernel(kernel):
     return call
 
 
+def _numpy_conversion(original):
+    """np.asarray / np.array / np.ascontiguousarray that keep a traced array traced (the
+    conversion itself recorded), so code converting its inputs still traces."""
+    @functools.wraps(original)
+    def convert(a, *args, **kwargs):
+        if type(a) is _Traced and _ACTIVE.get() is a.trace:
+            return a.trace.call(original, (a,) + args, kwargs)
+        return original(a, *args, **kwargs)
+    return convert
+
+
+_CONVERSIONS = ("asarray", "array", "ascontiguousarray", "asanyarray")
+
+
 def _to_numpy_traced(array):
     if type(array) is _Traced:
         raise _value_error(".numpy()")
@@ -454,6 +473,9 @@ class _Hooks:
             for name, kernel in _Hooks.saved.items():
                 setattr(backend, name, _traced_kernel(kernel))
             backend.to_numpy = _to_numpy_traced
+            _Hooks.saved_numpy = {name: getattr(np, name) for name in _CONVERSIONS}
+            for name, original in _Hooks.saved_numpy.items():
+                setattr(np, name, _numpy_conversion(original))
             from .optim.optimizer import Optimizer
             _Hooks.saved_step = Optimizer.step
             Optimizer.step = _optimizer_step_traced
@@ -469,6 +491,8 @@ class _Hooks:
             Tensor.grad = _GRAD_SLOT
             backend = _cpu.BACKEND
             del backend.to_numpy  # back to the class's staticmethod
+            for name, original in _Hooks.saved_numpy.items():
+                setattr(np, name, original)
             from .optim.optimizer import Optimizer
             Optimizer.step = _Hooks.saved_step
             for name, kernel in _Hooks.saved.items():
@@ -562,10 +586,62 @@ def _guard_failed(tensor, shape, dtype, strides):
         "applies. Call fn.clear_cache() after changing a model's shapes")
 
 
+def _slots_in(template, into):
+    kind = type(template)
+    if kind is _Slot:
+        into.add(template.index)
+    elif kind in (tuple, list):
+        for x in template:
+            _slots_in(x, into)
+    elif kind is dict:
+        for x in template.values():
+            _slots_in(x, into)
+    return into
+
+
+def _live_tape(tape, output_template):
+    """The tape without the calls whose results nothing uses (the inner loss value at first
+    order, a recorded graph's unused branches). In-place writes, loads' guards of what is
+    used, stores and .grad assignments are kept, with everything they read."""
+    live = _slots_in([t[1] for t in _walk_outputs(output_template)], set())
+    kept = []
+    for instruction in reversed(tape):
+        kind = instruction[0]
+        if kind == "call":
+            _, function, args, kwargs, result = instruction
+            if result is not None and not (_slots_in(result, set()) & live):
+                continue  # a pure call whose results are dead
+            _slots_in(args, live)
+            _slots_in(kwargs, live)
+        elif kind == "load":
+            if instruction[2] not in live:
+                continue
+        elif kind in ("store", "grad"):
+            _slots_in(instruction[2], live)
+        kept.append(instruction)
+    kept.reverse()
+    return kept
+
+
+def _walk_outputs(template):
+    kind = template[0]
+    if kind in ("T", "A"):
+        yield template
+    elif kind in ("tuple", "list"):
+        for t in template[1]:
+            yield from _walk_outputs(t)
+    elif kind == "N":
+        for t in template[2]:
+            yield from _walk_outputs(t)
+    elif kind == "D":
+        for _, t in template[2]:
+            yield from _walk_outputs(t)
+
+
 def _generate(trace, output_template, n_inputs):
     code = _Codegen()
     lines = code.lines
-    for instruction in trace.tape:
+    for instruction in _live_tape(trace.tape, output_template):
         kind = instruction[0]
         if kind == "call":
             _, function, args, kwargs, result = instruction
