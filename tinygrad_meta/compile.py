@@ -84,6 +84,8 @@ class _Traced:
     # numpy's protocols: every ufunc and array function on a traced array lands here
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         function = ufunc if method == "__call__" else getattr(ufunc, method)
+        if method == "at":  # np.add.at(target, index, values) writes into its first input
+            return _live(self).call(function, inputs, kwargs, writes=inputs[0])
         return _live(self).call(function, inputs, kwargs)
 
     def __array_function__(self, function, types, args, kwargs):
@@ -99,7 +101,10 @@ class _Traced:
             return getattr(self.value, name)
         attribute = getattr(type(self.value), name, None)
         if callable(attribute) and not name.startswith("_"):
-            if name in ("item", "tolist", "tobytes", "tofile", "dump", "dumps"):
+            if name == "item":  # Tensor's float(), int(), bool() and `if` read through it
+                raise _value_error(".item() (which a Tensor's float(), int(), bool() and `if` "
+                                   "call)")
+            if name in ("tolist", "tobytes", "tofile", "dump", "dumps"):
                 raise _value_error(f".{name}()")
             trace = _live(self)
             return lambda *args, **kwargs: trace.call(attribute, (self,) + args, kwargs)
@@ -286,7 +291,7 @@ class _Trace:
         targets = [self.writable(t, function) for t in targets]
         if out is not None:
             kwargs = dict(kwargs, out=tuple(targets) if type(out) is tuple else targets[0])
-        if writes is not None:
+        if writes is not None and type(targets[0]) is _Traced:
             args = (targets[0],) + tuple(args[1:])
         result = function(*_unwrap(args), **_unwrap(kwargs))
         if targets:  # in place: the result is (a view of) the target, no new slot
@@ -365,7 +370,7 @@ class _Trace:
                 "(opt.zero_grad()) before calling, or inside the function, or use tgm.grad")
         if key not in self.grad_written:
             self.grad_written.add(key)
-            if old is None:
+            if old is None and new is not None:  # backward() found no .grad: a replay assumes so
                 self.grad_requirements.append(tensor)
         if new is None:
             self.tape.append(("grad", tensor, None))
@@ -442,8 +447,6 @@ def _numpy_conversion(original):
 
 
 _CONVERSIONS = ("asarray", "array", "ascontiguousarray", "asanyarray")
-
-
 def _to_numpy_traced(array):
     if type(array) is _Traced:
         raise _value_error(".numpy()")
