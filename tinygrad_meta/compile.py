@@ -129,7 +129,9 @@ class _Traced:
         raise _value_error("use as an index")
 
     def __bool__(self):
-        raise _value_error("bool() (an `if` or `while` on a tensor's value)")
+        # a value guard: the replay re-checks the condition and, if it differs, traces
+        # again (the branch taken is part of the program, like the shapes)
+        return _live(self).guard(self)
 
     def __complex__(self):
         raise _value_error("complex()")
@@ -254,6 +256,7 @@ class _Trace:
         self.buffers = {}         # id(plain array written in place) -> (array, slot)
         self.grad_requirements = []  # tensors whose .grad must be None when a replay starts
         self.grad_written = set()
+        self.side_effects = False  # a store, a .grad or a write into a closure tensor so far
 
     def new(self, value):
         traced = _Traced(value, self.slots, self)
@@ -335,6 +338,9 @@ class _Trace:
                 buffer = self.buffers[id(target)] = (target, traced.slot)
                 return traced
             return _Traced(target, buffer[1], self)
+        for _, value in self.loaded.values():
+            if value is not None and np.may_share_memory(target.value, value):
+                self.side_effects = True  # writing into a closure tensor's array
         for index, value in enumerate(self.input_values):
             if np.may_share_memory(target.value, value):
                 raise TraceError(
@@ -354,7 +360,17 @@ class _Trace:
         self.loaded.setdefault(id(tensor), (tensor, value))
         return traced
 
+    def guard(self, traced):
+        """bool() of a traced array: its value now, and a replay-time check of it."""
+        if traced.value.size != 1:
+            raise ValueError(f"the truth value of an array with {traced.value.size} elements is "
+                             "ambiguous")
+        value = bool(traced.value)
+        self.tape.append(("guard", traced.slot, value, not self.side_effects))
+        return value
+
     def store(self, tensor, value):
+        self.side_effects = True
         if type(value) is _Traced:
             self.tape.append(("store", tensor, _Slot(value.slot)))
         elif isinstance(value, np.ndarray):
@@ -362,6 +378,7 @@ class _Trace:
         self.loaded.setdefault(id(tensor), (tensor, None))
 
     def set_grad(self, tensor, old, new):
+        self.side_effects = True
         key = id(tensor)
         if old is not None and id(old) not in self.created_ids and new is not None:
             raise TraceError(
@@ -551,7 +568,7 @@ class _Codegen:
     def __init__(self):
         self.names = {}
         self.globals = {"_T": _constant, "_note_change": note_change, "_guard": _guard_failed,
-                        "_cpu": _cpu.BACKEND}
+                        "_guard_flipped": _guard_flipped, "_cpu": _cpu.BACKEND}
         self.lines = []
 
     def name(self, value, prefix="c"):
@@ -578,6 +595,17 @@ class _Codegen:
         if kind is float and np.isfinite(template):
             return repr(template)
         return self.name(template)
+
+
+class _GuardFlipped(Exception):
+    """A value guard of a replay came out the other way (raised by the generated code)."""
+
+    def __init__(self, safe):
+        self.safe = safe
+
+
+def _guard_flipped(safe):
+    raise _GuardFlipped(safe)
 
 
 def _guard_failed(tensor, shape, dtype, strides):
@@ -621,6 +649,8 @@ def _live_tape(tape, output_template):
                 continue
         elif kind in ("store", "grad"):
             _slots_in(instruction[2], live)
+        elif kind == "guard":
+            live.add(instruction[1])
         kept.append(instruction)
     kept.reverse()
     return kept
@@ -676,6 +706,9 @@ def _generate(trace, output_template, n_inputs):
         elif kind == "fresh":
             _, slot, value = instruction
             lines.append(f"s{slot} = {code.name(value)}.copy()")
+        elif kind == "guard":
+            _, slot, value, safe = instruction
+            lines.append(f"if {'not ' if value else ''}s{slot}: _guard_flipped({safe!r})")
     lines.append(f"return {_output_expr(code, output_template)}")
     parameters = ", ".join(f"s{slot}" for slot in trace.inputs)
     source = f"def replay({parameters}):\n" + "".join(f"    {line}\n" for line in lines)
@@ -760,6 +793,8 @@ def _signature_of(program_tape):
             out.append(("load", id(instruction[1]), instruction[3]))
         elif kind in ("store", "grad"):
             out.append((kind, id(instruction[1]), _shape_of(instruction[2])))
+        elif kind == "guard":
+            out.append(("guard", instruction[2]))
         else:
             out.append(("fresh", _shape_of(_Const(instruction[2]))))
     return out
@@ -802,7 +837,8 @@ class _Program:
         self.key = key
 
 
-CacheInfo = collections.namedtuple("CacheInfo", "hits misses traces evictions size maxsize")
+CacheInfo = collections.namedtuple("CacheInfo",
+                                   "hits misses traces evictions size maxsize guard_retraces")
 
 
 class CompiledFunction:
@@ -822,15 +858,16 @@ class CompiledFunction:
         self.cache_size = cache_size
         self.check_every = check_every
         self._programs = collections.OrderedDict()
-        self._hits = self._misses = self._traces = self._evictions = 0
+        self._hits = self._misses = self._traces = self._evictions = self._guard_retraces = 0
         self._calls = 0
         self._lock = threading.Lock()
 
     def cache_info(self) -> CacheInfo:
-        """hits (replays), misses (new signatures), traces (including check-mode retraces),
-        evictions, size and maxsize of the program cache."""
+        """hits (replays), misses (new signatures), traces (including check-mode retraces
+        and guard retraces), evictions, size and maxsize of the program cache, and
+        guard_retraces (replays abandoned because a bool() guard came out differently)."""
         return CacheInfo(self._hits, self._misses, self._traces, self._evictions,
-                         len(self._programs), self.cache_size)
+                         len(self._programs), self.cache_size, self._guard_retraces)
 
     def clear_cache(self):
         """Forget every recorded program (the next call traces again)."""
@@ -864,13 +901,24 @@ class CompiledFunction:
                         "tgm.compile: the compiled function accumulates into .grad (backward()), "
                         f"but a tensor of shape {tuple(tensor.shape)} already has a .grad; zero "
                         "the gradients before each call (opt.zero_grad()) as when it was traced")
-            self._hits += 1
-            self._programs.move_to_end(key)
-            return program.replay(*[data for _, _, data in arrays])
+            try:
+                result = program.replay(*[data for _, _, data in arrays])
+            except _GuardFlipped as flipped:
+                if not flipped.safe:
+                    raise TraceError(
+                        "tgm.compile: a condition on a traced value (bool(), an `if`) came out "
+                        "differently from the trace, after the program had already changed a "
+                        "tensor's .data or .grad; it cannot be traced again for these inputs. "
+                        "Move the condition before the update, or run without tgm.compile") from None
+                self._guard_retraces += 1  # nothing changed yet: trace this branch instead
+            else:
+                self._hits += 1
+                self._programs.move_to_end(key)
+                return result
         new = self._trace(args, kwargs, arrays, key)
         if checking:
             self._compare(program, new)
-        else:
+        elif program is None:
             self._misses += 1
         self._programs[key] = new
         self._programs.move_to_end(key)
