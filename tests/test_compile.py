@@ -379,3 +379,15 @@ def test_hyperoptimizer_compiled_equals_eager():
     eager, compiled = run(False), run(True)
     assert eager[:2] == compiled[:2]
     same(eager[2], compiled[2])
+
+
+def test_hvp_compile_option_equals_eager():
+    w = rng_tensor(5, 4, dtype="float64")
+
+    def f(x):
+        return ((x * w).tanh() ** 2).sum()
+    for seed in range(3):
+        x, v = rng_tensor(seed, 4, dtype="float64"), rng_tensor(seed + 10, 4, dtype="float64")
+        same(tgm.hvp(f, x, v), tgm.hvp(f, x, v, compile=True))
+    with pytest.raises(ValueError, match="create_graph"):
+        tgm.hvp(f, x, v, create_graph=True, compile=True)
