@@ -265,30 +265,36 @@ def memory(args):
 
     batches = make_batches(4, args.meta_batch, args.shots)
     print("peak traced memory of one second-order vectorised meta-iteration (tracemalloc):")
+    print(f"  {'inner steps':>11s} {'eager MiB':>10s} {'compiled MiB':>13s}")
     for inner_steps in (1, 5, 10):
-        step = ours_step_fn(False, True, inner_steps=inner_steps)
-        step(batches[0])  # warm-up: lazy imports and caches are not the step's memory
-        tracemalloc.start()
-        tracemalloc.reset_peak()
-        step(batches[1])
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        print(f"  inner steps {inner_steps:2d}: peak {peak / 2 ** 20:7.2f} MiB")
+        peaks = []
+        for compiled in (False, True):
+            step = ours_step_fn(False, True, inner_steps=inner_steps, compiled=compiled)
+            step(batches[0])  # warm-up (and the trace): lazy imports and caches are not the step's
+            tracemalloc.start()
+            tracemalloc.reset_peak()
+            step(batches[1])
+            peaks.append(tracemalloc.get_traced_memory()[1])
+            tracemalloc.stop()
+        print(f"  {inner_steps:11d} {peaks[0] / 2 ** 20:10.2f} {peaks[1] / 2 ** 20:13.2f}")
     if not os.path.exists("/proc/self/statm"):
         print("resident memory: /proc/self/statm not available on this system; skipped")
         return
-    step = ours_step_fn(False, True)
     every = max(1, args.memory_iters // 10)
-    print(f"resident memory over {args.memory_iters} second-order vectorised meta-iterations:")
-    first = None
-    for i in range(args.memory_iters + 1):
-        if i % every == 0:
-            rss = _rss_mib()
-            first = rss if first is None else first
-            print(f"  iteration {i:6d}: RSS {rss:8.2f} MiB")
-        if i < args.memory_iters:
-            step(batches[i % len(batches)])
-    print(f"  growth after warm-up: {_rss_mib() - first:+.2f} MiB")
+    for compiled in (False, True):
+        step = ours_step_fn(False, True, compiled=compiled)
+        label = "compiled" if compiled else "eager"
+        print(f"resident memory over {args.memory_iters} second-order vectorised meta-iterations, "
+              f"{label}:")
+        first = None
+        for i in range(args.memory_iters + 1):
+            if i % every == 0:
+                rss = _rss_mib()
+                first = rss if first is None else first
+                print(f"  iteration {i:6d}: RSS {rss:8.2f} MiB")
+            if i < args.memory_iters:
+                step(batches[i % len(batches)])
+        print(f"  {label}: growth after warm-up: {_rss_mib() - first:+.2f} MiB")
 
 
 def main(argv=None):

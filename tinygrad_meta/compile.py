@@ -674,47 +674,78 @@ def _walk_outputs(template):
 def _generate(trace, output_template, n_inputs):
     code = _Codegen()
     lines = code.lines
-    for instruction in _live_tape(trace.tape, output_template):
-        kind = instruction[0]
-        if kind == "call":
-            _, function, args, kwargs, result = instruction
-            call = f"{code.name(function, 'f')}({''.join(code.expr(a) + ', ' for a in args)}" + \
-                "".join(f"{k}={code.expr(v)}, " for k, v in kwargs.items()) + ")"
-            if result is None:
-                lines.append(call)
-            elif type(result) is _Slot:
-                lines.append(f"s{result.index} = {call}")
-            else:
-                lines.append(f"{', '.join(code.expr(r) for r in result)}, = {call}")
-        elif kind == "load":
-            _, tensor, slot, shape, dtype, strides = instruction
-            t = code.name(tensor, "t")
-            lines.append(f"s{slot} = {t}._data")
-            lines.append(f"if s{slot}.shape != {shape!r} or s{slot}.dtype != {code.name(dtype)}"
-                         + (f" or s{slot}.strides != {strides!r}" if strides is not None else "")
-                         + f": _guard({t}, {shape!r}, {code.name(dtype)}, {strides!r})")
-        elif kind == "store":
-            _, tensor, value = instruction
-            t = code.name(tensor, "t")
-            source = code.expr(value) if type(value) is _Slot else f"{code.expr(value)}.copy()"
-            lines.append(f"{t}._data = {source}")
-            lines.append(f"_note_change({t})")
-        elif kind == "grad":
-            _, tensor, value = instruction
-            t = code.name(tensor, "t")
-            lines.append(f"{t}.grad = None" if value is None else f"{t}.grad = _T({code.expr(value)}, _cpu)")
-        elif kind == "fresh":
-            _, slot, value = instruction
-            lines.append(f"s{slot} = {code.name(value)}.copy()")
-        elif kind == "guard":
-            _, slot, value, safe = instruction
-            lines.append(f"if {'not ' if value else ''}s{slot}: _guard_flipped({safe!r})")
+    tape = _live_tape(trace.tape, output_template)
+    # free each slot right after its last use, as eager frees a graph's intermediates
+    # (without this the replay would hold every intermediate until it returns)
+    kept = _slots_in([t[1] for t in _walk_outputs(output_template)], set())
+    last_use = {}
+    for index, instruction in enumerate(tape):
+        for slot in _instruction_slots(instruction):
+            last_use[slot] = index
+    frees = collections.defaultdict(list)
+    for slot, index in last_use.items():
+        if slot not in kept and slot not in trace.inputs:
+            frees[index].append(slot)
+    for index, instruction in enumerate(tape):
+        _emit(code, instruction)
+        if frees[index]:
+            lines.append("del " + ", ".join(f"s{slot}" for slot in sorted(frees[index])))
     lines.append(f"return {_output_expr(code, output_template)}")
     parameters = ", ".join(f"s{slot}" for slot in trace.inputs)
     source = f"def replay({parameters}):\n" + "".join(f"    {line}\n" for line in lines)
     namespace = dict(code.globals)
     exec(source, namespace)  # noqa: S102 (our own generated code, from the tape)
     return namespace["replay"], source
+
+
+def _instruction_slots(instruction):
+    kind = instruction[0]
+    if kind == "call":
+        return _slots_in([instruction[2], instruction[3], instruction[4]], set())
+    if kind in ("load", "fresh"):
+        return {instruction[2] if kind == "load" else instruction[1]}
+    if kind == "guard":
+        return {instruction[1]}
+    return _slots_in(instruction[2], set())  # store, grad
+
+
+def _emit(code, instruction):
+    """Append the lines of one instruction to the replay's source."""
+    lines = code.lines
+    kind = instruction[0]
+    if kind == "call":
+        _, function, args, kwargs, result = instruction
+        call = f"{code.name(function, 'f')}({''.join(code.expr(a) + ', ' for a in args)}" + \
+            "".join(f"{k}={code.expr(v)}, " for k, v in kwargs.items()) + ")"
+        if result is None:
+            lines.append(call)
+        elif type(result) is _Slot:
+            lines.append(f"s{result.index} = {call}")
+        else:
+            lines.append(f"{', '.join(code.expr(r) for r in result)}, = {call}")
+    elif kind == "load":
+        _, tensor, slot, shape, dtype, strides = instruction
+        t = code.name(tensor, "t")
+        lines.append(f"s{slot} = {t}._data")
+        lines.append(f"if s{slot}.shape != {shape!r} or s{slot}.dtype != {code.name(dtype)}"
+                     + (f" or s{slot}.strides != {strides!r}" if strides is not None else "")
+                     + f": _guard({t}, {shape!r}, {code.name(dtype)}, {strides!r})")
+    elif kind == "store":
+        _, tensor, value = instruction
+        t = code.name(tensor, "t")
+        source = code.expr(value) if type(value) is _Slot else f"{code.expr(value)}.copy()"
+        lines.append(f"{t}._data = {source}")
+        lines.append(f"_note_change({t})")
+    elif kind == "grad":
+        _, tensor, value = instruction
+        t = code.name(tensor, "t")
+        lines.append(f"{t}.grad = None" if value is None else f"{t}.grad = _T({code.expr(value)}, _cpu)")
+    elif kind == "fresh":
+        _, slot, value = instruction
+        lines.append(f"s{slot} = {code.name(value)}.copy()")
+    elif kind == "guard":
+        _, slot, value, safe = instruction
+        lines.append(f"if {'not ' if value else ''}s{slot}: _guard_flipped({safe!r})")
 
 
 def _output_template(tree, trace):
