@@ -21,10 +21,10 @@ How it works (see :func:`compile` for the user-facing contract):
   array call, slots as local variables) and ``exec``-ed once: a later call with the same
   signature runs only those array calls: no Tensor nodes, no toposort, no rule dispatch.
 
-Values are never read during a trace: ``float()``, ``int()``, ``bool()``, ``.item()``,
-``.tolist()``, ``.numpy()`` and ``np.asarray`` of a traced array raise :class:`TraceError`
-naming the cause, since a value read in Python could steer control flow that a replay
-would not follow.
+Values are never read during a trace: ``float()``, ``int()``, ``.item()``, ``.tolist()``,
+``.numpy()`` and ``np.asarray`` of a traced array raise :class:`TraceError` naming the
+cause, since a value read in Python could steer control flow that a replay would not
+follow. ``bool()`` is the exception: it becomes a value guard that the replay re-checks.
 """
 from __future__ import annotations
 
@@ -1056,16 +1056,20 @@ def compile(fn=None, *, cache_size=8, check_every=0):
     Limits (as ``jax.jit``): ``fn`` must be a pure array program for a signature.
 
     * Detected, raising :class:`TraceError`: reading a traced value (``float()``,
-      ``int()``, ``bool()``/``if``, ``.item()``, ``.tolist()``, ``.numpy()``,
-      ``np.asarray``); in-place writes into an input array; ``backward()`` accumulating
-      into a ``.grad`` that existed before the call; traced arrays escaping the call;
-      a closure tensor changing shape. With ``check_every=N`` every N-th call re-traces
-      and raises, naming the first differing array call, if the program changed (so
-      control flow on closure values and random numbers drawn inside are caught).
+      ``int()``, ``.item()``, ``.tolist()``, ``.numpy()``, ``np.asarray``); in-place
+      writes into an input array; ``optimizer.step()`` inside ``fn``; ``backward()``
+      accumulating into a ``.grad`` that existed before the call; traced arrays escaping
+      the call; a closure tensor changing shape. With ``check_every=N`` every N-th call
+      re-traces and raises, naming the first differing array call, if the program
+      changed (so control flow on closure values and random numbers drawn inside are
+      caught).
+    * ``bool()`` of a traced value (``if tensor > 0:``) is a *value guard*: the replay
+      re-checks the condition and traces the other branch when it flips
+      (``cache_info().guard_retraces``); if ``fn`` already changed a tensor's ``.data`` or
+      ``.grad`` before the check, a flip raises instead.
     * Not detected: Python side effects other than ``.data``/``.grad`` of tensors (counters,
-      lists, ``optimizer.step()`` inside ``fn``: step optimizers outside the compiled
-      function); Python numbers and non-Tensor numpy arrays read from the closure are fixed
-      at trace time (pass them as arguments if they change: a new value is a new
+      lists; step optimizers outside the compiled function); Python numbers and
+      non-Tensor numpy arrays read from the closure are fixed at trace time (pass them as arguments if they change: a new value is a new
       signature); random numbers drawn inside ``fn`` are fixed at trace time.
     * CPU tensors only; vmap inside ``fn`` works, ``fn`` itself must not be called under
       vmap.
