@@ -391,3 +391,26 @@ def test_hvp_compile_option_equals_eager():
         same(tgm.hvp(f, x, v), tgm.hvp(f, x, v, compile=True))
     with pytest.raises(ValueError, match="create_graph"):
         tgm.hvp(f, x, v, create_graph=True, compile=True)
+
+
+def test_conv_and_pooling_second_order():
+    """Runs once the convolution ops are in (they live on another branch until merged)."""
+    F = tgm.functional
+    if not hasattr(F, "conv2d") or not hasattr(F, "max_pool2d"):
+        pytest.skip("tgm.functional.conv2d / max_pool2d are not in this tree yet")
+    w = rng_tensor(0, 4, 1, 3, 3, requires_grad=True)
+    b = rng_tensor(1, 4, requires_grad=True)
+
+    def fn(x):
+        loss = (F.max_pool2d(F.conv2d(x, w, b, padding=1).relu(), 2) ** 2).mean()
+        gw, gb = tgm.grad(loss, [w, b], create_graph=True)
+        return loss, tgm.grad((gw ** 2).sum() + (gb ** 2).sum(), [w, b])
+    check_replays(fn, lambda i: (rng_tensor(i, 2, 1, 6, 6),))
+
+
+def test_hasattr_on_a_traced_array_follows_numpy():
+    def fn(x):
+        data = x.data
+        assert hasattr(data, "shape") and not hasattr(data, "_graph_ops")
+        return x * 2.0
+    check_replays(fn, lambda i: (rng_tensor(i, 3),))

@@ -100,6 +100,8 @@ class _Traced:
         if name in _STATIC_ATTRIBUTES:
             return getattr(self.value, name)
         attribute = getattr(type(self.value), name, None)
+        if attribute is None:  # not an array attribute at all: hasattr() must say False
+            raise AttributeError(f"{type(self.value).__name__} has no attribute {name!r}")
         if callable(attribute) and not name.startswith("_"):
             if name == "item":  # Tensor's float(), int(), bool() and `if` read through it
                 raise _value_error(".item() (which a Tensor's float(), int(), bool() and `if` "
