@@ -449,7 +449,8 @@ def _getitem_vjp(o, g, out, ins, params, needs):
 def index_put(g, index, shape):
     """Zeros of ``shape`` with ``g`` added at ``index`` (repeated indices accumulate)."""
     xp = backend_of(g).xp
-    data = xp.zeros(shape, dtype=g.dtype)
+    # zeros_like of g, not zeros: made from g, so tgm.compile traces the buffer too
+    data = xp.zeros_like(g, shape=shape)
     if _is_advanced(index):
         xp.add.at(data, index, g)
     else:
