@@ -112,13 +112,33 @@ def test_im2col_and_col2im_are_differentiable_to_third_order():
     assert check_grads(f, [T(x)], order=3)
 
 
-def test_im2col_under_vmap_equals_a_loop_over_the_batch():
+@pytest.mark.parametrize("weight_batched", [False, True])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv2d_under_vmap_equals_a_loop_in_values_and_first_and_second_gradients(weight_batched, groups):
     rng = np.random.default_rng(2)
-    xs = T(rng.standard_normal((3, 2, 2, 5, 4)))
-    w = T(rng.standard_normal((3, 2, 3, 3)))
-    f = lambda x: F.conv2d(x, w, padding=1, stride=(2, 1))  # noqa: E731
-    np.testing.assert_allclose(tgm.vmap(f)(xs).numpy(), np.stack([f(xs[i]).numpy() for i in range(3)]),
-                               rtol=1e-13, atol=1e-13)
+    xs = T(rng.standard_normal((3, 2, 4, 5, 4)), grad=True)
+    w = T(rng.standard_normal((3, 4, 4 // groups, 3, 3) if weight_batched else (4, 4 // groups, 3, 3)), grad=True)
+
+    def f(x, w):  # a scalar whose gradient in x depends on w and x: second order is not trivial
+        y = F.conv2d(x, w, padding=1, stride=(2, 1), groups=groups)
+        (gx,) = tgm.grad((y * y.tanh()).sum(), [x], create_graph=True)
+        return (gx * gx).sum() + (y * y).sum()
+    axes = (0, 0 if weight_batched else None)
+    batched = tgm.vmap(f, in_axes=axes)(xs, w)
+    looped = tgm.stack([f(xs[i], w[i] if weight_batched else w) for i in range(3)])
+    np.testing.assert_allclose(batched.numpy(), looped.numpy(), rtol=1e-12)
+    for a, b in zip(tgm.grad(batched.sum(), [xs, w]), tgm.grad(looped.sum(), [xs, w])):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_max_pool2d_under_vmap_equals_a_loop():
+    xs = T(np.random.default_rng(12).standard_normal((3, 2, 2, 5, 5)), grad=True)
+    f = lambda x: (F.max_pool2d(x, 3, 2, 1) ** 2).sum()  # noqa: E731
+    batched = tgm.vmap(f)(xs)
+    looped = tgm.stack([f(xs[i]) for i in range(3)])
+    np.testing.assert_allclose(batched.numpy(), looped.numpy(), rtol=1e-13)
+    np.testing.assert_allclose(tgm.grad(batched.sum(), [xs])[0].numpy(),
+                               tgm.grad(looped.sum(), [xs])[0].numpy(), rtol=1e-13)
 
 
 # ---- conv2d ------------------------------------------------------------------------------

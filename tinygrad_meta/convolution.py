@@ -1,12 +1,11 @@
 """2-D convolution and pooling on (N, C, H, W) Tensors, PyTorch's signatures and layouts.
 
-Each is the table op ``im2col`` (every receptive field laid out as a column) followed by
-ops that already have rules: a matmul with the weight for ``conv2d``, a max or a mean
-over the window for the pools. So the gradients come from the rules of ``im2col`` (its
-adjoint ``col2im``: the input gradient of a convolution is a transposed convolution),
-``matmul`` (the weight gradient is the output gradient times the columns) and
-``max``/``sum``, and they are differentiable to any order: second-order MAML runs
-through a conv net with nothing written for it here.
+``conv2d`` is the table op of that name (ops.py): one matrix product on im2col columns,
+whose input gradient is a transposed convolution and whose weight gradient a correlation
+of input and output gradient, both table ops whose rules are the three again. The pools
+are the table op ``im2col`` (every window laid out as a column; its rule is its adjoint
+``col2im``) followed by a max or a sum over the window, ops with rules of their own. So
+all are differentiable to any order: second-order MAML runs through a conv net.
 
 A 3-D input (C, H, W) is one unbatched image, as in PyTorch.
 """
@@ -118,15 +117,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         bias = _same_place(x, bias, name, "bias")
         if bias.shape != (out_channels,):
             raise ValueError(f"{name}: bias must have shape ({out_channels},), got {bias.shape}")
-    oh, ow = _output_shape(x, (kh, kw), stride, padding, dilation, name)
-    cols = _columns(x, (kh, kw), stride, padding, dilation, 0.0)  # (N, C*kh*kw, OH*OW)
-    patch = group_channels * kh * kw
-    if groups == 1:
-        out = weight.reshape(out_channels, patch) @ cols  # (O, K) @ (N, K, L): one product per image
-    else:
-        out = weight.reshape(groups, out_channels // groups, patch) @ cols.reshape(
-            n, groups, patch, oh * ow)
-    out = out.reshape(n, out_channels, oh, ow)
+    _output_shape(x, (kh, kw), stride, padding, dilation, name)
+    out = record(ops.conv2d, x, weight, stride, padding, dilation, int(groups), x._be)
     if bias is not None:
         out = out + bias.reshape(out_channels, 1, 1)
     return out.reshape(out.shape[1:]) if unbatched else out
