@@ -131,9 +131,11 @@ def test_conv2d_under_vmap_equals_a_loop_in_values_and_first_and_second_gradient
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-10, atol=1e-12)
 
 
-def test_max_pool2d_under_vmap_equals_a_loop():
+@pytest.mark.parametrize("window", [(3, 2, 1), (2, None, 0)])  # im2col, and tiles cropped 5 -> 4
+@pytest.mark.parametrize("pool", [F.max_pool2d, F.avg_pool2d])
+def test_pools_under_vmap_equal_a_loop(pool, window):
     xs = T(np.random.default_rng(12).standard_normal((3, 2, 2, 5, 5)), grad=True)
-    f = lambda x: (F.max_pool2d(x, 3, 2, 1) ** 2).sum()  # noqa: E731
+    f = lambda x: (pool(x, *window) ** 2).sum()  # noqa: E731
     batched = tgm.vmap(f)(xs)
     looped = tgm.stack([f(xs[i]) for i in range(3)])
     np.testing.assert_allclose(batched.numpy(), looped.numpy(), rtol=1e-13)
