@@ -172,6 +172,24 @@ def test_conv2d_third_derivatives_match_finite_differences():
     assert check_grads(f, [T(x), T(w), T(b)], order=3)
 
 
+def test_conv2d_weight_gradient_is_the_same_from_cached_and_recomputed_columns():
+    rng = np.random.default_rng(13)
+    x, w = T(rng.standard_normal((2, 3, 6, 5)), grad=True), T(rng.standard_normal((4, 3, 3, 2)), grad=True)
+    y = F.conv2d(x, w, stride=2, padding=1)
+    first = tgm.grad((y * y).sum(), [w])[0].numpy()  # takes the forward's columns
+    again = tgm.grad((y * y).sum(), [w])[0].numpy()  # they were used once: recomputed now
+    # the weight gradient of sum(y^2), directly: sum over images and positions of 2 y * window
+    grad = np.zeros(w.shape)
+    xp = np.pad(x.numpy(), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    yr = y.numpy()
+    for i in range(3):
+        for j in range(2):
+            window = xp[:, :, i:i + 2 * (yr.shape[2] - 1) + 1:2, j:j + 2 * (yr.shape[3] - 1) + 1:2]
+            grad[:, :, i, j] = np.einsum("nohw,nchw->oc", 2 * yr, window)
+    np.testing.assert_allclose(first, grad, rtol=1e-12)
+    np.testing.assert_array_equal(first, again)
+
+
 def test_conv2d_takes_one_unbatched_image_as_pytorch():
     rng = np.random.default_rng(4)
     x, w = rng.standard_normal((2, 5, 5)), rng.standard_normal((3, 2, 3, 3))

@@ -323,13 +323,15 @@ def _conv_geometry(draw):
     n = draw(st.integers(1, 2))
     x_shape = (n, cg * groups) + size
     w_shape = (og * groups, cg) + kernel
-    conv = (stride, padding, dilation, groups, tgm.backends.get_backend("cpu"))
+    conv = (stride, padding, dilation, groups, tgm.backends.get_backend("cpu"), None)
     out = ops.conv2d.forward(np.zeros(x_shape), np.zeros(w_shape), *conv).shape
     return x_shape, w_shape, out, conv
 
 
 def _conv_case(draw):
     x_shape, w_shape, _, conv = _conv_geometry(draw)
+    # with a columns cache, as functional.conv2d records it (the batching rule ignores it)
+    conv = conv[:-1] + (ops.ConvColumns(),)
     return (lambda x, w: record(ops.conv2d, x, w, *conv)), [(x_shape, "normal"), (w_shape, "normal")]
 
 
@@ -347,7 +349,7 @@ def _conv_weight_grad_case(draw):
 
 def _im2col_case(transpose):
     def case(draw):
-        x_shape, w_shape, _, (stride, padding, dilation, _, be) = _conv_geometry(draw)
+        x_shape, w_shape, _, (stride, padding, dilation, _, be, _) = _conv_geometry(draw)
         kernel = w_shape[-2:]
         cols = ops.im2col.forward(np.zeros(x_shape), kernel, stride, padding, dilation, 0.0, be).shape
         if transpose:

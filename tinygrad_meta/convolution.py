@@ -118,7 +118,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         if bias.shape != (out_channels,):
             raise ValueError(f"{name}: bias must have shape ({out_channels},), got {bias.shape}")
     _output_shape(x, (kh, kw), stride, padding, dilation, name)
-    out = record(ops.conv2d, x, weight, stride, padding, dilation, int(groups), x._be)
+    out = record(ops.conv2d, x, weight, stride, padding, dilation, int(groups), x._be,
+                 ops.ConvColumns() if weight._requires_grad else None)
     if bias is not None:
         out = out + bias.reshape(out_channels, 1, 1)
     return out.reshape(out.shape[1:]) if unbatched else out

@@ -47,7 +47,8 @@ import numpy as np
 from .backends import cpu as _cpu, get_backend
 
 __all__ = ["Op", "primitive", "TABLE", "RAW", "backend_of", "unbroadcast", "keepdims_shape",
-           "BatchedParam", "batch_elementwise", "batch_reduction", "batch_by_loop", "not_batchable"]
+           "BatchedParam", "batch_elementwise", "batch_reduction", "batch_by_loop", "not_batchable",
+           "ConvColumns"]
 
 TABLE: dict = {}
 
@@ -1402,8 +1403,24 @@ def _col2im_vjp(o, g, out, ins, params, needs):
 # (O, K) @ (K, N*L) product is 2-5x faster at the Omniglot shapes, see benchmarks/.)
 #
 # The raw helpers work on a leading task axis (T, N, C, H, W) with weights (T, O, ...),
-# which is what vmap's batching rules hand them; one example is T = 1.
+# which is what vmap's batching rules hand them; one example is T = 1. The last param of
+# each op is a ``ConvColumns`` (or None): the forward leaves its columns there and the
+# weight gradient of the same input takes them instead of running im2col again.
 # ----------------------------------------------------------------------------------
+
+class ConvColumns:
+    """The im2col columns of one conv2d call's input, kept for its weight gradient
+    (used once, then dropped; recomputed when the input is another array)."""
+
+    __slots__ = ("source", "cols")
+
+    def __init__(self):
+        self.source = self.cols = None
+
+    def take(self, x):
+        cols, self.cols = (self.cols if self.source is x else None), None
+        return cols
+
 
 def _conv_shapes(x_shape, w_shape, stride, padding, dilation):
     """(kernel, (OH, OW)) of a convolution of (..., C, H, W) images by (..., O, Cg, kh, kw)."""
@@ -1447,10 +1464,12 @@ def _task_weights(w, groups):
     return w.reshape(t * groups, o // groups, -1)
 
 
-def _task_conv(x, w, stride, padding, dilation, groups, be):
+def _task_conv(x, w, stride, padding, dilation, groups, be, keep=None):
     t, n = x.shape[:2]
     kernel, (oh, ow) = _conv_shapes(x.shape, w.shape, stride, padding, dilation)
     cols = _task_columns(x, kernel, stride, padding, dilation, groups, be)
+    if keep is not None:
+        keep.cols = cols
     out = _gemm(_task_weights(w, groups), cols, be)  # (T*G, O/G, N*L)
     out = out.reshape(t, w.shape[1], n, oh * ow)
     if n > 1:
@@ -1458,7 +1477,7 @@ def _task_conv(x, w, stride, padding, dilation, groups, be):
     return out.reshape(t, n, w.shape[1], oh, ow)
 
 
-def _task_conv_input_grad(g, w, input_shape, stride, padding, dilation, groups, be):
+def _task_conv_input_grad(g, w, input_shape, stride, padding, dilation, groups, be, cache=None):
     t, n = g.shape[:2]
     kernel, _ = _conv_shapes(input_shape, w.shape, stride, padding, dilation)
     cols = _gemm(_swap_last(_task_weights(w, groups)), _task_rows(g, groups), be)  # (T*G, Kg, N*L)
@@ -1472,10 +1491,11 @@ def _task_conv_input_grad(g, w, input_shape, stride, padding, dilation, groups, 
     return image.reshape((t,) + tuple(input_shape))
 
 
-def _task_conv_weight_grad(x, g, weight_shape, stride, padding, dilation, groups, be):
+def _task_conv_weight_grad(x, g, weight_shape, stride, padding, dilation, groups, be, cols=None):
     t = x.shape[0]
     kernel = tuple(weight_shape[-2:])
-    cols = _task_columns(x, kernel, stride, padding, dilation, groups, be)
+    if cols is None:
+        cols = _task_columns(x, kernel, stride, padding, dilation, groups, be)
     rows = _task_rows(g, groups)
     # a product with a long inner axis (N*L) runs 10-20x faster in OpenBLAS with the
     # larger of its two outer sizes first: (576, N*L) @ (N*L, 64), then transposed
@@ -1487,21 +1507,22 @@ def _task_conv_weight_grad(x, g, weight_shape, stride, padding, dilation, groups
 
 
 @primitive("conv2d", 2)
-def conv2d(x, w, stride, padding, dilation, groups, be):
+def conv2d(x, w, stride, padding, dilation, groups, be, cache=None):
     """(N, C, H, W) images correlated with (O, C/groups, kh, kw) filters: (N, O, OH, OW)."""
-    return _task_conv(x[None], w[None], stride, padding, dilation, groups, be)[0]
+    if cache is not None:
+        cache.source = x
+    return _task_conv(x[None], w[None], stride, padding, dilation, groups, be, cache)[0]
 
 
 @conv2d.defvjp
 def _conv2d_vjp(o, g, out, ins, params, needs):
     x, w = ins
-    stride, padding, dilation, groups, be = params
     return (o.conv2d_input_grad(g, w, tuple(x.shape), *params) if needs[0] else None,
             o.conv2d_weight_grad(x, g, tuple(w.shape), *params) if needs[1] else None)
 
 
 @primitive("conv2d_input_grad", 2)
-def conv2d_input_grad(g, w, input_shape, stride, padding, dilation, groups, be):
+def conv2d_input_grad(g, w, input_shape, stride, padding, dilation, groups, be, cache=None):
     """The gradient of <g, conv2d(x, w)> in x (a transposed convolution), x of ``input_shape``."""
     return _task_conv_input_grad(g[None], w[None], input_shape, stride, padding, dilation, groups, be)[0]
 
@@ -1510,23 +1531,25 @@ def conv2d_input_grad(g, w, input_shape, stride, padding, dilation, groups, be):
 def _conv2d_input_grad_vjp(o, u, out, ins, params, needs):
     # <u, T_w g> = <conv2d(u, w), g>: linear in g through conv2d, in w through the weight grad
     g, w = ins
-    conv = params[1:]
+    conv = params[1:-1] + (None,)  # no cached columns: these convolve other arrays
     return (o.conv2d(u, w, *conv) if needs[0] else None,
             o.conv2d_weight_grad(u, g, tuple(w.shape), *conv) if needs[1] else None)
 
 
 @primitive("conv2d_weight_grad", 2)
-def conv2d_weight_grad(x, g, weight_shape, stride, padding, dilation, groups, be):
-    """The gradient of <g, conv2d(x, w)> in w, w of ``weight_shape``."""
+def conv2d_weight_grad(x, g, weight_shape, stride, padding, dilation, groups, be, cache=None):
+    """The gradient of <g, conv2d(x, w)> in w, w of ``weight_shape``; ``cache``: the
+    ConvColumns of a conv2d of this same x, if any."""
+    cols = cache.take(x) if cache is not None else None
     return _task_conv_weight_grad(x[None], g[None], weight_shape, stride, padding, dilation,
-                                  groups, be)[0]
+                                  groups, be, cols)[0]
 
 
 @conv2d_weight_grad.defvjp
 def _conv2d_weight_grad_vjp(o, u, out, ins, params, needs):
     # <u, W(x, g)> = <g, conv2d(x, u)>: in x a transposed convolution of g by u, in g conv2d(x, u)
     x, g = ins
-    conv = params[1:]
+    conv = params[1:-1] + (None,)
     return (o.conv2d_input_grad(g, u, tuple(x.shape), *conv) if needs[0] else None,
             o.conv2d(x, u, *conv) if needs[1] else None)
 
@@ -1899,6 +1922,7 @@ def _fold(data):
 
 @conv2d.defbatch
 def _conv2d_batch(op, datas, batched, params):
+    params = params[:5]  # the ConvColumns cache serves the per-example path only
     if not batched[1]:
         (x, shape), w = _fold(datas[0]), datas[1]
         out = op.forward(x, w, *params)
@@ -1908,7 +1932,7 @@ def _conv2d_batch(op, datas, batched, params):
 
 @conv2d_input_grad.defbatch
 def _conv2d_input_grad_batch(op, datas, batched, params):
-    input_shape, rest = params[0], params[1:]
+    input_shape, rest = params[0], params[1:6]
     if not batched[1]:
         (g, shape), w = _fold(datas[0]), datas[1]
         image = op.forward(g, w, (shape[0] * shape[1],) + tuple(input_shape[1:]), *rest)
@@ -1918,7 +1942,7 @@ def _conv2d_input_grad_batch(op, datas, batched, params):
 
 @conv2d_weight_grad.defbatch
 def _conv2d_weight_grad_batch(op, datas, batched, params):
-    return _task_conv_weight_grad(*_with_task_axis(datas, batched), *params)
+    return _task_conv_weight_grad(*_with_task_axis(datas, batched), *params[:6])
 
 
 @batch_norm_train.defbatch
