@@ -258,3 +258,35 @@ def test_second_order_maml_on_the_conv_net_vectorised_equals_looped():
     for name in grads_v:
         np.testing.assert_allclose(grads_v[name].numpy(), grads_l[name].numpy(), rtol=1e-8,
                                    atol=1e-11, err_msg=name)
+
+
+@pytest.mark.parametrize("variant", ["maml", "protonet"])
+def test_the_network_matches_a_pytorch_twin_in_outputs_and_gradients(variant):
+    torch = pytest.importorskip("torch")
+    net = nn.omniglot_convnet(3 if variant == "maml" else None, variant=variant, filters=4, seed=5,
+                              dtype="float64")
+    stride, pool = (2, False) if variant == "maml" else (1, True)
+    layers = []
+    for block in net.blocks:
+        conv = torch.nn.Conv2d(block[0].in_channels, 4, 3, stride=stride, padding=1).double()
+        norm = torch.nn.BatchNorm2d(4, track_running_stats=variant == "protonet").double()
+        layers += [conv, norm, torch.nn.ReLU()] + ([torch.nn.MaxPool2d(2)] if pool else [])
+    body = torch.nn.Sequential(*layers)
+    head = torch.nn.Linear(4, 3).double() if variant == "maml" else None
+    twin = {f"blocks.{i // (4 if pool else 3)}.{i % (4 if pool else 3)}.{name}": p
+            for i, layer in enumerate(layers) for name, p in layer.named_parameters()}
+    if head is not None:
+        twin.update({f"head.{name}": p for name, p in head.named_parameters()})
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            twin[name].copy_(torch.tensor(p.numpy()))
+    x = np.random.default_rng(6).standard_normal((5, 1, 28, 28))
+    y = net(T(x))
+    features = body(torch.tensor(x))
+    yt = head(features.mean(dim=(2, 3))) if head is not None else features.flatten(1)
+    np.testing.assert_allclose(y.numpy(), yt.detach().numpy(), rtol=1e-9, atol=1e-11)
+    names = [n for n, _ in net.named_parameters()]
+    grads = tgm.grad((y.tanh() * y).sum(), list(net.parameters()))
+    grads_t = torch.autograd.grad((yt.tanh() * yt).sum(), [twin[n] for n in names])
+    for name, g, gt in zip(names, grads, grads_t):
+        np.testing.assert_allclose(g.numpy(), gt.numpy(), rtol=1e-8, atol=1e-10, err_msg=name)

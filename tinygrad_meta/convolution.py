@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Tuple, Union
 
 import numpy as np
 
@@ -21,6 +22,8 @@ from .backends.im2col import output_size
 from .tensor import Tensor, _floating, record
 
 __all__ = ["conv2d", "max_pool2d", "avg_pool2d"]
+
+IntPair = Union[int, Tuple[int, int]]  # one size for both axes, or (rows, columns)
 
 
 def _tensor(x, name, what="input"):
@@ -81,7 +84,8 @@ def _columns(x, kernel, stride, padding, dilation, pad_value):
     return record(ops.im2col, x, kernel, stride, padding, dilation, pad_value, x._be)
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: IntPair = 1,
+           padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1) -> Tensor:
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
 
     ``x``: (N, C, H, W) (or one (C, H, W) image); ``weight``: (O, C // groups, kh, kw);
@@ -155,7 +159,8 @@ def _unbatch(out, unbatched):
     return out.reshape(out.shape[1:]) if unbatched else out
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1):
+def max_pool2d(x: Tensor, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
+               dilation: IntPair = 1) -> Tensor:
     """The maximum over each window, as ``torch.nn.functional.max_pool2d`` (floor mode).
 
     ``x``: (N, C, H, W) or (C, H, W). ``stride`` defaults to ``kernel_size``; padding taps
@@ -182,7 +187,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1):
     return out.reshape(out.shape[1:]) if unbatched else out
 
 
-def avg_pool2d(x, kernel_size, stride=None, padding=0, count_include_pad=True):
+def avg_pool2d(x: Tensor, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
+               count_include_pad: bool = True) -> Tensor:
     """The mean over each window, as ``torch.nn.functional.avg_pool2d`` (floor mode).
 
     ``x``: (N, C, H, W) or (C, H, W). ``stride`` defaults to ``kernel_size``. Padding taps

@@ -13,6 +13,7 @@ exactly as a Python loop over the examples would.
 from __future__ import annotations
 
 import numbers
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -63,8 +64,9 @@ def _update_running(running, stats, momentum):
     running._version += 1
 
 
-def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5):
+def batch_norm(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
+               weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+               training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
     """Normalise each channel of ``x`` (N, C, ...) to zero mean and unit variance, then
     scale by ``weight`` (C,) and shift by ``bias`` (C,), as ``torch.nn.functional.batch_norm``.
 
@@ -130,7 +132,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     return x * scale.reshape(shape) + shift.reshape(shape)
 
 
-def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+def layer_norm(x: Tensor, normalized_shape: Union[int, Sequence[int]], weight: Optional[Tensor] = None,
+               bias: Optional[Tensor] = None, eps: float = 1e-5) -> Tensor:
     """Normalise over the last ``len(normalized_shape)`` axes of ``x`` (biased variance),
     then scale by ``weight`` and shift by ``bias`` (both of ``normalized_shape``), as
     ``torch.nn.functional.layer_norm``.
