@@ -79,6 +79,16 @@ def test_bad_module_arguments_raise_errors_naming_the_module(call, message):
         call()
 
 
+def test_layernorm_module_has_affine_parameters_of_the_normalized_shape():
+    ln = nn.LayerNorm((2, 3), dtype="float64")
+    assert [(n, p.shape) for n, p in ln.named_parameters()] == [("weight", (2, 3)), ("bias", (2, 3))]
+    x = images((4, 2, 3))
+    np.testing.assert_array_equal(ln(x).numpy(), F.layer_norm(x, (2, 3), ln.weight, ln.bias).numpy())
+    assert not list(nn.LayerNorm(3, elementwise_affine=False).parameters())
+    assert [n for n, _ in nn.LayerNorm(3, bias=False).named_parameters()] == ["weight"]
+
+
+# ---- BatchNorm2d: running statistics are buffers ------------------------------------------
 # ---- BatchNorm2d: running statistics are buffers ------------------------------------------
 
 def test_batchnorm_running_statistics_are_buffers_not_parameters():
@@ -106,6 +116,16 @@ def test_batchnorm_trains_on_batch_statistics_and_evaluates_on_running_ones():
     want = (raw - bn.running_mean.numpy()[:, None, None]) / np.sqrt(bn.running_var.numpy()[:, None, None] + 1e-5)
     np.testing.assert_allclose(bn(x).numpy(), want, rtol=1e-12)
     assert int(bn.num_batches_tracked.numpy()) == 1  # eval leaves the statistics alone
+
+
+def test_a_copied_network_has_its_own_buffers():
+    import copy
+    net = nn.omniglot_convnet(variant="protonet", filters=2, seed=0, dtype="float64")
+    twin = copy.deepcopy(net)
+    net(images((3, 1, 28, 28)))
+    moved = net.blocks[0][1].running_mean.numpy()
+    assert moved.any() and not twin.blocks[0][1].running_mean.numpy().any()
+    assert [n for n, _ in twin.named_buffers()] == [n for n, _ in net.named_buffers()]
 
 
 def test_batchnorm_without_running_statistics_uses_the_batch_in_every_mode():

@@ -140,6 +140,12 @@ def _pool_arguments(kernel_size, stride, padding, dilation, name):
     return kernel, stride, padding, dilation
 
 
+def _floor_mode_only(name, ceil_mode):
+    if ceil_mode:
+        raise NotImplementedError(f"{name}: ceil_mode=True is not supported (floor mode, "
+                                  "PyTorch's default, is)")
+
+
 def _tiles(x, kernel, stride, padding, dilation, oh, ow):
     """Windows that tile the image (stride = kernel, no padding, no dilation: the usual 2x2
     pooling) as (kh * kw, N, C, OH, OW), no im2col needed; None otherwise. The window axis
@@ -160,11 +166,12 @@ def _unbatch(out, unbatched):
 
 
 def max_pool2d(x: Tensor, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
-               dilation: IntPair = 1) -> Tensor:
+               dilation: IntPair = 1, ceil_mode: bool = False, return_indices: bool = False) -> Tensor:
     """The maximum over each window, as ``torch.nn.functional.max_pool2d`` (floor mode).
 
     ``x``: (N, C, H, W) or (C, H, W). ``stride`` defaults to ``kernel_size``; padding taps
-    are -inf (never the maximum). Tied maxima share the gradient equally and a NaN is the
+    are -inf (never the maximum). ``ceil_mode`` and ``return_indices`` are there for
+    PyTorch's signature; only their defaults are supported. Tied maxima share the gradient equally and a NaN is the
     maximum of its window, as for ``Tensor.max`` (whose rule this is).
 
     >>> import numpy as np, tinygrad_meta as tgm
@@ -173,6 +180,9 @@ def max_pool2d(x: Tensor, kernel_size: IntPair, stride: IntPair | None = None, p
     [5.0, 7.0, 13.0, 15.0]
     """
     name = "max_pool2d"
+    _floor_mode_only(name, ceil_mode)
+    if return_indices:
+        raise NotImplementedError(f"{name}: return_indices=True is not supported")
     x, unbatched = _image(x, name)
     kernel, stride, padding, dilation = _pool_arguments(kernel_size, stride, padding, dilation, name)
     oh, ow = _output_shape(x, kernel, stride, padding, dilation, name)
@@ -188,12 +198,12 @@ def max_pool2d(x: Tensor, kernel_size: IntPair, stride: IntPair | None = None, p
 
 
 def avg_pool2d(x: Tensor, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
-               count_include_pad: bool = True) -> Tensor:
+               ceil_mode: bool = False, count_include_pad: bool = True) -> Tensor:
     """The mean over each window, as ``torch.nn.functional.avg_pool2d`` (floor mode).
 
     ``x``: (N, C, H, W) or (C, H, W). ``stride`` defaults to ``kernel_size``. Padding taps
     are zeros; ``count_include_pad=True`` (PyTorch's default) divides every window by
-    kh * kw, False by the number of real elements in it.
+    kh * kw, False by the number of real elements in it. ``ceil_mode=True`` is not supported.
 
     >>> import numpy as np, tinygrad_meta as tgm
     >>> x = tgm.Tensor(np.arange(16.0).reshape(1, 1, 4, 4))
@@ -201,6 +211,7 @@ def avg_pool2d(x: Tensor, kernel_size: IntPair, stride: IntPair | None = None, p
     [2.5, 4.5, 10.5, 12.5]
     """
     name = "avg_pool2d"
+    _floor_mode_only(name, ceil_mode)
     x, unbatched = _image(x, name)
     kernel, stride, padding, _ = _pool_arguments(kernel_size, stride, padding, 1, name)
     oh, ow = _output_shape(x, kernel, stride, padding, (1, 1), name)

@@ -125,7 +125,8 @@ class AvgPool2d(Module):
         _pool_arguments(kernel_size, stride, padding, 1, "AvgPool2d")
 
     def forward(self, x):
-        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.count_include_pad)
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding,
+                            count_include_pad=self.count_include_pad)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
