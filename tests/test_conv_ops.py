@@ -131,6 +131,20 @@ def test_conv2d_under_vmap_equals_a_loop_in_values_and_first_and_second_gradient
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-10, atol=1e-12)
 
 
+def test_conv2d_under_vmap_with_a_broadcast_weight_equals_per_example_weights():
+    # MAML's fast weights before their first update are one weight broadcast over tasks
+    rng = np.random.default_rng(14)
+    xs = T(rng.standard_normal((3, 2, 2, 5, 5)))
+    w = T(rng.standard_normal((4, 2, 3, 3)), grad=True)
+    shared = w.reshape((1,) + w.shape).broadcast_to((3,) + w.shape)
+    copies = tgm.stack([w * 1.0 for _ in range(3)])
+    f = lambda x, w: (F.conv2d(x, w, padding=1) ** 2).sum()  # noqa: E731
+    a, b = tgm.vmap(f)(xs, shared), tgm.vmap(f)(xs, copies)
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-13)
+    np.testing.assert_allclose(tgm.grad(a.sum(), [w])[0].numpy(), tgm.grad(b.sum(), [w])[0].numpy(),
+                               rtol=1e-12)
+
+
 @pytest.mark.parametrize("window", [(3, 2, 1), (2, None, 0)])  # im2col, and tiles cropped 5 -> 4
 @pytest.mark.parametrize("pool", [F.max_pool2d, F.avg_pool2d])
 def test_pools_under_vmap_equal_a_loop(pool, window):

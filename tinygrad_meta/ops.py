@@ -1906,9 +1906,9 @@ def _col2im_batch(op, datas, batched, params):
     return image.reshape(lead + tuple(input_shape))
 
 
-# The convolution entries: task axis first. An unbatched weight (one filter bank for the
-# whole batch) folds the batch into the images, one product as outside vmap; a batched one
-# runs the task-axis helpers, one product per example.
+# The convolution entries: task axis first. A weight shared by the whole batch (unbatched,
+# or broadcast) folds the batch into the images, one product as outside vmap; a batched
+# one runs the task-axis helpers, one product per example.
 
 def _with_task_axis(datas, batched):
     size = _batch_size(datas, batched)
@@ -1920,11 +1920,24 @@ def _fold(data):
     return data.reshape((-1,) + data.shape[2:]), data.shape[:2]
 
 
+def _shared_weight(datas, batched):
+    """The weight when every example uses the same one (unbatched, or a stride-0
+    broadcast such as the fast weights before their first update) and the images are
+    batched; else None."""
+    w, bx, bw = datas[1], batched[0], batched[1]
+    if not bx:
+        return None
+    if not bw:
+        return w
+    return w[0] if w.strides[0] == 0 else None
+
+
 @conv2d.defbatch
 def _conv2d_batch(op, datas, batched, params):
     params = params[:5]  # the ConvColumns cache serves the per-example path only
-    if not batched[1]:
-        (x, shape), w = _fold(datas[0]), datas[1]
+    w = _shared_weight(datas, batched)
+    if w is not None:
+        x, shape = _fold(datas[0])
         out = op.forward(x, w, *params)
         return out.reshape(shape + out.shape[1:])
     return _task_conv(*_with_task_axis(datas, batched), *params)
@@ -1933,8 +1946,9 @@ def _conv2d_batch(op, datas, batched, params):
 @conv2d_input_grad.defbatch
 def _conv2d_input_grad_batch(op, datas, batched, params):
     input_shape, rest = params[0], params[1:6]
-    if not batched[1]:
-        (g, shape), w = _fold(datas[0]), datas[1]
+    w = _shared_weight(datas, batched)
+    if w is not None:
+        g, shape = _fold(datas[0])
         image = op.forward(g, w, (shape[0] * shape[1],) + tuple(input_shape[1:]), *rest)
         return image.reshape(shape + image.shape[1:])
     return _task_conv_input_grad(*_with_task_axis(datas, batched), input_shape, *rest)
