@@ -378,6 +378,23 @@ def test_layer_norm_forward_and_derivatives(shapes, affine, seed):
     assert gradcheck(f, inputs) and gradgradcheck(f, inputs)
 
 
+@pytest.mark.parametrize("name", ["conv2d", "max_pool2d", "avg_pool2d", "batch_norm", "layer_norm"])
+def test_each_rule_gives_the_same_gradient_on_raw_arrays_and_recorded(name):
+    # the rules are written once over ``o``: raw at first order, Tensor ops with create_graph
+    rng = np.random.default_rng(15)
+    x = T(rng.standard_normal((2, 2, 5, 4)), grad=True)
+    w = T(rng.standard_normal((3, 1, 3, 2)) if name == "conv2d" else rng.standard_normal(2), grad=True)
+    f = {"conv2d": lambda: F.conv2d(x, w[:2], stride=2, padding=1, groups=2),
+         "max_pool2d": lambda: F.max_pool2d(x, 3, 1, 1) * w.sum(),
+         "avg_pool2d": lambda: F.avg_pool2d(x, 2) * w.sum(),
+         "batch_norm": lambda: F.batch_norm(x, None, None, w, w * 2.0, training=True),
+         "layer_norm": lambda: F.layer_norm(x, 4) * w.sum()}[name]
+    raw = tgm.grad((f() ** 2).sum(), [x, w])
+    recorded = tgm.grad((f() ** 2).sum(), [x, w], create_graph=True)
+    for a, b in zip(raw, recorded):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-13, atol=1e-13)
+
+
 # ---- errors name the op and the problem --------------------------------------------------
 
 X = tgm.Tensor(np.ones((2, 4, 5, 5)))
