@@ -370,7 +370,9 @@ def _extremum_vjp(o, g, out, ins, params, needs):
     xr, peak = o.raw(x), o.raw(out).reshape(kept)
     xp = o.backend(x).xp
     mask = xr == peak
-    if peak.dtype.kind == "f":
+    # a NaN extreme: where the peak is NaN. Looked for in the (smaller) peak first, so a
+    # NaN-free reduction skips two passes over x; a batched peak (vmap) is not inspected
+    if peak.dtype.kind == "f" and (hasattr(peak, "_data") or bool(xp.isnan(peak).any())):
         mask |= xp.isnan(xr) & xp.isnan(peak)
     weights = (mask / mask.sum(axis=axes, keepdims=True)).astype(xr.dtype, copy=False)
     if not keepdims:
