@@ -1602,16 +1602,20 @@ def _batch_norm_train_vjp(o, g, out, ins, params, needs):
     centered = x - o.sum(x, axes, True) * inverse_count
     inv_std = (o.sum(centered * centered, axes, True) * inverse_count + eps) ** -0.5
     normalized = centered * inv_std
-    g_normalized = g * o.reshape(ins[1], shape) if has_weight else g
+    wants_bias = has_bias and needs[len(ins) - 1]
+    wants_weight = has_weight and needs[1]
+    # the per-channel sums of g and g * normalized are the bias and weight gradients and,
+    # scaled by the weight, the two means in the input gradient: each taken once
+    sum_g = o.sum(g, axes, True) if needs[0] or wants_bias else None
+    sum_gn = o.sum(g * normalized, axes, True) if needs[0] or wants_weight else None
     grads = [None] * len(ins)
     if needs[0]:
-        mean_g = o.sum(g_normalized, axes, True) * inverse_count
-        mean_gn = o.sum(g_normalized * normalized, axes, True) * inverse_count
-        grads[0] = (g_normalized - mean_g - normalized * mean_gn) * inv_std
-    if has_weight and needs[1]:
-        grads[1] = o.sum(g * normalized, axes, False)
-    if has_bias and needs[len(ins) - 1]:
-        grads[len(ins) - 1] = o.sum(g, axes, False)
+        scale = inv_std * o.reshape(ins[1], shape) if has_weight else inv_std
+        grads[0] = (g - sum_g * inverse_count - normalized * (sum_gn * inverse_count)) * scale
+    if wants_weight:
+        grads[1] = o.reshape(sum_gn, (x.shape[1],))
+    if wants_bias:
+        grads[len(ins) - 1] = o.reshape(sum_g, (x.shape[1],))
     return tuple(grads)
 
 
