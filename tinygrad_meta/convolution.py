@@ -15,7 +15,6 @@ import math
 import numbers
 from typing import Tuple, Union
 
-import numpy as np
 
 from . import ops
 from .backends.im2col import output_size
@@ -170,9 +169,9 @@ def max_pool2d(x: Tensor, kernel_size: IntPair, stride: IntPair | None = None, p
     """The maximum over each window, as ``torch.nn.functional.max_pool2d`` (floor mode).
 
     ``x``: (N, C, H, W) or (C, H, W). ``stride`` defaults to ``kernel_size``; padding taps
-    are -inf (never the maximum). ``ceil_mode`` and ``return_indices`` are there for
-    PyTorch's signature; only their defaults are supported. Tied maxima share the gradient equally and a NaN is the
-    maximum of its window, as for ``Tensor.max`` (whose rule this is).
+    are -inf (never the maximum). Tied maxima share the gradient equally and a NaN is the
+    maximum of its window, as for ``Tensor.max`` (whose rule this is). ``ceil_mode`` and
+    ``return_indices`` are there for PyTorch's signature; only their defaults are supported.
 
     >>> import numpy as np, tinygrad_meta as tgm
     >>> x = tgm.Tensor(np.arange(16.0).reshape(1, 1, 4, 4))
