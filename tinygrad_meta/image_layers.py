@@ -239,6 +239,9 @@ class OmniglotConvNet(Module):
       by 2x2 max pooling (28 -> 14 -> 7 -> 3 -> 1), giving a ``filters``-d embedding; no
       head unless ``ways`` is given. Batch norm keeps running statistics (PyTorch's default).
 
+    ``init``: the convolutions' initialisation (``Conv2d``'s; the head is a default
+    ``Linear``). ``track_running_stats``: None takes the variant's choice above.
+
     Input (N, in_channels, image_size, image_size); output (N, ways) or (N, filters).
     Parameters are named "blocks.0.0.weight" (conv), "blocks.0.1.weight" (batch norm), ...,
     "head.weight". ``out_features``: the size of the output.
