@@ -298,6 +298,8 @@ class _Trace:
             kwargs = dict(kwargs, out=tuple(targets) if type(out) is tuple else targets[0])
         if writes is not None and type(targets[0]) is _Traced:
             args = (targets[0],) + tuple(args[1:])
+        if not targets:
+            function, args = _faster_equivalent(function, args, kwargs)
         result = function(*_unwrap(args), **_unwrap(kwargs))
         if targets:  # in place: the result is (a view of) the target, no new slot
             self.tape.append(("call", function, self.template(args), self.template(kwargs), None))
@@ -400,6 +402,35 @@ class _Trace:
                              "tensor computed from no traced input is not supported")
         self.tape.append(("grad", tensor, _Slot(data.slot)))
         self.loaded.setdefault(key, (tensor, None))
+
+
+# ---- calls recorded as a cheaper call that gives the same array ----------------------
+# numpy's broadcast_to is Python code (about 5 us a call) and ndarray.sum goes through a
+# Python wrapper to np.add.reduce; the replay calls what they reduce to directly, and the
+# trace records that same call, so trace, replay and eager compute identical arrays.
+_ADD_REDUCE = np.add.reduce
+_SUM_KEYWORDS = frozenset({"axis", "dtype", "keepdims"})
+
+
+def _broadcast_view(array, shape, strides):
+    """The array ``np.broadcast_to(array, shape)`` returns, for a C-contiguous ``array``
+    (its memory, ``shape`` and the given strides; read-only as broadcast_to's is)."""
+    view = np.ndarray(shape, array.dtype, array, 0, strides)
+    view.flags.writeable = False
+    return view
+
+
+def _faster_equivalent(function, args, kwargs):
+    """(function, args) to record for a call of ``function(*args, **kwargs)``."""
+    if function is np.ndarray.sum and len(args) == 1 and type(args[0]) is _Traced \
+            and type(args[0].value) is np.ndarray and _SUM_KEYWORDS.issuperset(kwargs):
+        return _ADD_REDUCE, args
+    if function is np.broadcast_to and len(args) == 2 and not kwargs and type(args[0]) is _Traced:
+        value = args[0].value
+        if type(value) is np.ndarray and value.flags.c_contiguous and value.size:
+            reference = np.broadcast_to(value, args[1])  # the strides it would give
+            return _broadcast_view, (args[0], reference.shape, reference.strides)
+    return function, args
 
 
 def _data_get(tensor):
@@ -681,7 +712,7 @@ def _walk_outputs(template):
 _NDARRAY_METHODS = tuple(getattr(np.ndarray, name) for name in
                          ("reshape", "swapaxes", "transpose", "sum", "astype", "mean"))
 # Functions whose result is a new array, never a view of an argument.
-_FRESH_RESULTS = {np.matmul, np.dot, np.ndarray.sum, np.ndarray.mean}
+_FRESH_RESULTS = {np.matmul, np.dot, np.ndarray.sum, np.ndarray.mean, _ADD_REDUCE}
 
 
 def _pure(function):
@@ -693,7 +724,8 @@ def _fresh(function):
     return isinstance(function, np.ufunc) or function in _FRESH_RESULTS or function in _KERNEL_FUNCTIONS
 
 
-_PURE_FUNCTIONS = {np.matmul, np.dot, np.broadcast_to, operator.getitem, _METHOD_T}
+_PURE_FUNCTIONS = {np.matmul, np.dot, np.broadcast_to, operator.getitem, _METHOD_T,
+                   _ADD_REDUCE, _broadcast_view}
 # our CPU kernels (and numpy's stand-ins for them): pure, each returns a new array
 _KERNEL_FUNCTIONS = {f for f in (_cpu._relu, _cpu._relu_backward,
                                  getattr(_cpu._cpu_relu, "relu", None),
