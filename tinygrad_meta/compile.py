@@ -560,6 +560,12 @@ class _Hooks:
 
 def _flatten(tree, arrays, caller):
     """The static key of ``tree``; its Tensors and arrays appended to ``arrays``."""
+    kind = type(tree)  # the common cases first, by exact type: this runs at every call
+    if kind is np.ndarray:
+        arrays.append(("A", None, tree))
+        return ("A", tree.shape, tree.dtype, tree.strides)
+    if kind is tuple or kind is list:
+        return (kind.__name__,) + tuple([_flatten(x, arrays, caller) for x in tree])
     if isinstance(tree, Tensor):
         if type(tree) is not Tensor:
             raise TypeError(f"{caller}: a {type(tree).__name__} argument is not supported "
@@ -569,10 +575,10 @@ def _flatten(tree, arrays, caller):
                                       "tgm.compile traces CPU (numpy) arrays only")
         data = _DATA_SLOT.__get__(tree)
         arrays.append(("T", tree, data))
-        return ("T", data.shape, data.dtype.str, data.strides, tree.requires_grad)
+        return ("T", data.shape, data.dtype, data.strides, tree.requires_grad)
     if isinstance(tree, np.ndarray):
         arrays.append(("A", None, tree))
-        return ("A", tree.shape, tree.dtype.str, tree.strides)
+        return ("A", tree.shape, tree.dtype, tree.strides)
     if isinstance(tree, (tuple, list)):
         return (type(tree).__name__,) + tuple(_flatten(x, arrays, caller) for x in tree)
     if isinstance(tree, dict):
