@@ -281,6 +281,24 @@ def test_relu_backward_matches_numpy_expression_on_specials(dtype):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [3, 8, 9, 37, 1000])
+def test_relu_backward_bits_equal_numpy_in_vector_blocks_and_tail(dtype, n):
+    # the kernel runs 32-byte vector blocks and a scalar tail; both must give numpy's
+    # g * (x > 0) bit for bit, signed zeros (-g * 0 = -0.0) and NaN/inf included
+    rng = np.random.default_rng(n)
+    g = rng.standard_normal(n).astype(dtype)
+    x = rng.standard_normal(n).astype(dtype)
+    specials = np.array(SPECIALS, dtype=dtype)
+    g[::5] = np.resize(specials, g[::5].shape)
+    x[1::7] = np.resize(specials, x[1::7].shape)
+    got = _cpu_relu.relu_backward(g, x)
+    with np.errstate(invalid="ignore"):
+        want = g * (x > 0)
+    bits = np.uint32 if dtype == np.float32 else np.uint64
+    np.testing.assert_array_equal(got.view(bits), want.view(bits))
+
+
 @settings(max_examples=40, deadline=None)
 @given(shape=st.lists(st.integers(0, 7), min_size=0, max_size=4),
        dtype=st.sampled_from([np.float32, np.float64]),

@@ -298,6 +298,8 @@ class _Trace:
             kwargs = dict(kwargs, out=tuple(targets) if type(out) is tuple else targets[0])
         if writes is not None and type(targets[0]) is _Traced:
             args = (targets[0],) + tuple(args[1:])
+        if not targets:
+            function, args = _faster_equivalent(function, args, kwargs)
         result = function(*_unwrap(args), **_unwrap(kwargs))
         if targets:  # in place: the result is (a view of) the target, no new slot
             self.tape.append(("call", function, self.template(args), self.template(kwargs), None))
@@ -400,6 +402,35 @@ class _Trace:
                              "tensor computed from no traced input is not supported")
         self.tape.append(("grad", tensor, _Slot(data.slot)))
         self.loaded.setdefault(key, (tensor, None))
+
+
+# ---- calls recorded as a cheaper call that gives the same array ----------------------
+# numpy's broadcast_to is Python code (about 5 us a call) and ndarray.sum goes through a
+# Python wrapper to np.add.reduce; the replay calls what they reduce to directly, and the
+# trace records that same call, so trace, replay and eager compute identical arrays.
+_ADD_REDUCE = np.add.reduce
+_SUM_KEYWORDS = frozenset({"axis", "dtype", "keepdims"})
+
+
+def _broadcast_view(array, shape, strides):
+    """The array ``np.broadcast_to(array, shape)`` returns, for a C-contiguous ``array``
+    (its memory, ``shape`` and the given strides; read-only as broadcast_to's is)."""
+    view = np.ndarray(shape, array.dtype, array, 0, strides)
+    view.flags.writeable = False
+    return view
+
+
+def _faster_equivalent(function, args, kwargs):
+    """(function, args) to record for a call of ``function(*args, **kwargs)``."""
+    if function is np.ndarray.sum and len(args) == 1 and type(args[0]) is _Traced \
+            and type(args[0].value) is np.ndarray and _SUM_KEYWORDS.issuperset(kwargs):
+        return _ADD_REDUCE, args
+    if function is np.broadcast_to and len(args) == 2 and not kwargs and type(args[0]) is _Traced:
+        value = args[0].value
+        if type(value) is np.ndarray and value.flags.c_contiguous and value.size:
+            reference = np.broadcast_to(value, args[1])  # the strides it would give
+            return _broadcast_view, (args[0], reference.shape, reference.strides)
+    return function, args
 
 
 def _data_get(tensor):
@@ -529,6 +560,12 @@ class _Hooks:
 
 def _flatten(tree, arrays, caller):
     """The static key of ``tree``; its Tensors and arrays appended to ``arrays``."""
+    kind = type(tree)  # the common cases first, by exact type: this runs at every call
+    if kind is np.ndarray:
+        arrays.append(("A", None, tree))
+        return ("A", tree.shape, tree.dtype, tree.strides)
+    if kind is tuple or kind is list:
+        return (kind.__name__,) + tuple([_flatten(x, arrays, caller) for x in tree])
     if isinstance(tree, Tensor):
         if type(tree) is not Tensor:
             raise TypeError(f"{caller}: a {type(tree).__name__} argument is not supported "
@@ -538,10 +575,10 @@ def _flatten(tree, arrays, caller):
                                       "tgm.compile traces CPU (numpy) arrays only")
         data = _DATA_SLOT.__get__(tree)
         arrays.append(("T", tree, data))
-        return ("T", data.shape, data.dtype.str, data.strides, tree.requires_grad)
+        return ("T", data.shape, data.dtype, data.strides, tree.requires_grad)
     if isinstance(tree, np.ndarray):
         arrays.append(("A", None, tree))
-        return ("A", tree.shape, tree.dtype.str, tree.strides)
+        return ("A", tree.shape, tree.dtype, tree.strides)
     if isinstance(tree, (tuple, list)):
         return (type(tree).__name__,) + tuple(_flatten(x, arrays, caller) for x in tree)
     if isinstance(tree, dict):
@@ -672,11 +709,168 @@ def _walk_outputs(template):
         for _, t in template[2]:
             yield from _walk_outputs(t)
 
+# ---- common-subexpression merging --------------------------------------------------
+# The graph walk recomputes what it already has: the loss residual once for the value and
+# once for the gradient, a parameter's swapaxes and row view once per use. A repeated call
+# of a pure function on the same slots gives an equal array, so the replay may compute it
+# once. Only these functions are merged (deterministic, no side effects); for any other
+# call nothing is assumed.
+_NDARRAY_METHODS = tuple(getattr(np.ndarray, name) for name in
+                         ("reshape", "swapaxes", "transpose", "sum", "astype", "mean"))
+# Functions whose result is a new array, never a view of an argument.
+_FRESH_RESULTS = {np.matmul, np.dot, np.ndarray.sum, np.ndarray.mean, _ADD_REDUCE}
+
+
+def _pure(function):
+    return (isinstance(function, np.ufunc) or function in _PURE_FUNCTIONS
+            or function in _NDARRAY_METHODS or function in _KERNEL_FUNCTIONS)
+
+
+def _fresh(function):
+    return isinstance(function, np.ufunc) or function in _FRESH_RESULTS or function in _KERNEL_FUNCTIONS
+
+
+_PURE_FUNCTIONS = {np.matmul, np.dot, np.broadcast_to, operator.getitem, _METHOD_T,
+                   _ADD_REDUCE, _broadcast_view}
+# our CPU kernels (and numpy's stand-ins for them): pure, each returns a new array
+_KERNEL_FUNCTIONS = {f for f in (_cpu._relu, _cpu._relu_backward,
+                                 getattr(_cpu._cpu_relu, "relu", None),
+                                 getattr(_cpu._cpu_relu, "relu_backward", None),
+                                 getattr(_cpu._cpu_matmul, "matmul", None)) if f is not None}
+
+
+def _hashable(template):
+    """A hashable key of an argument template (None when it has no such key): slots by
+    index, arrays fixed into the program by identity."""
+    kind = type(template)
+    if kind is _Slot:
+        return ("s", template.index)
+    if kind is _Const:
+        return ("c", id(template.value))
+    if kind in (tuple, list):
+        parts = tuple(_hashable(x) for x in template)
+        return None if None in parts else (kind.__name__,) + parts
+    if kind is dict:
+        parts = tuple((k, _hashable(v)) for k, v in template.items())
+        return None if any(v is None for _, v in parts) else ("dict",) + parts
+    if template is None or kind in (bool, int, float, str, slice, type(Ellipsis)):
+        return (kind.__name__, repr(template))
+    if isinstance(template, np.dtype):
+        return ("dtype", template.str)
+    if isinstance(template, type):
+        return ("type", id(template))
+    return None
+
+
+def _renamed(template, alias):
+    kind = type(template)
+    if kind is _Slot:
+        return _Slot(alias[template.index]) if template.index in alias else template
+    if kind in (tuple, list):
+        return kind(_renamed(x, alias) for x in template)
+    if kind is dict:
+        return {k: _renamed(v, alias) for k, v in template.items()}
+    return template
+
+
+def _protected_slots(tape, output_template):
+    """Slots whose array must stay a distinct object: what the caller receives (outputs,
+    stores, .grad), what is written in place, and, through any call that may return a
+    view, the arrays those are views of."""
+    protected = _slots_in([t[1] for t in _walk_outputs(output_template)], set())
+    for instruction in tape:
+        kind = instruction[0]
+        if kind in ("store", "grad"):
+            _slots_in(instruction[2], protected)
+        elif kind == "fresh":
+            protected.add(instruction[1])
+        elif kind == "call" and instruction[4] is None:  # in place: its out= / target
+            kwargs = instruction[3]
+            _slots_in(kwargs.get("out"), protected)
+            if instruction[1] is operator.setitem or getattr(instruction[1], "__name__", "") == "at":
+                _slots_in(instruction[2][:1], protected)
+    for instruction in reversed(tape):  # a view's base: its first array argument and others
+        if instruction[0] == "call" and instruction[4] is not None and not _fresh(instruction[1]):
+            if _slots_in(instruction[4], set()) & protected:
+                _slots_in([instruction[2], instruction[3]], protected)
+    return protected
+
+
+def _memory_classes(tape):
+    """A function from a slot to its memory class: slots joined by a call that may return
+    a view of its arguments (anything not known to return a new array) share a class."""
+    parent = {}
+
+    def find(slot):
+        root = slot
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while slot != root:  # path compression
+            parent[slot], slot = root, parent.get(slot, slot)
+        return root
+
+    for instruction in tape:
+        if instruction[0] == "call" and instruction[4] is not None and not _fresh(instruction[1]):
+            slots = _slots_in([instruction[2], instruction[3], instruction[4]], set())
+            roots = {find(slot) for slot in slots}
+            if len(roots) > 1:
+                first, *rest = roots
+                for root in rest:
+                    parent[root] = first
+    return find
+
+
+def _common_calls_merged(tape, output_template):
+    """``tape`` with each repeated pure call reading its first occurrence's result (the
+    repeat is then dead and dropped by :func:`_live_tape`). An in-place write ends every
+    match so far that reads an array which may share memory with the one written (an array
+    read before the write may differ after it)."""
+    protected = _protected_slots(tape, output_template)
+    memory = _memory_classes(tape)
+    seen = {}
+    reads = {}  # key in seen -> memory classes of the slots its call reads
+    alias = {}
+    merged = []
+    for instruction in tape:
+        kind = instruction[0]
+        if kind != "call":
+            if alias and kind in ("store", "grad"):
+                instruction = instruction[:2] + (_renamed(instruction[2], alias),)
+            elif alias and kind == "guard" and instruction[1] in alias:
+                instruction = (kind, alias[instruction[1]]) + instruction[2:]
+            merged.append(instruction)
+            continue
+        _, function, args, kwargs, result = instruction
+        if alias:
+            args, kwargs = _renamed(args, alias), _renamed(kwargs, alias)
+            instruction = ("call", function, args, kwargs, result)
+        merged.append(instruction)
+        if result is None:  # in place: forget what read the memory it writes
+            written = {memory(i) for i in _slots_in(kwargs.get("out"), set())}
+            if function is operator.setitem or getattr(function, "__name__", "") == "at":
+                written |= {memory(i) for i in _slots_in(args[:1], set())}
+            for key in [k for k, classes in reads.items() if classes & written]:
+                del seen[key], reads[key]
+            continue
+        if type(result) is not _Slot or result.index in protected or not _pure(function):
+            continue
+        key = _hashable((args, kwargs))
+        if key is None:
+            continue
+        key = (id(function), key)
+        first = seen.get(key)
+        if first is None:
+            seen[key] = result.index
+            reads[key] = {memory(i) for i in _slots_in([args, kwargs], set())}
+        else:
+            alias[result.index] = first
+    return merged
+
 
 def _generate(trace, output_template, n_inputs):
     code = _Codegen()
     lines = code.lines
-    tape = _live_tape(trace.tape, output_template)
+    tape = _live_tape(_common_calls_merged(trace.tape, output_template), output_template)
     # free each slot right after its last use, as eager frees a graph's intermediates
     # (without this the replay would hold every intermediate until it returns)
     kept = _slots_in([t[1] for t in _walk_outputs(output_template)], set())

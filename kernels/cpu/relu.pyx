@@ -20,6 +20,8 @@ cnp.import_array()
 
 cdef extern from *:
     """
+    #include <stdint.h>
+    #include <string.h>
     #ifdef _OPENMP
     #include <omp.h>
     #define TGM_RELU_OPENMP 1
@@ -38,10 +40,39 @@ cdef extern from *:
     }                                                                                \\
     static void tgm_relu_bwd_##SFX(const T *restrict g, const T *restrict x,         \\
                                    T *restrict out, ptrdiff_t n) {                   \\
-        for (ptrdiff_t i = 0; i < n; i++) out[i] = g[i] * (T)(x[i] > 0);             \\
+        /* 32-byte blocks as GCC/Clang vector types (AVX2 registers; narrower ISAs   \\
+           split them). The plain loop below compiles to a scalar loop with a branch  \\
+           per element (the compiler rewrites g * 1 as g and then does not vectorise) \\
+           and ran 5-10x slower than numpy. The comparison gives an all-ones/zero     \\
+           integer lane; and-ed with the bits of 1.0 it is exactly (T)(x > 0), so the \\
+           product is numpy's g * (x > 0) bit for bit (NaN, inf and -0 included). */ \\
+        typedef T VT __attribute__((vector_size(32)));                               \\
+        typedef IT VI __attribute__((vector_size(32)));                              \\
+        enum { L = 32 / sizeof(T) };                                                 \\
+        const VT zero = {0};                                                         \\
+        const T one = 1;                                                             \\
+        IT one_bits;                                                                 \\
+        memcpy(&one_bits, &one, sizeof one);                                         \\
+        VI one_lanes;                                                                \\
+        for (int k = 0; k < L; k++) one_lanes[k] = one_bits;                         \\
+        ptrdiff_t i = 0;                                                             \\
+        for (; i + L <= n; i += L) {                                                 \\
+            VT gv, xv;                                                               \\
+            memcpy(&gv, g + i, sizeof gv);                                           \\
+            memcpy(&xv, x + i, sizeof xv);                                           \\
+            VI mask = (VI)(xv > zero);                                               \\
+            VT factor = (VT)(mask & one_lanes);                                      \\
+            VT r = gv * factor;                                                      \\
+            memcpy(out + i, &r, sizeof r);                                           \\
+        }                                                                            \\
+        for (; i < n; i++) out[i] = g[i] * (T)(x[i] > 0);                            \\
     }
+    #define IT int32_t
     TGM_DEFINE_RELU(float, f32)
+    #undef IT
+    #define IT int64_t
     TGM_DEFINE_RELU(double, f64)
+    #undef IT
     """
     int TGM_RELU_OPENMP
     const char *TGM_CFLAGS
