@@ -353,16 +353,20 @@ def test_memory_stays_flat_over_compiled_iterations():
     tracemalloc.start()
     try:
         steps(20)
-        gc.collect()
-        before = tracemalloc.get_traced_memory()[0]
-        steps(200)
-        gc.collect()
-        after = tracemalloc.get_traced_memory()[0]
+        growth = []
+        for _ in range(3):  # three windows of 100 iterations
+            gc.collect()
+            before = tracemalloc.get_traced_memory()[0]
+            steps(100)
+            gc.collect()
+            growth.append(tracemalloc.get_traced_memory()[0] - before)
     finally:
         tracemalloc.stop()
     # numpy reports its buffers to tracemalloc; a leak of one gradient set per iteration
-    # would be 200 * ~1.5 kB. 8 kB leaves room for interpreter caches warming up.
-    assert after - before < 8 * 1024, after - before
+    # would be 100 * ~1.5 kB in every window. One window can grow by a few kB when an
+    # interpreter cache happens to warm up inside it (seen in about 1 run in 6 with a
+    # single window), so the quietest window must stay under 8 kB.
+    assert min(growth) < 8 * 1024, growth
 
 
 def test_hyperoptimizer_compiled_equals_eager():
