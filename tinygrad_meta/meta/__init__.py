@@ -8,8 +8,9 @@ Each algorithm offers the same training interface: ``meta_parameters()``,
 from .base import MetaLearner
 from .maml import MAML
 from .metasgd import MetaSGD
+from .protonet import ProtoNet
 from .reptile import Reptile
 
-ALGORITHMS = {"maml": MAML, "metasgd": MetaSGD, "reptile": Reptile}
+ALGORITHMS = {"maml": MAML, "metasgd": MetaSGD, "reptile": Reptile, "protonet": ProtoNet}
 
-__all__ = ["MAML", "MetaSGD", "Reptile", "MetaLearner", "ALGORITHMS"]
+__all__ = ["MAML", "MetaSGD", "Reptile", "ProtoNet", "MetaLearner", "ALGORITHMS"]
