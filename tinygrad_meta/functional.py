@@ -340,3 +340,12 @@ def accuracy(logits, labels):
     if labels.size == 0:
         raise ValueError("accuracy: no examples (labels are empty)")
     return float((predicted == labels).mean())
+
+
+# ---- convolution, pooling and normalisation (issue 11): the code lives in
+# convolution.py and normalization.py, one idea each; here they join the functional API
+
+from .convolution import avg_pool2d, conv2d, max_pool2d  # noqa: E402
+from .normalization import batch_norm, layer_norm  # noqa: E402
+
+__all__ += ["conv2d", "max_pool2d", "avg_pool2d", "batch_norm", "layer_norm"]

@@ -93,6 +93,7 @@ class Module:
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "training", True)
 
     def __setattr__(self, name, value):
@@ -100,6 +101,14 @@ class Module:
         if "_parameters" not in d:
             raise RuntimeError(f"{type(self).__name__}: call Module.__init__() before assigning "
                                f"attribute {name!r}")
+        buffers = d.get("_buffers")
+        if buffers is not None and name in buffers:
+            if value is not None and (not isinstance(value, Tensor) or value.requires_grad):
+                raise TypeError(f"{type(self).__name__}: {name!r} is a buffer; assign a Tensor "
+                                f"that does not require grad (or None), got {type(value).__name__}")
+            buffers[name] = value
+            object.__setattr__(self, name, value)
+            return
         registered = name in d["_parameters"] or name in d["_modules"]
         d["_parameters"].pop(name, None)
         d["_modules"].pop(name, None)
@@ -186,6 +195,36 @@ class Module:
         for p in self.parameters():
             p.grad = None
 
+    # ---- buffers: state that is not a parameter (BatchNorm's running statistics) ----------
+    def register_buffer(self, name, tensor):
+        """Register ``tensor`` (a Tensor that does not require grad, or None) as the buffer
+        ``name``: an attribute that ``state_dict()`` saves and ``load_state_dict()``
+        restores, that ``to(device)`` moves, but that no optimizer or meta-learner updates
+        (as ``torch.nn.Module.register_buffer``)."""
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"register_buffer: name must be an identifier, got {name!r}")
+        if name in self._parameters or name in self._modules:
+            raise KeyError(f"register_buffer: {name!r} is already a parameter or submodule of "
+                           f"{type(self).__name__}")
+        if tensor is not None and (not isinstance(tensor, Tensor) or tensor.requires_grad):
+            raise TypeError(f"register_buffer: {name!r} must be a Tensor that does not require "
+                            f"grad, or None; got {type(tensor).__name__}")
+        self._buffers[name] = tensor
+        object.__setattr__(self, name, tensor)
+
+    def named_buffers(self):
+        """Yield (dotted name, Tensor) for every buffer of this module and its submodules
+        (None entries skipped), e.g. "blocks.0.1.running_mean"."""
+        for prefix, module in self.named_modules():
+            for name, tensor in module.__dict__.get("_buffers", {}).items():
+                if tensor is not None:
+                    yield (f"{prefix}.{name}" if prefix else name), tensor
+
+    def buffers(self):
+        """Yield every buffer Tensor, in ``named_buffers()`` order."""
+        for _, tensor in self.named_buffers():
+            yield tensor
+
     def _parameter_owners(self):
         """name -> (owning module, attribute name) for every parameter (cached)."""
         cached = self.__dict__.get("_owners_cache")
@@ -234,9 +273,27 @@ class Module:
         a ValueError names what is wrong."""
 
     def _extra_state_items(self):
+        """(full name, module, name, numpy value) of every buffer, then of every other
+        non-parameter state entry: what a state dict holds besides the parameters."""
         for prefix, module in self.named_modules():
+            for name, tensor in module.__dict__.get("_buffers", {}).items():
+                if tensor is not None:
+                    yield (f"{prefix}.{name}" if prefix else name), module, name, np.array(tensor.numpy())
             for name, value in module._extra_state().items():
                 yield (f"{prefix}.{name}" if prefix else name), module, name, value
+
+    def _load_state_entry(self, name, value, check_only=False):
+        """Restore one non-parameter entry: a buffer (shape checked, cast to its dtype, kept
+        on its device) or the module's own extra state."""
+        buffer = self.__dict__.get("_buffers", {}).get(name)
+        if buffer is None:
+            self._load_extra_state({name: value}, check_only=check_only)
+            return
+        if value.shape != buffer.shape:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: buffer {name!r} has shape "
+                             f"{buffer.shape}, the saved value {value.shape}")
+        if not check_only:
+            buffer.data = buffer._be.asarray(np.array(value, dtype=buffer.dtype))
 
     def _check_extra_state(self, state_dict, caller):
         """The extra-state entries of ``state_dict`` as {full name: (module, name, value)},
@@ -246,18 +303,19 @@ class Module:
             if full not in state_dict:
                 raise KeyError(f"{caller}: missing entry {full!r}")
             value = np.asarray(state_dict[full])
-            module._load_extra_state({name: value}, check_only=True)
+            module._load_state_entry(name, value, check_only=True)
             found[full] = (module, name, value)
         return found
 
     @staticmethod
     def _restore_extra_state(checked):
         for module, name, value in checked.values():
-            module._load_extra_state({name: value})
+            module._load_state_entry(name, value)
 
     def state_dict(self):
-        """OrderedDict name -> numpy array (a copy) of every parameter, then any extra
-        state of the submodules (a Dropout's random generator, as "<name>.rng_state")."""
+        """OrderedDict name -> numpy array (a copy) of every parameter, then the buffers
+        (BatchNorm's running statistics) and any other state of the submodules (a
+        Dropout's random generator, as "<name>.rng_state")."""
         out = OrderedDict((name, np.array(p.numpy())) for name, p in self.named_parameters())
         for full, _, _, value in self._extra_state_items():
             out[full] = value
@@ -265,7 +323,7 @@ class Module:
 
     def load_state_dict(self, state_dict):
         """Copy values from a mapping name -> array or Tensor into the parameters (in place),
-        and restore extra state (random generators) the same way.
+        and restore buffers and extra state (random generators) the same way.
 
         Every entry must be present, no extra names are allowed, and shapes must match
         exactly; nothing is written unless everything does. Values are cast to each
@@ -279,7 +337,7 @@ class Module:
         return self
 
     def to(self, device):
-        """Move every parameter to ``device`` ("cpu" or "cuda"); returns self.
+        """Move every parameter and buffer to ``device`` ("cpu" or "cuda"); returns self.
 
         The parameters become new leaf tensors (an optimizer built before must be rebuilt).
         """
@@ -288,6 +346,10 @@ class Module:
             if p._be is not backend:
                 moved = p.detach().to(device).requires_grad_(True)
                 self._set_parameter(name, moved)
+        for module in self.modules():
+            for name, tensor in module.__dict__.get("_buffers", {}).items():
+                if tensor is not None and tensor._be is not backend:
+                    setattr(module, name, tensor.to(device))
         return self
 
     def extra_repr(self):
@@ -739,3 +801,12 @@ def batches_over_tasks(module):
     if kind is ModuleList:
         return all(batches_over_tasks(m) for m in module._list)
     return False
+
+
+# ---- layers for images (issue 11): image_layers.py, one idea per file; here they join
+# the nn namespace
+from .image_layers import (AvgPool2d, BatchNorm2d, Conv2d, LayerNorm, MaxPool2d,  # noqa: E402
+                           OmniglotConvNet, omniglot_convnet)
+
+__all__ += ["Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm2d", "LayerNorm", "OmniglotConvNet",
+            "omniglot_convnet"]

@@ -1357,6 +1357,38 @@ def _triu_vjp(o, g, out, ins, params, needs):
 def _tril_vjp(o, g, out, ins, params, needs):
     return (o.tril(g, params[0]),)
 # ----------------------------------------------------------------------------------
+# Convolution's gather and scatter (issue 11): im2col lays every receptive field out as
+# a column, col2im adds columns back into an image. They are adjoint linear maps, so each
+# is the other's rule, and conv2d / the pools (functional.py: im2col, then a matmul or a
+# reduction) are differentiable to any order with no rule of their own. Padding taps
+# read ``pad_value``, a constant: the adjoint ignores it.
+# ----------------------------------------------------------------------------------
+
+@primitive("im2col")
+def im2col(x, kernel, stride, padding, dilation, pad_value, be):
+    """(N, C, H, W) -> (N, C*kh*kw, OH*OW) through backend ``be`` (layout: backends/im2col.py)."""
+    return be.im2col(x, kernel, stride, padding, dilation, pad_value)
+
+
+@im2col.defvjp
+def _im2col_vjp(o, g, out, ins, params, needs):
+    kernel, stride, padding, dilation, _, be = params
+    return (o.col2im(g, tuple(ins[0].shape), kernel, stride, padding, dilation, be),)
+
+
+@primitive("col2im")
+def col2im(cols, input_shape, kernel, stride, padding, dilation, be):
+    """(N, C*kh*kw, OH*OW) -> (N, C, H, W) = ``input_shape``, overlapping taps added."""
+    return be.col2im(cols, input_shape, kernel, stride, padding, dilation)
+
+
+@col2im.defvjp
+def _col2im_vjp(o, g, out, ins, params, needs):
+    _, kernel, stride, padding, dilation, be = params
+    return (o.im2col(g, kernel, stride, padding, dilation, 0.0, be),)
+
+
+# ----------------------------------------------------------------------------------
 # Batching rules (tgm.vmap, see vmap.py)
 # ----------------------------------------------------------------------------------
 # ``rule(op, datas, batched, params)`` runs ``op`` on a whole batch at once: ``datas`` are
@@ -1629,3 +1661,21 @@ def _einsum_batch(op, datas, batched, params):
 # Their rules run only in vmap's namespace, which provides ``o.vmap_in``/``o.vmap_out``.
 vmap_in = Op("vmap_in", None, 1, lambda o, g, out, ins, params, needs: (o.vmap_out(g, *params),))
 vmap_out = Op("vmap_out", None, 1, lambda o, g, out, ins, params, needs: (o.vmap_in(g, *params),))
+
+
+# im2col / col2im act on (N, C, H, W) images: every batch axis in front folds into N
+@im2col.defbatch
+def _im2col_batch(op, datas, batched, params):
+    (x,) = datas
+    cols = op.forward(x.reshape((-1,) + x.shape[-3:]), *params)
+    return cols.reshape(x.shape[:-3] + cols.shape[1:])
+
+
+@col2im.defbatch
+def _col2im_batch(op, datas, batched, params):
+    (cols,), (input_shape, *rest) = datas, params
+    lead = cols.shape[:cols.ndim - 3]
+    count = math.prod(lead) * input_shape[0]
+    image = op.forward(cols.reshape((count,) + cols.shape[-2:]),
+                       (count,) + tuple(input_shape[1:]), *rest)
+    return image.reshape(lead + tuple(input_shape))

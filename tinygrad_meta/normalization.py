@@ -1,0 +1,156 @@
+"""Batch and layer normalisation on Tensors, PyTorch's signatures and semantics.
+
+Both are compositions of differentiable ops (means, a square root, products), so they are
+differentiable to any order: second-order MAML runs through batch norm's batch statistics.
+
+``batch_norm`` in training mode also updates the running statistics in place, outside the
+graph (they are state, not parameters). Under ``tgm.vmap`` each example normalises with its
+own statistics, and the running statistics take the examples' updates one after another,
+exactly as a Python loop over the examples would.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .tensor import Tensor, _floating
+
+__all__ = ["batch_norm", "layer_norm"]
+
+
+def _same_place(x, other, name, what):
+    if not isinstance(other, Tensor):
+        raise TypeError(f"{name}: {what} must be a Tensor or None, got {type(other).__name__}")
+    if other._be is not x._be:
+        raise RuntimeError(f"{name}: {what} is on {other.device} but the input on {x.device}; "
+                           "move one with .to(device)")
+    if other.dtype != x.dtype:
+        raise TypeError(f"{name}: dtype mismatch: input {x.dtype}, {what} {other.dtype}; cast one "
+                        "with .astype() (no implicit promotion)")
+    return other
+
+
+def _affine(y, weight, bias, shape):
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    return y
+
+
+def _per_example(stat):
+    """The raw values of a statistic, one row per example: (1, ...) for a plain Tensor,
+    (B, ...) inside ``tgm.vmap`` (the batch axes lead the data, outer vmaps first, so
+    the rows come in the order a loop over the examples would visit them)."""
+    data = stat._data
+    return data.reshape((-1,) + tuple(stat.shape))
+
+
+def _update_running(running, stats, momentum):
+    """running <- (1 - momentum) running + momentum stat, for each row of ``stats`` in turn."""
+    value = running._data.reshape(-1)
+    for row in stats.reshape(stats.shape[0], -1):
+        value = value * (1.0 - momentum) + row.astype(value.dtype, copy=False) * momentum
+    running._data[...] = value.reshape(running._data.shape)
+    running._version += 1
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5):
+    """Normalise each channel of ``x`` (N, C, ...) to zero mean and unit variance, then
+    scale by ``weight`` (C,) and shift by ``bias`` (C,), as ``torch.nn.functional.batch_norm``.
+
+    ``training=True``: the batch's statistics over every axis but the channel axis (biased
+    variance), and ``running_mean`` / ``running_var`` (C,), when given, are updated in place,
+    ``running = (1 - momentum) running + momentum batch_stat``, the variance unbiased (as
+    PyTorch). ``training=False``: normalise with the running statistics (required).
+
+    >>> import numpy as np, tinygrad_meta as tgm
+    >>> x = tgm.Tensor(np.arange(8.0).reshape(4, 2), dtype="float64")
+    >>> mean, var = tgm.zeros(2, dtype="float64"), tgm.ones(2, dtype="float64")
+    >>> y = batch_norm(x, mean, var, training=True)
+    >>> np.round(y.numpy()[:, 0], 3).tolist(), np.round(mean.numpy(), 6).tolist()
+    ([-1.342, -0.447, 0.447, 1.342], [0.3, 0.4])
+    """
+    name = "batch_norm"
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: input must be a Tensor, got {type(x).__name__}")
+    x = _floating(x)
+    if x.ndim < 2:
+        raise ValueError(f"{name}: input must be (N, C, ...), got shape {x.shape}")
+    channels = x.shape[1]
+    for what, value in (("running_mean", running_mean), ("running_var", running_var),
+                        ("weight", weight), ("bias", bias)):
+        if value is not None:
+            _same_place(x, value, name, what)
+            if value.shape != (channels,):
+                raise ValueError(f"{name}: {what} must have shape ({channels},) for input of shape "
+                                 f"{x.shape}, got {value.shape}")
+    for what, value in (("running_mean", running_mean), ("running_var", running_var)):
+        if value is not None and type(value) is not Tensor:
+            raise ValueError(f"{name}: {what} differs between examples under vmap; running "
+                             "statistics must be one tensor shared by every example")
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0 <= momentum <= 1:
+        raise ValueError(f"{name}: momentum must be a number in [0, 1], got {momentum!r}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0:
+        raise ValueError(f"{name}: eps must be a number >= 0, got {eps!r}")
+    shape = (1, channels) + (1,) * (x.ndim - 2)
+    if training:
+        axes = (0,) + tuple(range(2, x.ndim))
+        count = int(np.prod([x.shape[i] for i in axes]))
+        if count <= 1:
+            raise ValueError(f"{name}: training needs more than one value per channel to take "
+                             f"statistics, got input of shape {x.shape}")
+        mean = x.mean(axis=axes, keepdims=True)
+        centered = x - mean
+        var = (centered * centered).mean(axis=axes, keepdims=True)
+        y = centered / (var + float(eps)).sqrt()
+        if running_mean is not None:
+            _update_running(running_mean, _per_example(mean), float(momentum))
+        if running_var is not None:
+            _update_running(running_var, _per_example(var) * (count / (count - 1)), float(momentum))
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError(f"{name}: evaluation mode (training=False) needs running_mean and "
+                             "running_var")
+        scale = (running_var.detach().reshape(shape) + float(eps)).sqrt()
+        y = (x - running_mean.detach().reshape(shape)) / scale
+    return _affine(y, weight, bias, shape)
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Normalise over the last ``len(normalized_shape)`` axes of ``x`` (biased variance),
+    then scale by ``weight`` and shift by ``bias`` (both of ``normalized_shape``), as
+    ``torch.nn.functional.layer_norm``.
+
+    >>> import numpy as np, tinygrad_meta as tgm
+    >>> y = layer_norm(tgm.Tensor([[1.0, 3.0]]), 2)
+    >>> np.round(y.numpy(), 4).tolist()
+    [[-1.0, 1.0]]
+    """
+    name = "layer_norm"
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: input must be a Tensor, got {type(x).__name__}")
+    x = _floating(x)
+    normalized = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else \
+        tuple(normalized_shape)
+    if not normalized or any(isinstance(n, bool) or not isinstance(n, numbers.Integral) for n in normalized):
+        raise TypeError(f"{name}: normalized_shape must be an int or a non-empty tuple of ints, "
+                        f"got {normalized_shape!r}")
+    normalized = tuple(int(n) for n in normalized)
+    if x.shape[x.ndim - len(normalized):] != normalized or len(normalized) > x.ndim:
+        raise ValueError(f"{name}: normalized_shape {normalized} must be the trailing axes of the "
+                         f"input's shape {x.shape}")
+    for what, value in (("weight", weight), ("bias", bias)):
+        if value is not None:
+            _same_place(x, value, name, what)
+            if value.shape != normalized:
+                raise ValueError(f"{name}: {what} must have shape {normalized}, got {value.shape}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0:
+        raise ValueError(f"{name}: eps must be a number >= 0, got {eps!r}")
+    axes = tuple(range(x.ndim - len(normalized), x.ndim))
+    mean = x.mean(axis=axes, keepdims=True)
+    centered = x - mean
+    var = (centered * centered).mean(axis=axes, keepdims=True)
+    return _affine(centered / (var + float(eps)).sqrt(), weight, bias, normalized)
