@@ -63,7 +63,8 @@ DEFAULTS = {
     "cpu_kernels": None,      # None: TGM_CPU_KERNELS's choice, with "auto" pinned (see _pin_kernels)
     # few-shot classification only (--task omniglot|glyphs; None for regression tasks)
     "ways": None,             # N of the training episodes
-    "queries": None,          # query examples per class of every episode
+    "queries": None,          # query examples per class of every training episode
+    "eval_queries": None,     # ... of the validation and evaluation episodes (None: as queries)
     "data_dir": None,         # the Omniglot folder
     "model": None,            # "conv" (the 4-block conv net) or "mlp" (MAML's fully connected net)
     "test_steps": None,       # inner steps when evaluating a gradient-based learner
@@ -167,7 +168,7 @@ def make_config(overrides=None) -> dict:
         _fewshot_config(config)
     else:
         get_task(config["task"])  # raises for an unknown task
-        for key in ("ways", "queries", "data_dir", "model", "test_steps", "lr_halve_every"):
+        for key in ("ways", "queries", "eval_queries", "data_dir", "model", "test_steps", "lr_halve_every"):
             if config[key] is not None:
                 raise ValueError(f"train: --{key.replace('_', '-')} is for the few-shot classification tasks "
                                  f"(--task omniglot or glyphs), not {config['task']}")
@@ -204,7 +205,9 @@ def make_config(overrides=None) -> dict:
 
 def _fewshot_config(config):
     from .tasks.fewshot import MODELS
-    for key in ("ways", "queries", "test_steps"):
+    if config["eval_queries"] is None:
+        config["eval_queries"] = config["queries"]
+    for key in ("ways", "queries", "eval_queries", "test_steps"):
         _int_at_least(config, key, 1 if key != "test_steps" else 0, MAX_INNER_STEPS if key == "test_steps" else None)
     if config["lr_halve_every"] is not None:
         _int_at_least(config, "lr_halve_every", 1)
@@ -223,7 +226,7 @@ def _fewshot_config(config):
 def task_of(config):
     """The run's Task: the registered one, or its few-shot family built from the config."""
     return make_task(config["task"], data_dir=config.get("data_dir"), ways=config.get("ways") or 5,
-                     queries=config.get("queries") or 5)
+                     queries=config.get("queries") or 5, eval_queries=config.get("eval_queries"))
 
 
 def saved_config(checkpoint):

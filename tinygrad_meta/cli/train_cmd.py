@@ -73,6 +73,9 @@ def register(subparsers):
     fewshot.add_argument("--ways", type=whole_number, default=None, metavar="N", help="classes per episode (default 5)")
     fewshot.add_argument("--queries", type=whole_number, default=None, metavar="Q",
                          help="query examples per class (default 5)")
+    fewshot.add_argument("--eval-queries", type=whole_number, default=None, metavar="Q",
+                         help="query examples per class of the validation and evaluation episodes "
+                              "(default: --queries)")
     fewshot.add_argument("--model", choices=("conv", "mlp"), default=None,
                          help="the 4-block conv net (default) or the MAML paper's fully connected net")
     fewshot.add_argument("--test-steps", type=whole_number, default=None,

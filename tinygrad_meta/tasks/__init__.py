@@ -31,20 +31,22 @@ def is_fewshot(name) -> bool:
 
 
 @functools.lru_cache(maxsize=4)
-def _fewshot_task(name, data_dir, ways, queries):
+def _fewshot_task(name, data_dir, ways, queries, eval_queries):
     from .fewshot import glyph_task, omniglot_task
     if name == "glyphs":
-        return glyph_task(ways=ways, queries=queries)
-    return omniglot_task(data_dir, ways=ways, queries=queries)
+        return glyph_task(ways=ways, queries=queries, eval_queries=eval_queries)
+    return omniglot_task(data_dir, ways=ways, queries=queries, eval_queries=eval_queries)
 
 
-def make_task(name: str, data_dir=None, ways=5, queries=5) -> Task:
+def make_task(name: str, data_dir=None, ways=5, queries=5, eval_queries=None) -> Task:
     """The task family ``name``: a registered one (``get_task``), or a few-shot
     classification family (``FEWSHOT_TASKS``) of ``ways``-way episodes with ``queries``
-    queries per class, Omniglot read from ``data_dir``. The same settings give the same
+    queries per class in training (``eval_queries`` in validation and evaluation episodes;
+    None: the same), Omniglot read from ``data_dir``. The same settings give the same
     object (the decoded images are loaded once per process)."""
     if is_fewshot(name):
-        return _fewshot_task(name, None if data_dir is None else str(data_dir), int(ways), int(queries))
+        return _fewshot_task(name, None if data_dir is None else str(data_dir), int(ways), int(queries),
+                             None if eval_queries is None else int(eval_queries))
     return get_task(name)
 
 

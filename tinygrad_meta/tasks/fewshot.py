@@ -64,10 +64,12 @@ def head_prefix(model) -> str:
 
 
 class FewShotTask(Task):
-    """Episodes of one data set's class pools: ``FewShotTask(name, splits, ways=5, queries=5)``.
+    """Episodes of one data set's class pools: ``FewShotTask(name, splits, ways=5, queries=5,
+    eval_queries=None)``.
 
     ``splits``: a FewShotSplits (train, val, test ClassPools). ``ways`` N of the training
-    and validation episodes; ``queries`` Q per class of every episode. Asking for more ways
+    and validation episodes; ``queries`` Q per class of the training episodes,
+    ``eval_queries`` of the validation and evaluation ones (None: ``queries``). Asking for more ways
     than a split holds, or more shots + queries than a class has drawings, is a ValueError
     naming the split (``check``).
     """
@@ -79,19 +81,21 @@ class FewShotTask(Task):
     curve_plot = False
     loss = staticmethod(cross_entropy)
 
-    def __init__(self, name: str, splits: FewShotSplits, ways: int = 5, queries: int = 5):
+    def __init__(self, name: str, splits: FewShotSplits, ways: int = 5, queries: int = 5, eval_queries=None):
         if not isinstance(splits, FewShotSplits):
             raise TypeError(f"FewShotTask: splits must be a FewShotSplits, got {type(splits).__name__}")
         self.name = name
         self.splits = splits
         self.ways = _positive(ways, "ways")
         self.queries = _positive(queries, "queries")
+        self.eval_queries = self.queries if eval_queries is None else _positive(eval_queries, "eval_queries")
         self.image_size = splits.train.image_shape[0]
-        self.query_description = f"query accuracy ({self.queries} queries per class, meta-test classes)"
+        self.query_description = f"query accuracy ({self.eval_queries} queries per class, meta-test classes)"
 
     # ---- sampling -------------------------------------------------------------------
     def _episodes(self, split, num_tasks, ways, shots, rng):
-        sampler = EpisodeSampler(self.splits[split], ways=ways, shots=shots, queries=self.queries,
+        queries = self.queries if split == "train" else self.eval_queries
+        sampler = EpisodeSampler(self.splits[split], ways=ways, shots=shots, queries=queries,
                                  meta_batch_size=num_tasks, seed=rng)
         return TaskBatch(*sampler.sample())
 
@@ -100,7 +104,8 @@ class FewShotTask(Task):
         task's) cannot be drawn from ``splits``, naming the split and the counts."""
         ways = self.ways if ways is None else ways
         for split in splits:
-            EpisodeSampler(self.splits[split], ways=ways, shots=shots, queries=self.queries)
+            EpisodeSampler(self.splits[split], ways=ways, shots=shots,
+                           queries=self.queries if split == "train" else self.eval_queries)
 
     def sample_batch(self, num_tasks, shots, rng):
         return self._episodes("train", num_tasks, self.ways, shots, rng)
@@ -137,14 +142,12 @@ class FewShotTask(Task):
 
 
 def _conv_net(outputs, image_size, rng):
-    builder = getattr(nn, "omniglot_convnet", None)
-    if builder is None:
-        raise NotImplementedError("the 4-block conv net needs nn.omniglot_convnet (branch conv-ops); "
-                                  "use --model mlp meanwhile")
-    return builder(outputs, image_size=image_size, rng=rng)
+    # ProtoNet: the max-pool variant's 64-d embedding; the others: MAML's strided net + linear head
+    variant = "protonet" if outputs is None else "maml"
+    return nn.omniglot_convnet(outputs, variant=variant, image_size=image_size, seed=rng)
 
 
-def glyph_task(ways=5, queries=5, num_classes=None, seed=0) -> FewShotTask:
+def glyph_task(ways=5, queries=5, num_classes=None, seed=0, eval_queries=None) -> FewShotTask:
     """The offline task: procedurally drawn glyphs (tasks/glyphs.py), Omniglot-sized by
     default (1,623 classes: 1,100 meta-train, 100 validation, the rest meta-test)."""
     from .glyphs import NUM_CLASSES, glyph_splits
@@ -152,10 +155,10 @@ def glyph_task(ways=5, queries=5, num_classes=None, seed=0) -> FewShotTask:
     num_train = max(1, int(round(num_classes * 1100 / NUM_CLASSES)))
     num_val = max(1, int(round(num_classes * 100 / NUM_CLASSES)))
     return FewShotTask("glyphs", glyph_splits(num_classes, seed=seed, num_train=num_train, num_val=num_val),
-                       ways, queries)
+                       ways, queries, eval_queries)
 
 
-def omniglot_task(data_dir, ways=5, queries=5, cache_dir=None) -> FewShotTask:
+def omniglot_task(data_dir, ways=5, queries=5, cache_dir=None, eval_queries=None) -> FewShotTask:
     """Omniglot from the official zips or folders in ``data_dir`` (tasks/omniglot.py: the
     full set's 1,200/423 split, or the minimal sets: small1 to train, small2's new
     alphabets to test)."""
@@ -164,4 +167,4 @@ def omniglot_task(data_dir, ways=5, queries=5, cache_dir=None) -> FewShotTask:
         raise ValueError("the omniglot task needs --data-dir DIR: the folder holding images_background.zip and "
                          "images_evaluation.zip, or images_background_small1.zip and "
                          "images_background_small2.zip (zipped or unpacked); --task glyphs needs no download")
-    return FewShotTask("omniglot", load_omniglot(data_dir, cache_dir=cache_dir), ways, queries)
+    return FewShotTask("omniglot", load_omniglot(data_dir, cache_dir=cache_dir), ways, queries, eval_queries)
