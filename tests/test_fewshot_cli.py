@@ -155,3 +155,19 @@ def test_kill_9_and_resume_ends_bitwise_equal_to_an_uninterrupted_run(data_dir, 
         assert np.array_equal(final.params[name], value), f"parameter {name} differs after resume"
     for key, value in expected.optimizer_state.items():
         assert np.array_equal(final.optimizer_state[key], value), f"optimizer state {key} differs"
+
+
+@pytest.mark.parametrize("algo", ["protonet", "maml"])
+def test_the_default_conv_net_trains_and_evaluates(algo, data_dir, tmp_path, capsys):
+    # one iteration on the 4-block conv net (second order for maml), tiny episodes: it runs, end to end
+    out = tmp_path / algo
+    code = main(["train", "--task", "omniglot", "--data-dir", str(data_dir), "--algo", algo, "--iters", "1",
+                 "--meta-batch", "1", "--queries", "1", "--eval-tasks", "2", "--test-steps", "1",
+                 "--out", str(out), "--no-progress", "--eval-every", "0"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    saved = load_checkpoint(out)
+    assert saved.config["model"] == "conv" and "blocks.3.0.weight" in saved.params
+    if algo == "protonet":   # its batch norm's running statistics are checkpointed with it
+        assert "blocks.0.1.running_mean" in saved.params
+    assert f"\n   5     1  {algo:<9}" in captured.out

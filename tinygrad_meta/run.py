@@ -426,8 +426,14 @@ def load_parameters(algorithm, saved, where):
 
 
 def parameters_as_numpy(algorithm):
-    """The meta-parameters as name -> numpy copies, in order (what a checkpoint stores)."""
-    return OrderedDict((name, np.array(p.numpy(), copy=True)) for name, p in algorithm.meta_parameters().items())
+    """What a checkpoint stores: the meta-parameters as name -> numpy copies, in order, then
+    the model's buffers and other state (batch norm's running statistics), which are state
+    the run needs (ProtoNet tests on them; a resume continues them), not parameters."""
+    out = OrderedDict((name, np.array(p.numpy(), copy=True)) for name, p in algorithm.meta_parameters().items())
+    for name, value in algorithm.state_dict().items():
+        if name not in out:
+            out[name] = np.array(value, copy=True)
+    return out
 
 
 def load_run(run_dir, device=None):
