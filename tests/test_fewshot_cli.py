@@ -171,3 +171,15 @@ def test_the_default_conv_net_trains_and_evaluates(algo, data_dir, tmp_path, cap
     if algo == "protonet":   # its batch norm's running statistics are checkpointed with it
         assert "blocks.0.1.running_mean" in saved.params
     assert f"\n   5     1  {algo:<9}" in captured.out
+
+
+def test_resume_takes_few_shot_flags_and_refuses_a_changed_way_count(data_dir, tmp_path, capsys):
+    out = str(tmp_path / "r")
+    flags = ["--task", "omniglot", "--data-dir", str(data_dir), "--algo", "protonet", "--eval-tasks", "0", *SMALL]
+    assert main(["train", *flags, "--iters", "2", "--out", out]) == 0
+    assert main(["train", "--resume", out, "--iters", "3", "--ways", "5", "--eval-queries", "3",
+                 "--no-progress"]) == 0
+    assert load_checkpoint(out).iteration == 3
+    capsys.readouterr()
+    assert main(["train", "--resume", out, "--iters", "4", "--ways", "20", "--no-progress"]) == 2
+    assert "ways: checkpoint has 5, requested 20" in capsys.readouterr().err

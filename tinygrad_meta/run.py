@@ -249,7 +249,9 @@ def resume_config(run_dir, overrides, log=print):
         raise FileNotFoundError(f"--resume: run folder {run_dir} {problem}")
     checkpoint = load_checkpoint(run_dir)
     saved = checkpoint.config
-    requested = make_config(dict(overrides, out=run_dir))
+    # the checkpoint's family and algorithm, unless given: few-shot flags need a few-shot task
+    family = {key: saved.get(key) for key in ("task", "algo", "data_dir") if saved.get(key) is not None}
+    requested = make_config(dict(family, **{k: v for k, v in overrides.items() if v is not None}, out=run_dir))
     conflicts = []
     for key in FIXED_ON_RESUME:
         if key in overrides and overrides[key] is not None and requested[key] != saved.get(key):
