@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .tasks.base import TaskBatch
+from .tasks.base import TaskBatch, per_task_accuracy
 from .tasks.fewshot import EVALUATION_SHOTS, EVALUATION_WAYS
 
 __all__ = ["mean_ci", "episode_accuracy", "evaluation_cells", "fewshot_rows", "format_fewshot_table",
@@ -48,7 +48,6 @@ def _chunks(batch, tasks_per_chunk):
 def episode_accuracy(algorithm, batch, steps) -> np.ndarray:
     """The query accuracy (float64, one per episode) of ``algorithm`` adapted on each
     episode of ``batch`` (a TaskBatch of arrays) with ``steps`` inner steps."""
-    from .tasks.base import per_task_accuracy
     per_task = batch.support_x.shape[1] + batch.query_x.shape[1]
     tasks_per_chunk = max(1, IMAGES_PER_CHUNK // per_task)
     scores = []
