@@ -79,7 +79,7 @@ def main():
     current, size_rows = composite(x), []
     for order in range(top + 1):
         stats = graph_stats(current)
-        by_order = " ".join(f"{k}:{n}" for k, n in stats["ops_by_order"].items())
+        by_order = " ".join(f"{k}:{n}" for k, n in stats["ops_by_depth"].items())
         size_rows.append([order, stats["ops"], by_order])
         if order < top:
             start = time.perf_counter()
@@ -87,8 +87,8 @@ def main():
             size_rows[-1].append(f"{(time.perf_counter() - start) * 1e3:.2f} ms")
         else:
             size_rows[-1].append("-")
-    table(["order", "ops in graph", "ops by node order", "time of next grad"], size_rows)
-    print("(node order k = recorded while the backward rule of an order k-1 node ran; each\n"
+    table(["order", "ops in graph", "ops by rule depth", "time of next grad"], size_rows)
+    print("(rule depth k = recorded while the backward rule of a depth k-1 node ran; each\n"
           " backward pass runs a rule for every node it passes, and each rule records new ops)")
     growth = [size_rows[k + 1][1] / size_rows[k][1] for k in range(1, top)]
     print("growth per order:", ", ".join(f"{g:.2f}x" for g in growth))
@@ -99,18 +99,22 @@ def main():
     grid = np.linspace(-3, 3, 13 if QUICK else 121)
     ours = np.array([[v.data for v in engine_derivatives(lambda t: t.tanh(), float(g), MAX_ORDER)] for g in grid])
     exact = np.array([analytic_derivatives(math.tanh, [1.0, 0.0, -1.0], float(g), MAX_ORDER) for g in grid])
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     for order in range(MAX_ORDER + 1):
-        line, = axes[0].plot(grid, ours[:, order], label=f"order {order}")
+        axes[0].plot(grid, ours[:, order], label=f"k = {order}" + (" (tanh itself)" if order == 0 else ""))
         axes[0].plot(grid, exact[:, order], "k:", linewidth=1)
-    axes[0].set_title("tanh and its derivatives (engine; dotted: closed form)")
+    axes[0].plot([], [], "k:", linewidth=1, label="closed form")
+    axes[0].set_title("k-th derivative of tanh: engine (solid) vs closed form (dotted)")
     axes[0].set_xlabel("x")
+    axes[0].set_ylabel("d$^k$ tanh(x) / dx$^k$")
     axes[0].legend(fontsize=8)
     orders = [r[0] for r in size_rows]
     axes[1].semilogy(orders, [r[1] for r in size_rows], "o-")
-    axes[1].set_title("ops in the graph behind the k-th derivative\nof tanh(x*x)*sigmoid(x)")
+    axes[1].set_title("graph size per order: ops behind the k-th derivative\n"
+                      "of tanh(x*x)*sigmoid(x) at x = 0.7")
     axes[1].set_xticks(orders)
     axes[1].set_xlabel("derivative order k")
+    axes[1].set_ylabel("op nodes in the graph (log scale)")
     save(figure, "01_tanh_derivatives.png")
 
 

@@ -158,21 +158,29 @@ def main():
     plt = pyplot()
     if plt is None:
         return
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained")
     grid_x, grid_y = np.meshgrid(np.linspace(-1.5, 1.5, 200), np.linspace(-0.5, 1.5, 200))
     values = 100 * (grid_y - grid_x ** 2) ** 2 + (1 - grid_x) ** 2
     axes[0].contour(grid_x, grid_y, np.log10(values + 1e-3), levels=20, cmap="Greys", linewidths=0.6)
     axes[0].plot(gd_path[:, 0], gd_path[:, 1], ".-", markersize=2, label="gradient descent")
-    axes[0].plot(newton_path[:, 0], newton_path[:, 1], "o-", markersize=4, label="Newton-CG (HVP)")
-    axes[0].plot([1], [1], "k*", markersize=12)
-    axes[0].legend()
-    axes[0].set_title("paths on the Rosenbrock valley")
-    axes[1].semilogy(np.maximum(gd_f, 1e-20), label="gradient descent")
-    axes[1].semilogy(np.maximum(newton_f, 1e-20), "o-", markersize=3, label="Newton-CG (HVP)")
-    axes[1].set_xscale("symlog")
-    axes[1].set_xlabel("iteration")
-    axes[1].set_ylabel("f")
-    axes[1].legend()
+    axes[0].plot(newton_path[:, 0], newton_path[:, 1], "o-", markersize=4, label="Newton-CG (HVPs)")
+    axes[0].plot(*start_point, "ks", markersize=7, label="start (-1.2, 1)")
+    axes[0].plot([1], [1], "k*", markersize=12, label="minimum (1, 1)")
+    # below the axes: inside, any corner hides part of a path, the start or the minimum
+    axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8)
+    axes[0].set_xlabel("$x_1$")
+    axes[0].set_ylabel("$x_2$")
+    axes[0].set_title("paths on the 2-D Rosenbrock valley\n(contours: log$_{10}$ f)")
+    # iteration + 1 on a log axis: symlog crowded its ticks between 0 and 1
+    axes[1].loglog(np.arange(1, len(gd_f) + 1), np.maximum(gd_f, 1e-20), label="gradient descent")
+    axes[1].loglog(np.arange(1, len(newton_f) + 1), np.maximum(newton_f, 1e-20), "o-", markersize=3,
+                   label="Newton-CG (HVPs)")
+    axes[1].yaxis.set_major_locator(plt.matplotlib.ticker.LogLocator(numticks=8))
+    axes[1].set_xlabel("iteration + 1 (log scale)")
+    axes[1].set_ylabel("f(x), log scale (floored at 1e-20)")
+    axes[1].set_title("objective per iteration: Newton-CG vs gradient descent\n"
+                      "(both with backtracking line search)")
+    axes[1].legend(fontsize=8)
     save(figure, "02_newton_vs_gd.png")
 
 

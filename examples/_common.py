@@ -34,8 +34,22 @@ def pyplot():
     return plt
 
 
+def check_labelled(figure, name):
+    """Raise ValueError naming the panel when a panel of ``figure`` lacks an x-label, a
+    y-label or a title (colorbars are exempt): an example's plot must say what it shows."""
+    for index, axis in enumerate(figure.get_axes()):
+        if axis.get_label() == "<colorbar>":
+            continue
+        missing = [what for what, text in (("x-label", axis.get_xlabel()), ("y-label", axis.get_ylabel()),
+                                           ("title", axis.get_title())) if not text.strip()]
+        if missing:
+            raise ValueError(f"{name}: panel {index} ({axis.get_title() or 'untitled'!r}) has no "
+                             f"{', '.join(missing)}")
+
+
 def save(figure, name):
-    """Save ``figure`` as ``<output_dir>/<name>`` and say where."""
+    """Save ``figure`` as ``<output_dir>/<name>`` and say where; every panel must be labelled."""
+    check_labelled(figure, name)
     path = os.path.join(output_dir(), name)
     figure.savefig(path, dpi=110, bbox_inches="tight")
     print(f"plot saved to {path}")

@@ -73,3 +73,21 @@ def test_examples_skip_the_plot_cleanly_without_matplotlib(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "matplotlib is not installed" in result.stdout
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_an_example_plot_without_axis_labels_is_refused(tmp_path, monkeypatch):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "examples"))
+    monkeypatch.setenv("TGM_EXAMPLES_OUT", str(tmp_path))
+    from _common import save
+
+    figure, (left, right) = plt.subplots(1, 2)
+    for axis in (left, right):
+        axis.set(xlabel="step", ylabel="loss", title="a panel")
+    right.set_ylabel("")
+    with pytest.raises(ValueError, match="panel 1 .* has no y-label"):
+        save(figure, "unlabelled.png")
+    right.set_ylabel("loss")
+    save(figure, "labelled.png")
+    plt.close(figure)
+    assert (tmp_path / "labelled.png").exists() and not (tmp_path / "unlabelled.png").exists()

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 import tinygrad_meta as tgm
 from tinygrad_meta import Value, grad, viz
 from tinygrad_meta.__main__ import main
-from tinygrad_meta.cli.explain_cmd import central_difference, explain
+from tinygrad_meta.cli.explain_cmd import central_difference, explain, kinks
 from tinygrad_meta.expr import parse_expression, parse_query
 
 BOX = re.compile(r"^\s*(v\d+) \[", re.M)
@@ -92,15 +92,15 @@ def test_nodes_recorded_by_a_backward_pass_sit_in_backward_clusters():
     assert forward_ops and not set(forward_ops) & in_clusters
 
 
-def test_second_order_nodes_get_their_own_clusters_and_colour():
+def test_depth_two_nodes_get_their_own_clusters_and_colour():
     x = Value(0.7)
     (dy,) = grad((x * x).tanh(), [x], create_graph=True)
     (d2y,) = grad(dy, [x], create_graph=True)
     text = viz.to_dot(d2y)
-    second = [label for label in clusters(text) if label.startswith("2nd order")]
-    assert second, "no 2nd-order cluster"
+    second = [label for label in clusters(text) if label.startswith("depth 2: backward of")]
+    assert second, "no depth-2 cluster"
     colours = set(re.findall(r'cluster_\d+ \{\n\s*label="[^"]*"; fontcolor="(#\w+)"', text))
-    assert len(colours) == 2  # one colour for order 1, another for order 2
+    assert len(colours) == 2  # one colour for depth 1, another for depth 2
 
 
 def test_node_order_follows_origin_chain():
@@ -129,7 +129,69 @@ def test_several_outputs_share_nodes():
     text = viz.to_dot([b, c])
     # x, a, b, c and the constant 1.0
     assert len(boxes(text)) == 5
-    assert text.count("output") == 2
+    assert text.count('label="output') == 2
+
+
+def test_rule_depth_is_not_the_grad_call_that_recorded_a_node():
+    # the second grad runs the forward nodes' rules again: depth-1 nodes from pass 2
+    x = Value(0.7)
+    y = (x * x).tanh()
+    (dy,) = grad(y, [x], create_graph=True)
+    (d2y,) = grad(dy, [x], create_graph=True)
+    passes = viz.ops_per_pass([y, dy, d2y])
+    assert [p["ops"] for p in passes] == [2, 7, 19]
+    assert passes[1]["by_depth"] == {1: 7}
+    assert set(passes[2]["by_depth"]) == {1, 2} and sum(passes[2]["by_depth"].values()) == 19
+    assert viz.rule_depth(d2y) == 1  # d2y/dx2 itself is recorded by a forward node's rule
+
+
+def test_stages_frame_what_each_pass_added():
+    x = Value(0.7)
+    y = (x * x).tanh()
+    (dy,) = grad(y, [x], create_graph=True)
+    (d2y,) = grad(dy, [x], create_graph=True)
+    text = viz.to_dot(d2y, stages=[("forward", y), ("pass 1", dy), ("pass 2", d2y)], compact=True)
+    assert text.count("subgraph cluster_stage_") == 3
+    frame_two = text[text.index('label="pass 2"'):]
+    # the output d2y/dx2 is inside the frame of pass 2
+    output_box = re.search(r'(v\d+) \[label="output', text).group(1)
+    assert f"{output_box} [" in frame_two
+    with pytest.raises(ValueError, match="stages"):
+        viz.to_dot(d2y, stages=[y, dy])
+
+
+def test_compact_writes_ops_inside_boxes_and_halves_the_nodes():
+    x = Value(0.7)
+    (dy,) = grad((x * x).tanh(), [x], create_graph=True)
+    full, compact = viz.to_dot(dy), viz.to_dot(dy, compact=True)
+    assert len(OP.findall(compact)) == 0 and len(OP.findall(full)) == 9
+    assert len(boxes(compact)) == len(boxes(full))
+
+
+def test_every_picture_has_a_legend_naming_the_depths_drawn():
+    x = Value(0.7)
+    (dy,) = grad((x * x).tanh(), [x], create_graph=True)
+    text = viz.to_dot(dy, names={"x": x}, title="dy/dx")
+    legend = re.search(r"label=<<TABLE.*</TABLE>>", text).group(0)
+    assert "depth 0: recorded by the forward pass" in legend
+    assert "depth 1: recorded by the backward rule of a depth-0 node" in legend
+    assert "depth 2" not in legend
+    assert "double border: leaf" in legend and "dashed border: constant" in legend
+    assert "<B>dy/dx</B>" in legend
+    assert "label=<<TABLE" not in viz.to_dot(dy, legend=False)
+
+
+def test_constants_can_be_left_out_but_named_data_stays_an_input():
+    x = tgm.Tensor(np.ones((3, 1)))
+    w = tgm.Tensor(np.ones((1, 2)), requires_grad=True)
+    y = ((x @ w) * (x @ w)).sum()
+    (g,) = grad(y, [w], create_graph=True)
+    text = viz.to_dot(g, names={"batch x": x}, constants=False, compact=True)
+    assert "batch x" in text and "constants (data, seeds) not drawn" in text
+    assert 'const\n' not in text.replace('batch x\nconst', '')  # only the named one is drawn
+    batch_line = next(line for line in text.splitlines() if "batch x" in line)
+    assert "#dbe9f6" in batch_line  # drawn as depth-0 data, not inside a backward rule
+    assert len(boxes(text)) < len(boxes(viz.to_dot(g, names={"batch x": x}, compact=True)))
 
 
 # ---- to_dot: large graphs -----------------------------------------------------------
@@ -331,6 +393,42 @@ def test_explain_command_prints_engine_next_to_finite_differences(tmp_path, caps
     assert ops == sorted(ops) and ops[4] > ops[1]  # each order records a bigger graph
     for order in range(5):
         assert (tmp_path / f"order_{order}.dot").exists()
+
+
+def test_explain_warns_when_the_point_sits_on_a_relu_kink(capsys):
+    assert main(["explain", "relu(x) at x=0", "--no-pictures"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: x = 0.0 sits on a kink of relu" in out
+    rows = _parse_table(out)
+    # the engine's convention relu'(0) = 0 vs the symmetric difference (0 + 1) / 2
+    assert rows[1][0] == 0.0 and rows[1][1] == pytest.approx(0.5, rel=1e-6)
+
+
+def test_explain_warns_when_the_stencil_straddles_a_kink_and_not_elsewhere():
+    expression = parse_expression("relu(x)")
+    assert "inside the finite-difference stencil" in kinks(expression, 1e-3, 4)[0]
+    assert kinks(expression, 0.5, 4) == []
+    assert kinks(parse_expression("tanh(x*x)"), 0.0, 4) == []
+    assert kinks(parse_expression("relu(x*x - 1)"), -1.0, 2)[0].startswith("x = -1.0 sits on a kink")
+
+
+def test_explain_counts_what_each_grad_call_added_by_depth(capsys):
+    rows = explain(parse_expression("tanh(x*x)"), 0.7, max_order=2)
+    assert [row["new_ops"] for row in rows] == [2, 7, 19]
+    assert rows[2]["new_ops_by_depth"] == viz.ops_per_pass([r["value"] for r in rows])[2]["by_depth"]
+
+
+def test_explain_collapses_the_pictures_of_high_orders_by_default(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert main(["explain", "tanh(x*x) at x=0.7", "--order", "4", "--out", str(tmp_path)]) == 0
+    order2, order4 = ((tmp_path / f"order_{k}.dot").read_text() for k in (2, 4))
+    rows = explain(parse_expression("tanh(x*x)"), 0.7, max_order=4)
+    assert " ×" not in order2 and " ×" in order4
+    # collapsed: far fewer boxes than the 112 op nodes behind the 4th derivative
+    assert len(boxes(order4)) < rows[4]["ops"] / 2
+    # framed by pass: the forward and the 4th grad call at least (a pass whose nodes the
+    # 4th derivative no longer reaches gets no frame)
+    assert 'label="forward"' in order4 and 'label="grad call 4"' in order4
 
 
 def test_explain_command_writes_dot_when_graphviz_is_missing(tmp_path, capsys, monkeypatch):

@@ -428,14 +428,10 @@ def load_parameters(algorithm, saved, where):
 
 
 def parameters_as_numpy(algorithm):
-    """What a checkpoint stores: the meta-parameters as name -> numpy copies, in order, then
-    the model's buffers and other state (batch norm's running statistics), which are state
-    the run needs (ProtoNet tests on them; a resume continues them), not parameters."""
-    out = OrderedDict((name, np.array(p.numpy(), copy=True)) for name, p in algorithm.meta_parameters().items())
-    for name, value in algorithm.state_dict().items():
-        if name not in out:
-            out[name] = np.array(value, copy=True)
-    return out
+    """What a checkpoint stores: the meta-parameters as name -> numpy copies, in order, and
+    the model's state that is not a parameter (BatchNorm's running statistics, a Dropout's
+    generator): ``algorithm.state_dict()``, which ``load_parameters`` restores whole."""
+    return OrderedDict((name, np.array(value, copy=True)) for name, value in algorithm.state_dict().items())
 
 
 def load_run(run_dir, device=None):

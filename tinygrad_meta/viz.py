@@ -4,17 +4,23 @@
 ``Tensor``s or ``Value``s; ``draw(outputs, "graph.svg")`` writes it to disk and renders
 it with the ``dot`` program when that is installed.
 
-What the picture shows:
+What the picture shows (every picture carries a legend saying the same):
 
 * every node of the graph as a box: a ``Value``'s data and grad, a ``Tensor``'s shape
   and dtype (and its numbers when it is tiny); leaves that require grad have a double
   border, constants a dashed one, the outputs a bold one;
-* every recorded op as an ellipse feeding the box it produced;
-* the *order* of each node: 0 for nodes an ordinary forward pass recorded; for a node
-  recorded while the backward rule of node N ran with ``create_graph=True``, one more
-  than N's order. Nodes of order >= 1 sit in a coloured cluster labelled
-  "backward of <op of N>", one colour per order, so a gradient of a gradient shows the
-  forward graph, the graph its backward recorded, and the backward through that.
+* every recorded op as an ellipse feeding the box it produced (``compact=True`` writes
+  the op's name inside the box instead, which halves the picture);
+* the fill colour is the **rule depth** of a node (``rule_depth``): 0 for a node an
+  ordinary forward pass recorded; for a node recorded while the backward rule of node N
+  ran with ``create_graph=True``, one more than N's depth. Nodes of depth >= 1 sit in a
+  dashed cluster "backward of <op of N>".
+
+The depth is *not* the number of the ``grad`` call that recorded a node: the second
+``grad`` of tanh(x*x) runs the rules of the forward nodes again (recording depth-1
+nodes, drawn like the first pass's) as well as the rules of the depth-1 nodes
+(recording depth-2 nodes). ``stages=[(title, outputs), ...]`` frames what each pass
+added, and ``ops_per_pass`` counts it.
 
 >>> from tinygrad_meta import Value, grad
 >>> from tinygrad_meta.viz import to_dot
@@ -31,7 +37,8 @@ import os
 import shutil
 import subprocess
 
-__all__ = ["to_dot", "draw", "graph_stats", "node_order", "op_name", "GraphvizNotFoundError"]
+__all__ = ["to_dot", "draw", "graph_stats", "ops_per_pass", "rule_depth", "node_order", "op_name",
+           "GraphvizNotFoundError"]
 
 # fill colour per order (0 = forward); cluster outlines use the darker partner
 _FILL = ["#dbe9f6", "#fde0c5", "#d4efd4", "#e6d7f2", "#f6d5dc"]
@@ -54,18 +61,23 @@ def op_name(node):
     return None if op is None else op.name
 
 
-def node_order(node):
-    """0 for a node recorded by a forward pass; 1 + the order of ``node._origin`` otherwise.
+def rule_depth(node):
+    """0 for a node recorded by a forward pass; 1 + the depth of ``node._origin`` otherwise.
 
     ``_origin`` is the node whose backward rule was running (with ``create_graph=True``)
-    when ``node`` was recorded.
+    when ``node`` was recorded. The depth says how many rules were nested when the node
+    was made, not which ``grad`` call made it (see the module docstring).
     """
-    order = 0
+    depth = 0
     origin = getattr(node, "_origin", None)
     while origin is not None:
-        order += 1
+        depth += 1
         origin = getattr(origin, "_origin", None)
-    return order
+    return depth
+
+
+# the name older code and the explain table use
+node_order = rule_depth
 
 
 def _is_node(obj):
@@ -145,9 +157,10 @@ def graph_stats(outputs):
     """Counts and sizes of the graph behind ``outputs``.
 
     Returns a dict: ``nodes`` (all reachable), ``ops`` (recorded op nodes), ``leaves``
-    (leaves requiring grad), ``constants``, ``ops_by_order`` ({order: count of op
-    nodes}), and ``data_bytes`` (bytes of the distinct buffers the nodes hold: 8 per
-    ``Value``, the owning array's ``nbytes`` per Tensor buffer).
+    (leaves requiring grad), ``constants``, ``ops_by_depth`` ({rule depth: count of op
+    nodes}; ``ops_by_order`` is the same dict under its older name), and ``data_bytes``
+    (bytes of the distinct buffers the nodes hold: 8 per ``Value``, the owning array's
+    ``nbytes`` per Tensor buffer).
 
     >>> from tinygrad_meta import Value
     >>> x = Value(2.0)
@@ -157,22 +170,54 @@ def graph_stats(outputs):
     outputs = _as_outputs(outputs, "graph_stats")
     nodes, _, _ = _collect(outputs)
     kinds = collections.Counter(_kind(node) for node in nodes)
-    by_order = collections.Counter(node_order(node) for node in nodes if _kind(node) == "op")
+    by_depth = dict(sorted(collections.Counter(
+        rule_depth(node) for node in nodes if _kind(node) == "op").items()))
     seen_buffers = set()
     return {
         "nodes": len(nodes),
         "ops": kinds["op"],
         "leaves": kinds["leaf"],
         "constants": kinds["const"],
-        "ops_by_order": dict(sorted(by_order.items())),
+        "ops_by_depth": by_depth,
+        "ops_by_order": by_depth,
         "data_bytes": sum(_array_bytes(node, seen_buffers) for node in nodes),
     }
+
+
+def ops_per_pass(passes):
+    """What each pass added: for successive outputs (a forward result, then each ``grad``
+    of it), the op nodes first reachable from that pass's output, split by rule depth.
+
+    ``passes``: a list; each entry a Tensor/Value or a list of them. Returns one dict per
+    pass: ``ops`` (new op nodes) and ``by_depth`` ({rule depth: count}).
+
+    >>> from tinygrad_meta import Value, grad
+    >>> x = Value(0.7)
+    >>> y = (x * x).tanh()
+    >>> (dy,) = grad(y, [x], create_graph=True)
+    >>> [p["ops"] for p in ops_per_pass([y, dy])]
+    [2, 7]
+    """
+    if not isinstance(passes, (list, tuple)) or not passes:
+        raise ValueError("ops_per_pass: passes must be a non-empty list of outputs, one per pass")
+    seen, out = set(), []
+    for index, outputs in enumerate(passes):
+        nodes, _, _ = _collect(_as_outputs(outputs, f"ops_per_pass (pass {index})"))
+        new = [node for node in nodes if _kind(node) == "op" and id(node) not in seen]
+        seen.update(id(node) for node in nodes)
+        depths = collections.Counter(rule_depth(node) for node in new)
+        out.append({"ops": len(new), "by_depth": dict(sorted(depths.items()))})
+    return out
 
 
 # ---- labels --------------------------------------------------------------------------
 
 def _quote(text):
     return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _html(text):
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _number(x):
@@ -198,15 +243,50 @@ def _describe(node, show_values):
 
 
 def _cluster_title(origin):
-    order = node_order(origin) + 1
+    depth = rule_depth(origin) + 1
     title = f"backward of {op_name(origin)}"
-    if order == 1:
+    if depth == 1:
         return title
     chain, parent = [], getattr(origin, "_origin", None)
     while parent is not None:
         chain.append(f"backward of {op_name(parent)}")
         parent = getattr(parent, "_origin", None)
-    return f"{_ORDINAL.get(order, f'{order}th')} order: {title} (recorded in {' < '.join(chain)})"
+    return f"depth {depth}: {title} (in {' < '.join(chain)})"
+
+
+def _legend(title, depths, kinds, has_clusters, stage_frames, collapse, compact):
+    """An HTML-like graph label: the title, then what colours, borders and frames mean."""
+    rows = []
+    if title:
+        rows.append(f'<TR><TD COLSPAN="2"><B>{_html(title)}</B></TD></TR>')
+    meaning = {0: "depth 0: recorded by the forward pass",
+               1: "depth 1: recorded by the backward rule of a depth-0 node"}
+    for depth in depths:
+        text = meaning.get(depth, f"depth {depth}: recorded by the backward rule of a depth-{depth - 1} node")
+        fill = _FILL[min(depth, len(_FILL) - 1)]
+        rows.append(f'<TR><TD BGCOLOR="{fill}" BORDER="1" WIDTH="22"> </TD>'
+                    f'<TD ALIGN="LEFT">{_html(text)}</TD></TR>')
+    borders = []
+    if "leaf" in kinds:
+        borders.append("double border: leaf that requires grad")
+    if "const" in kinds:
+        borders.append("dashed border: constant")
+    if "no const" in kinds:
+        borders.append("constants (data, seeds) not drawn")
+    borders.append("bold border: output")
+    if not (collapse or compact):
+        borders.append("ellipse: the op that made the box it points to")
+    elif "op" in kinds:
+        borders.append("first line of a box: the op that made it" +
+                       (" (×n: n nodes merged)" if collapse else ""))
+    if has_clusters:
+        borders.append("dashed frame \u201cbackward of OP\u201d: what one run of OP\u2019s backward rule recorded")
+    if stage_frames:
+        borders.append("grey frame: the nodes a pass or step added first")
+    for text in borders:
+        rows.append(f'<TR><TD COLSPAN="2" ALIGN="LEFT">{_html(text)}</TD></TR>')
+    return ('<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="1" CELLPADDING="1">'
+            + "".join(rows) + "</TABLE>>")
 
 
 # ---- DOT -----------------------------------------------------------------------------
@@ -219,14 +299,30 @@ class _Unit:
         self.members = []
 
 
+def _stage_of(nodes, stages, caller):
+    """{id(node): stage index} for ``stages`` = [(title, outputs), ...], earliest first."""
+    if stages is None:
+        return {}, []
+    if not isinstance(stages, (list, tuple)) or not all(
+            isinstance(s, (list, tuple)) and len(s) == 2 and isinstance(s[0], str) for s in stages):
+        raise ValueError(f"{caller}: stages must be a list of (title, outputs) pairs, earliest pass first")
+    stage, titles = {}, []
+    for index, (title, outputs) in enumerate(stages):
+        titles.append(title)
+        reached, _, _ = _collect(_as_outputs(outputs, f"{caller} (stage {title!r})"))
+        for node in reached:
+            stage.setdefault(id(node), index)
+    return stage, titles
+
+
 def to_dot(outputs, max_nodes=400, collapse=False, show_values=True, names=None,
-           rankdir="LR", title=None):
+           rankdir="LR", title=None, compact=False, stages=None, legend=True, constants=True):
     """Graphviz DOT text for the graph behind ``outputs``.
 
     ``outputs``: a Tensor or Value, or a list of them (drawn together, shared nodes once).
     ``max_nodes``: draw at most this many boxes, those nearest the outputs; the rest
     become one note box saying how many were left out.
-    ``collapse``: ``True`` (or ``"shape"``) merges nodes that share order, backward
+    ``collapse``: ``True`` (or ``"shape"``) merges nodes that share rule depth, backward
     cluster, op name, shape and dtype into one box labelled "op ×count" (edges labelled
     with counts); ``"op"`` merges by op name alone (shapes differ inside a box), which
     keeps a whole MAML step to a few dozen boxes.
@@ -234,6 +330,12 @@ def to_dot(outputs, max_nodes=400, collapse=False, show_values=True, names=None,
     ``names``: {"x": node} labels for nodes of interest (a named node is never merged).
     ``rankdir``: Graphviz layout direction ("LR" or "TB").
     ``title``: a caption for the picture.
+    ``compact``: write each op's name in the box it produced instead of an ellipse.
+    ``stages``: [(title, outputs), ...], one per pass or step, earliest first: each node
+    is framed with the first stage whose outputs reach it (what that pass added).
+    ``legend``: draw the legend (colours, borders, frames) under the title.
+    ``constants``: ``False`` leaves constants out (the legend says so), which unclutters
+    graphs whose constants are data and seeds rather than part of the story.
 
     Node ids follow the breadth-first discovery order from the outputs, so the same
     graph always gives the same text.
@@ -258,16 +360,29 @@ def to_dot(outputs, max_nodes=400, collapse=False, show_values=True, names=None,
 
     nodes, _, first_child = _collect(outputs)
     placement = _placement(nodes, first_child)
+    stage_of, stage_titles = _stage_of(nodes, stages, "to_dot")
+    for node in nodes:
+        if _kind(node) != "const":
+            continue
+        if id(node) in named:
+            # named data (a batch, a target) is drawn as an input, not inside a rule
+            placement[id(node)] = (0, None)
+        elif id(first_child.get(id(node), node)) in stage_of:
+            # a constant is framed with the node that uses it, as it is clustered with it
+            stage_of[id(node)] = stage_of[id(first_child.get(id(node), node))]
     output_ids = {id(node) for node in outputs}
+    inline_ops = bool(collapse) or bool(compact)
 
     # group nodes into units (one per node unless collapsing)
     units, unit_of = [], {}
     by_key = {}
     for position, node in enumerate(nodes):
+        if not constants and _kind(node) == "const" and id(node) not in named:
+            continue
         order, origin = placement[id(node)]
         if collapse and id(node) not in named and id(node) not in output_ids:
             data = node.data
-            cluster = (order, op_name(origin) if origin is not None else None)
+            cluster = (stage_of.get(id(node)), order, op_name(origin) if origin is not None else None)
             key = (cluster, _kind(node), op_name(node))
             if collapse != "op":
                 key += (tuple(getattr(data, "shape", ())), str(getattr(data, "dtype", "")))
@@ -289,14 +404,13 @@ def to_dot(outputs, max_nodes=400, collapse=False, show_values=True, names=None,
         "digraph tinygrad_meta {",
         f"  rankdir={rankdir};",
         # newrank: without it dot's ranking fails on edges that cross many clusters
-        '  graph [fontname="Helvetica", fontsize=11, nodesep=0.25, ranksep=0.35, newrank=true];',
-        '  node [fontname="Helvetica", fontsize=10, style=filled, fillcolor="#ffffff"];',
+        '  graph [fontname="Helvetica", fontsize=11, nodesep=0.2, ranksep=0.3, newrank=true];',
+        '  node [fontname="Helvetica", fontsize=10, style=filled, fillcolor="#ffffff", '
+        'margin="0.06,0.03", height=0.3];',
         '  edge [color="#555555", arrowsize=0.6, fontname="Helvetica", fontsize=9];',
     ]
-    if title:
-        lines.append(f"  label={_quote(title)}; labelloc=t;")
 
-    # boxes, grouped by the cluster they belong to
+    # boxes, grouped by stage frame, then by the backward cluster they belong to
     clusters = collections.OrderedDict()
     for unit in shown:
         node = unit.members[0]
@@ -305,7 +419,8 @@ def to_dot(outputs, max_nodes=400, collapse=False, show_values=True, names=None,
             cluster_key = (order, op_name(origin)) if origin is not None else None
         else:
             cluster_key = id(origin) if origin is not None else None
-        clusters.setdefault(cluster_key, (order, origin, []))[2].append(unit)
+        stage = stage_of.get(id(node))
+        clusters.setdefault((stage, cluster_key), (order, origin, []))[2].append(unit)
 
     def emit_unit(unit, indent):
         node = unit.members[0]
@@ -321,7 +436,7 @@ def to_dot(outputs, max_nodes=400, collapse=False, show_values=True, names=None,
             label.append("leaf" if count == 1 else f"leaf ×{count}")
         elif kind == "const":
             label.append("const" if count == 1 else f"const ×{count}")
-        if collapse and kind == "op":
+        if inline_ops and kind == "op":
             label.append(f"{op_name(node)} ×{count}" if count > 1 else op_name(node))
         if collapse == "op" and count > 1:
             shapes = {tuple(getattr(member.data, "shape", ())) for member in unit.members}
@@ -341,47 +456,64 @@ def to_dot(outputs, max_nodes=400, collapse=False, show_values=True, names=None,
             attrs.append("penwidth=2")
         attrs.append(f'style="{",".join(styles)}"')
         out = [f"{indent}v{i} [{', '.join(attrs)}];"]
-        if kind == "op" and not collapse:
+        if kind == "op" and not inline_ops:
             out.append(f'{indent}o{i} [label={_quote(op_name(node))}, shape=ellipse, '
                        f'fillcolor="{fill}", style=filled];')
             out.append(f"{indent}o{i} -> v{i};")
         return out
 
-    cluster_number = 0
-    for cluster_key, (order, origin, members) in clusters.items():
+    cluster_number = [0]
+
+    def emit_cluster(cluster_key, order, origin, members, indent):
         if cluster_key is None:
             for unit in members:
-                lines.extend(emit_unit(unit, "  "))
-            continue
+                lines.extend(emit_unit(unit, indent))
+            return
         if collapse:
             title_text = f"backward of {cluster_key[1]}"
             if order > 1:
-                title_text = f"{_ORDINAL.get(order, f'{order}th')} order: {title_text}"
+                title_text = f"depth {order}: {title_text}"
         else:
             title_text = _cluster_title(origin)
         color = _EDGE[min(order, len(_EDGE) - 1)]
-        lines.append(f"  subgraph cluster_{cluster_number} {{")
-        lines.append(f"    label={_quote(title_text)}; fontcolor=\"{color}\"; color=\"{color}\"; "
+        lines.append(f"{indent}subgraph cluster_{cluster_number[0]} {{")
+        cluster_number[0] += 1
+        lines.append(f"{indent}  label={_quote(title_text)}; fontcolor=\"{color}\"; color=\"{color}\"; "
                      f"style=\"rounded,dashed\";")
         for unit in members:
-            lines.extend(emit_unit(unit, "    "))
-        lines.append("  }")
-        cluster_number += 1
+            lines.extend(emit_unit(unit, indent + "  "))
+        lines.append(f"{indent}}}")
 
-    # edges: parent box -> op ellipse (or collapsed box) of the child
+    has_clusters = any(key[1] is not None for key in clusters)
+    for stage in sorted({key[0] for key in clusters}, key=lambda s: (s is None, s if s is not None else 0)):
+        parts = [(key[1], value) for key, value in clusters.items() if key[0] == stage]
+        if stage is None:
+            for cluster_key, (order, origin, members) in parts:
+                emit_cluster(cluster_key, order, origin, members, "  ")
+            continue
+        lines.append(f"  subgraph cluster_stage_{stage} {{")
+        lines.append(f"    label={_quote(stage_titles[stage])}; labeljust=l; fontcolor=\"#444444\"; "
+                     'color="#999999"; style="rounded"; penwidth=1.5;')
+        for cluster_key, (order, origin, members) in parts:
+            emit_cluster(cluster_key, order, origin, members, "    ")
+        lines.append("  }")
+
+    # edges: parent box -> op ellipse (or the box itself when ops are inline) of the child
     edge_counts = collections.OrderedDict()
     cut_targets = []
     for unit in shown:
         for child in unit.members:
             for parent in child._parents:
                 target = number[id(unit)]
-                parent_unit = unit_of[id(parent)]
+                parent_unit = unit_of.get(id(parent))
+                if parent_unit is None:  # a constant left out on purpose
+                    continue
                 if id(parent_unit) in shown_set:
                     edge = (number[id(parent_unit)], target)
                     edge_counts[edge] = edge_counts.get(edge, 0) + 1
                 elif target not in cut_targets:
                     cut_targets.append(target)
-    head = "v" if collapse else "o"
+    head = "v" if inline_ops else "o"
     for (source, target), count in edge_counts.items():
         if collapse:
             extra = f" [label=\"×{count}\"]" if count > 1 else ""
@@ -393,6 +525,16 @@ def to_dot(outputs, max_nodes=400, collapse=False, show_values=True, names=None,
                      'shape=note, fillcolor="#fff7c2"];')
         for target in cut_targets:
             lines.append(f"  cut -> {head}{target} [style=dotted];")
+    if legend:
+        shown_nodes = [member for unit in shown for member in unit.members]
+        depths = sorted({placement[id(node)][0] for node in shown_nodes})
+        kinds = {_kind(node) for node in shown_nodes}
+        if not constants:
+            kinds.add("no const")
+        lines.append(f"  label={_legend(title, depths, kinds, has_clusters, bool(stage_titles), collapse, compact)}; "
+                     "labelloc=t; labeljust=l;")
+    elif title:
+        lines.append(f"  label={_quote(title)}; labelloc=t;")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
