@@ -7,13 +7,19 @@ One meta-iteration = meta-loss, meta-gradient and the outer Adam step.
 We time second and first order, vectorised (all tasks in one batched computation) and
 looped (a Python loop over tasks). When torch is importable (and ``--no-torch`` is not
 given) the same step runs in PyTorch eager (per-task loop with torch.autograd.grad) and
-with torch.func (grad inside vmap), and the ratios ours / theirs are printed. The
+with torch.func (grad inside vmap), and the ratios ours / theirs are printed. Ours also
+runs compiled (``MAML(..., compile=True)``: tgm.compile traces the step once and replays
+flat array calls). When JAX can be started (installed, or in the folder ``TGM_JAX_PATH``
+names; ``--no-jax`` skips it) the same iteration runs as ``jit(value_and_grad(mean(vmap(
+task_loss))))`` with the Adam update inside the jit, in its own process
+(benchmarks/_jax_worker.py), alternated with ours round by round. The
 configurations are timed round-robin, several rounds, so that load on a shared machine
 hits them alike; each number is the median over all timed iterations after warm-up.
 
     python benchmarks/maml.py                 # speed table, with torch when installed
     python benchmarks/maml.py --no-torch      # ours only; this process never imports torch
     python benchmarks/maml.py --memory        # peak memory vs inner steps; RSS over iterations
+    TGM_JAX_PATH=/tmp/jaxenv python benchmarks/maml.py --no-torch   # ours vs JAX jit
 """
 from __future__ import annotations
 
@@ -48,10 +54,10 @@ def make_batches(count, tasks, shots, seed=0):
 # ours
 # ----------------------------------------------------------------------------------
 
-def ours_step_fn(first_order, vectorize, inner_steps=1, seed=0):
+def ours_step_fn(first_order, vectorize, inner_steps=1, seed=0, compiled=False):
     model = tgm.nn.MLP(SIZES, rng=np.random.default_rng(seed))
     maml = MAML(model, inner_lr=INNER_LR, inner_steps=inner_steps, first_order=first_order,
-                vectorize=vectorize)
+                vectorize=vectorize, compile=compiled)
     optimizer = Adam(maml.meta_parameters(), lr=META_LR)
 
     def step(batch):
@@ -146,11 +152,17 @@ def time_round_robin(steps, batches, warmup, iters, rounds):
     """Median seconds per call for each named step; configurations alternate per round."""
     samples = {name: [] for name in steps}
     for name, step in steps.items():
+        if isinstance(step, tuple):  # (JaxWorker, its step name): warmed up when it started
+            continue
         for i in range(warmup):
             step(batches[i % len(batches)])
     per_round = max(1, iters // rounds)
     for r in range(rounds):
         for name, step in steps.items():
+            if isinstance(step, tuple):
+                worker, remote = step
+                samples[name] += worker.times(remote, per_round)
+                continue
             for i in range(per_round):
                 batch = batches[(r * per_round + i) % len(batches)]
                 start = time.perf_counter()
@@ -165,6 +177,25 @@ def speed(args):
     for order in ("second", "first"):
         for mode in ("vectorised", "looped"):
             steps[f"ours {order}-order {mode}"] = ours_step_fn(order == "first", mode == "vectorised")
+        steps[f"ours {order}-order compiled"] = ours_step_fn(order == "first", True, compiled=True)
+    worker = None
+    if not args.no_jax:
+        from _jax import JaxWorker
+        weights = tgm.nn.MLP(SIZES, rng=np.random.default_rng(0)).parameter_dict()
+        arrays = {"inner_lr": INNER_LR, "meta_lr": META_LR, "maml_layers": len(SIZES) - 1,
+                  "batches": len(batches)}
+        for i in range(len(SIZES) - 1):
+            arrays[f"maml_w{i}"] = weights[f"layers.{i}.weight"].numpy()
+            arrays[f"maml_b{i}"] = weights[f"layers.{i}.bias"].numpy()
+        for i, batch in enumerate(batches):
+            for k, part in enumerate(batch):
+                arrays[f"batch{i}_{k}"] = part
+        worker = JaxWorker(arrays)
+        if worker.available:
+            steps["jax second-order jit(vmap)"] = (worker, "maml2")
+            steps["jax first-order jit(vmap)"] = (worker, "maml1")
+        else:
+            print(f"JAX not available ({worker.why}): its rows are skipped; set TGM_JAX_PATH")
     with_torch = not args.no_torch
     if with_torch:
         try:
@@ -195,6 +226,17 @@ def speed(args):
     print(f"{'configuration':42s} {'ms/iter':>9s}")
     for name, seconds in results.items():
         print(f"{name:42s} {seconds * 1e3:9.3f}")
+    if worker is not None and worker.available:
+        print(f"JAX {worker.version}, in its own process")
+        for order in ("second", "first"):
+            ratio = results[f"ours {order}-order compiled"] / results[f"jax {order}-order jit(vmap)"]
+            eager = results[f"ours {order}-order vectorised"] / results[f"jax {order}-order jit(vmap)"]
+            print(f"{order}-order: ours compiled / JAX jit = {ratio:.3f} (target <= 0.70: "
+                  f"{'meets' if ratio <= 0.7 else 'MISSES'}); ours eager / JAX jit = {eager:.3f}")
+        worker.close()
+    for order in ("second", "first"):
+        print(f"{order}-order: ours compiled / ours eager (vectorised) = "
+              f"{results[f'ours {order}-order compiled'] / results[f'ours {order}-order vectorised']:.3f}")
     if with_torch:
         print()
         for order in ("second", "first"):
@@ -223,30 +265,36 @@ def memory(args):
 
     batches = make_batches(4, args.meta_batch, args.shots)
     print("peak traced memory of one second-order vectorised meta-iteration (tracemalloc):")
+    print(f"  {'inner steps':>11s} {'eager MiB':>10s} {'compiled MiB':>13s}")
     for inner_steps in (1, 5, 10):
-        step = ours_step_fn(False, True, inner_steps=inner_steps)
-        step(batches[0])  # warm-up: lazy imports and caches are not the step's memory
-        tracemalloc.start()
-        tracemalloc.reset_peak()
-        step(batches[1])
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        print(f"  inner steps {inner_steps:2d}: peak {peak / 2 ** 20:7.2f} MiB")
+        peaks = []
+        for compiled in (False, True):
+            step = ours_step_fn(False, True, inner_steps=inner_steps, compiled=compiled)
+            step(batches[0])  # warm-up (and the trace): lazy imports and caches are not the step's
+            tracemalloc.start()
+            tracemalloc.reset_peak()
+            step(batches[1])
+            peaks.append(tracemalloc.get_traced_memory()[1])
+            tracemalloc.stop()
+        print(f"  {inner_steps:11d} {peaks[0] / 2 ** 20:10.2f} {peaks[1] / 2 ** 20:13.2f}")
     if not os.path.exists("/proc/self/statm"):
         print("resident memory: /proc/self/statm not available on this system; skipped")
         return
-    step = ours_step_fn(False, True)
     every = max(1, args.memory_iters // 10)
-    print(f"resident memory over {args.memory_iters} second-order vectorised meta-iterations:")
-    first = None
-    for i in range(args.memory_iters + 1):
-        if i % every == 0:
-            rss = _rss_mib()
-            first = rss if first is None else first
-            print(f"  iteration {i:6d}: RSS {rss:8.2f} MiB")
-        if i < args.memory_iters:
-            step(batches[i % len(batches)])
-    print(f"  growth after warm-up: {_rss_mib() - first:+.2f} MiB")
+    for compiled in (False, True):
+        step = ours_step_fn(False, True, compiled=compiled)
+        label = "compiled" if compiled else "eager"
+        print(f"resident memory over {args.memory_iters} second-order vectorised meta-iterations, "
+              f"{label}:")
+        first = None
+        for i in range(args.memory_iters + 1):
+            if i % every == 0:
+                rss = _rss_mib()
+                first = rss if first is None else first
+                print(f"  iteration {i:6d}: RSS {rss:8.2f} MiB")
+            if i < args.memory_iters:
+                step(batches[i % len(batches)])
+        print(f"  {label}: growth after warm-up: {_rss_mib() - first:+.2f} MiB")
 
 
 def main(argv=None):
@@ -257,6 +305,7 @@ def main(argv=None):
     parser.add_argument("--meta-batch", type=int, default=25)
     parser.add_argument("--shots", type=int, default=10)
     parser.add_argument("--no-torch", action="store_true", help="never import torch")
+    parser.add_argument("--no-jax", action="store_true", help="do not start the JAX process")
     parser.add_argument("--torch-threads", type=int, default=0,
                         help="torch.set_num_threads (0: torch's default)")
     parser.add_argument("--memory", action="store_true", help="memory report instead of speed")

@@ -7,11 +7,15 @@ small network's step is made of) on an 8x8 float32 array, timed three ways in on
 * forward   -- our ops with graph recording;
 * fwd+bwd   -- forward, then ``backward()`` through the whole chain.
 
+* compiled  -- forward + gradients through ``tgm.compile`` (traced once, then replayed
+  as flat array calls: no graph, no rule dispatch);
+
 and, when PyTorch is importable, the same chain in PyTorch eager (forward + backward)
 as a second baseline. The configurations are timed round-robin, so a machine that
 slows down mid-run slows all of them alike; each row is the median over rounds.
 Prints microseconds per op and the ratio to numpy.
-Target (issue 2): forward + backward <= 3 us per op (PyTorch CPU: about 4 us).
+Targets: forward + backward <= 3 us per op (issue 2; PyTorch CPU: about 4 us);
+compiled forward + backward <= 0.3x PyTorch eager (issue 12).
 
     python benchmarks/overhead.py [--size 8] [--repeats 30] [--no-torch]
 """
@@ -93,11 +97,17 @@ def main(argv=None):
     def forward_backward():
         tensor_chain(x, w).backward()
 
+    compiled = tgm.compile(lambda: tgm.grad(tensor_chain(x, w), [x, w]))
+    eager_grads = tgm.grad(tensor_chain(x, w), [x, w])
+    for ours, eager in zip(compiled(), eager_grads):  # trace, then check the replay is exact
+        assert np.array_equal(compiled()[0].numpy(), eager_grads[0].numpy())
+        assert np.array_equal(ours.numpy(), eager.numpy())
     functions = {
         "numpy raw ops": lambda: numpy_chain(x_np, w_np),
         "forward (recording)": lambda: tensor_chain(x, w),
         "forward under no_grad": lambda: no_grad_forward(x, w),
         "forward + backward": forward_backward,
+        "compiled fwd+bwd": compiled,
     }
     if not args.no_torch:
         try:
@@ -120,6 +130,9 @@ def main(argv=None):
     for name, value in rows:
         if name.startswith("torch"):
             print(f"ours / torch, forward + backward: {fwd_bwd / value:.2f}")
+            ratio = times["compiled fwd+bwd"] / value
+            print(f"ours compiled / torch eager, forward + backward: {ratio:.2f} "
+                  f"(target <= 0.30: {'meets' if ratio <= 0.3 else 'MISSES'})")
     verdict = "meets" if fwd_bwd <= 3.0 else "MISSES"
     print(f"target forward+backward <= 3.00 us/op: {fwd_bwd:.2f} ({verdict})")
 

@@ -91,10 +91,13 @@ def test_kill_9_and_resume_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path):
     # long enough that the run is still going when its first checkpoints appear
     iters = 3000
     flags = ["--iters", str(iters), "--checkpoint-every", "10", "--eval-tasks", "0", *TINY]
-    # the uninterrupted reference, in this process
+    # the uninterrupted reference, in this process and eager (compile=False), while the
+    # killed and the resumed runs replay compiled steps (the CLI's default): equal bit for
+    # bit, so a compiled run resumes exactly and computes exactly what eager does
     reference = train({"iters": iters, "checkpoint_every": 10, "eval_tasks": 0, "hidden": [8],
-                       "meta_batch": 3, "shots": 4, "eval_every": 0, "out": str(tmp_path / "ref")},
-                      progress=False, log=_quiet)
+                       "meta_batch": 3, "shots": 4, "eval_every": 0, "out": str(tmp_path / "ref"),
+                       "compile": False}, progress=False, log=_quiet)
+    assert not reference.algorithm.compile
     interrupted = tmp_path / "killed"
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     process = subprocess.Popen(_cli(*flags, "--out", str(interrupted)), cwd=REPO, env=env,
@@ -127,6 +130,16 @@ def test_kill_9_and_resume_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path):
         assert np.array_equal(final.params[name], value), f"parameter {name} differs after resume"
     for key, value in expected.optimizer_state.items():
         assert np.array_equal(final.optimizer_state[key], value), f"optimizer state {key} differs"
+
+
+def test_no_compile_flag_runs_eagerly(tmp_path):
+    from tinygrad_meta.__main__ import build_parser
+    args = build_parser().parse_args(["train", "--no-compile"])
+    assert args.compile is False and build_parser().parse_args(["train"]).compile is None
+    result = train({"hidden": [8], "meta_batch": 3, "iters": 3, "eval_every": 0, "eval_tasks": 0,
+                    "out": str(tmp_path / "run"), "compile": False}, progress=False, log=_quiet)
+    assert not result.algorithm.compile and result.algorithm._compiled_step is None
+    assert make_config({})["compile"] is True
 
 
 def test_resume_can_extend_a_finished_run(tmp_path):

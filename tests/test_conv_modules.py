@@ -79,6 +79,16 @@ def test_bad_module_arguments_raise_errors_naming_the_module(call, message):
         call()
 
 
+def test_layernorm_module_has_affine_parameters_of_the_normalized_shape():
+    ln = nn.LayerNorm((2, 3), dtype="float64")
+    assert [(n, p.shape) for n, p in ln.named_parameters()] == [("weight", (2, 3)), ("bias", (2, 3))]
+    x = images((4, 2, 3))
+    np.testing.assert_array_equal(ln(x).numpy(), F.layer_norm(x, (2, 3), ln.weight, ln.bias).numpy())
+    assert not list(nn.LayerNorm(3, elementwise_affine=False).parameters())
+    assert [n for n, _ in nn.LayerNorm(3, bias=False).named_parameters()] == ["weight"]
+
+
+# ---- BatchNorm2d: running statistics are buffers ------------------------------------------
 # ---- BatchNorm2d: running statistics are buffers ------------------------------------------
 
 def test_batchnorm_running_statistics_are_buffers_not_parameters():
@@ -106,6 +116,16 @@ def test_batchnorm_trains_on_batch_statistics_and_evaluates_on_running_ones():
     want = (raw - bn.running_mean.numpy()[:, None, None]) / np.sqrt(bn.running_var.numpy()[:, None, None] + 1e-5)
     np.testing.assert_allclose(bn(x).numpy(), want, rtol=1e-12)
     assert int(bn.num_batches_tracked.numpy()) == 1  # eval leaves the statistics alone
+
+
+def test_a_copied_network_has_its_own_buffers():
+    import copy
+    net = nn.omniglot_convnet(variant="protonet", filters=2, seed=0, dtype="float64")
+    twin = copy.deepcopy(net)
+    net(images((3, 1, 28, 28)))
+    moved = net.blocks[0][1].running_mean.numpy()
+    assert moved.any() and not twin.blocks[0][1].running_mean.numpy().any()
+    assert [n for n, _ in twin.named_buffers()] == [n for n, _ in net.named_buffers()]
 
 
 def test_batchnorm_without_running_statistics_uses_the_batch_in_every_mode():
@@ -258,3 +278,35 @@ def test_second_order_maml_on_the_conv_net_vectorised_equals_looped():
     for name in grads_v:
         np.testing.assert_allclose(grads_v[name].numpy(), grads_l[name].numpy(), rtol=1e-8,
                                    atol=1e-11, err_msg=name)
+
+
+@pytest.mark.parametrize("variant", ["maml", "protonet"])
+def test_the_network_matches_a_pytorch_twin_in_outputs_and_gradients(variant):
+    torch = pytest.importorskip("torch")
+    net = nn.omniglot_convnet(3 if variant == "maml" else None, variant=variant, filters=4, seed=5,
+                              dtype="float64")
+    stride, pool = (2, False) if variant == "maml" else (1, True)
+    layers = []
+    for block in net.blocks:
+        conv = torch.nn.Conv2d(block[0].in_channels, 4, 3, stride=stride, padding=1).double()
+        norm = torch.nn.BatchNorm2d(4, track_running_stats=variant == "protonet").double()
+        layers += [conv, norm, torch.nn.ReLU()] + ([torch.nn.MaxPool2d(2)] if pool else [])
+    body = torch.nn.Sequential(*layers)
+    head = torch.nn.Linear(4, 3).double() if variant == "maml" else None
+    twin = {f"blocks.{i // (4 if pool else 3)}.{i % (4 if pool else 3)}.{name}": p
+            for i, layer in enumerate(layers) for name, p in layer.named_parameters()}
+    if head is not None:
+        twin.update({f"head.{name}": p for name, p in head.named_parameters()})
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            twin[name].copy_(torch.tensor(p.numpy()))
+    x = np.random.default_rng(6).standard_normal((5, 1, 28, 28))
+    y = net(T(x))
+    features = body(torch.tensor(x))
+    yt = head(features.mean(dim=(2, 3))) if head is not None else features.flatten(1)
+    np.testing.assert_allclose(y.numpy(), yt.detach().numpy(), rtol=1e-9, atol=1e-11)
+    names = [n for n, _ in net.named_parameters()]
+    grads = tgm.grad((y.tanh() * y).sum(), list(net.parameters()))
+    grads_t = torch.autograd.grad((yt.tanh() * yt).sum(), [twin[n] for n in names])
+    for name, g, gt in zip(names, grads, grads_t):
+        np.testing.assert_allclose(g.numpy(), gt.numpy(), rtol=1e-8, atol=1e-10, err_msg=name)

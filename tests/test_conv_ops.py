@@ -112,13 +112,49 @@ def test_im2col_and_col2im_are_differentiable_to_third_order():
     assert check_grads(f, [T(x)], order=3)
 
 
-def test_im2col_under_vmap_equals_a_loop_over_the_batch():
+@pytest.mark.parametrize("weight_batched", [False, True])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv2d_under_vmap_equals_a_loop_in_values_and_first_and_second_gradients(weight_batched, groups):
     rng = np.random.default_rng(2)
-    xs = T(rng.standard_normal((3, 2, 2, 5, 4)))
-    w = T(rng.standard_normal((3, 2, 3, 3)))
-    f = lambda x: F.conv2d(x, w, padding=1, stride=(2, 1))  # noqa: E731
-    np.testing.assert_allclose(tgm.vmap(f)(xs).numpy(), np.stack([f(xs[i]).numpy() for i in range(3)]),
-                               rtol=1e-13, atol=1e-13)
+    xs = T(rng.standard_normal((3, 2, 4, 5, 4)), grad=True)
+    w = T(rng.standard_normal((3, 4, 4 // groups, 3, 3) if weight_batched else (4, 4 // groups, 3, 3)), grad=True)
+
+    def f(x, w):  # a scalar whose gradient in x depends on w and x: second order is not trivial
+        y = F.conv2d(x, w, padding=1, stride=(2, 1), groups=groups)
+        (gx,) = tgm.grad((y * y.tanh()).sum(), [x], create_graph=True)
+        return (gx * gx).sum() + (y * y).sum()
+    axes = (0, 0 if weight_batched else None)
+    batched = tgm.vmap(f, in_axes=axes)(xs, w)
+    looped = tgm.stack([f(xs[i], w[i] if weight_batched else w) for i in range(3)])
+    np.testing.assert_allclose(batched.numpy(), looped.numpy(), rtol=1e-12)
+    for a, b in zip(tgm.grad(batched.sum(), [xs, w]), tgm.grad(looped.sum(), [xs, w])):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_conv2d_under_vmap_with_a_broadcast_weight_equals_per_example_weights():
+    # MAML's fast weights before their first update are one weight broadcast over tasks
+    rng = np.random.default_rng(14)
+    xs = T(rng.standard_normal((3, 2, 2, 5, 5)))
+    w = T(rng.standard_normal((4, 2, 3, 3)), grad=True)
+    shared = w.reshape((1,) + w.shape).broadcast_to((3,) + w.shape)
+    copies = tgm.stack([w * 1.0 for _ in range(3)])
+    f = lambda x, w: (F.conv2d(x, w, padding=1) ** 2).sum()  # noqa: E731
+    a, b = tgm.vmap(f)(xs, shared), tgm.vmap(f)(xs, copies)
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-13)
+    np.testing.assert_allclose(tgm.grad(a.sum(), [w])[0].numpy(), tgm.grad(b.sum(), [w])[0].numpy(),
+                               rtol=1e-12)
+
+
+@pytest.mark.parametrize("window", [(3, 2, 1), (2, None, 0)])  # im2col, and tiles cropped 5 -> 4
+@pytest.mark.parametrize("pool", [F.max_pool2d, F.avg_pool2d])
+def test_pools_under_vmap_equal_a_loop(pool, window):
+    xs = T(np.random.default_rng(12).standard_normal((3, 2, 2, 5, 5)), grad=True)
+    f = lambda x: (pool(x, *window) ** 2).sum()  # noqa: E731
+    batched = tgm.vmap(f)(xs)
+    looped = tgm.stack([f(xs[i]) for i in range(3)])
+    np.testing.assert_allclose(batched.numpy(), looped.numpy(), rtol=1e-13)
+    np.testing.assert_allclose(tgm.grad(batched.sum(), [xs])[0].numpy(),
+                               tgm.grad(looped.sum(), [xs])[0].numpy(), rtol=1e-13)
 
 
 # ---- conv2d ------------------------------------------------------------------------------
@@ -148,6 +184,24 @@ def test_conv2d_third_derivatives_match_finite_differences():
     x, w, b = rng.standard_normal((1, 2, 3, 3)), rng.standard_normal((2, 1, 2, 2)), rng.standard_normal(2)
     f = lambda x, w, b: F.conv2d(x, w, b, padding=1, groups=2).tanh()  # noqa: E731
     assert check_grads(f, [T(x), T(w), T(b)], order=3)
+
+
+def test_conv2d_weight_gradient_is_the_same_from_cached_and_recomputed_columns():
+    rng = np.random.default_rng(13)
+    x, w = T(rng.standard_normal((2, 3, 6, 5)), grad=True), T(rng.standard_normal((4, 3, 3, 2)), grad=True)
+    y = F.conv2d(x, w, stride=2, padding=1)
+    first = tgm.grad((y * y).sum(), [w])[0].numpy()  # takes the forward's columns
+    again = tgm.grad((y * y).sum(), [w])[0].numpy()  # they were used once: recomputed now
+    # the weight gradient of sum(y^2), directly: sum over images and positions of 2 y * window
+    grad = np.zeros(w.shape)
+    xp = np.pad(x.numpy(), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    yr = y.numpy()
+    for i in range(3):
+        for j in range(2):
+            window = xp[:, :, i:i + 2 * (yr.shape[2] - 1) + 1:2, j:j + 2 * (yr.shape[3] - 1) + 1:2]
+            grad[:, :, i, j] = np.einsum("nohw,nchw->oc", 2 * yr, window)
+    np.testing.assert_allclose(first, grad, rtol=1e-12)
+    np.testing.assert_array_equal(first, again)
 
 
 def test_conv2d_takes_one_unbatched_image_as_pytorch():
@@ -324,6 +378,23 @@ def test_layer_norm_forward_and_derivatives(shapes, affine, seed):
     assert gradcheck(f, inputs) and gradgradcheck(f, inputs)
 
 
+@pytest.mark.parametrize("name", ["conv2d", "max_pool2d", "avg_pool2d", "batch_norm", "layer_norm"])
+def test_each_rule_gives_the_same_gradient_on_raw_arrays_and_recorded(name):
+    # the rules are written once over ``o``: raw at first order, Tensor ops with create_graph
+    rng = np.random.default_rng(15)
+    x = T(rng.standard_normal((2, 2, 5, 4)), grad=True)
+    w = T(rng.standard_normal((3, 1, 3, 2)) if name == "conv2d" else rng.standard_normal(2), grad=True)
+    f = {"conv2d": lambda: F.conv2d(x, w[:2], stride=2, padding=1, groups=2),
+         "max_pool2d": lambda: F.max_pool2d(x, 3, 1, 1) * w.sum(),
+         "avg_pool2d": lambda: F.avg_pool2d(x, 2) * w.sum(),
+         "batch_norm": lambda: F.batch_norm(x, None, None, w, w * 2.0, training=True),
+         "layer_norm": lambda: F.layer_norm(x, 4) * w.sum()}[name]
+    raw = tgm.grad((f() ** 2).sum(), [x, w])
+    recorded = tgm.grad((f() ** 2).sum(), [x, w], create_graph=True)
+    for a, b in zip(raw, recorded):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-13, atol=1e-13)
+
+
 # ---- errors name the op and the problem --------------------------------------------------
 
 X = tgm.Tensor(np.ones((2, 4, 5, 5)))
@@ -346,6 +417,9 @@ ERRORS = {
     "pool padding": (lambda: F.max_pool2d(X, 2, padding=2), ValueError, "max_pool2d: padding"),
     "pool kernel": (lambda: F.avg_pool2d(X, 0), ValueError, "avg_pool2d: kernel_size must be at least 1"),
     "pool too small": (lambda: F.max_pool2d(X, 6), ValueError, "max_pool2d: input of spatial size 5x5"),
+    "ceil mode": (lambda: F.avg_pool2d(X, 2, ceil_mode=True), NotImplementedError, "avg_pool2d: ceil_mode=True"),
+    "indices": (lambda: F.max_pool2d(X, 2, return_indices=True), NotImplementedError,
+                "max_pool2d: return_indices=True"),
     "bn one value": (lambda: F.batch_norm(tgm.Tensor(np.ones((1, 3))), None, None, training=True), ValueError,
                      "batch_norm: training needs more than one value per channel"),
     "bn eval stats": (lambda: F.batch_norm(X, None, None), ValueError, "batch_norm: evaluation mode"),

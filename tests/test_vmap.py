@@ -309,6 +309,73 @@ CASES.update({
     "diagonal": _diagonal_case,
     "einsum": _einsum_case,
 })
+
+
+# ---- convolution and batch norm (issue 11): small images, random geometry
+def _conv_geometry(draw):
+    groups = draw(st.sampled_from([1, 2]))
+    cg, og = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    kernel = (draw(st.integers(1, 2)), draw(st.integers(1, 3)))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, 1)), draw(st.integers(0, 1)))
+    dilation = (1, draw(st.integers(1, 2)))
+    size = (draw(st.integers(3, 4)), draw(st.integers(5, 6)))
+    n = draw(st.integers(1, 2))
+    x_shape = (n, cg * groups) + size
+    w_shape = (og * groups, cg) + kernel
+    conv = (stride, padding, dilation, groups, tgm.backends.get_backend("cpu"), None)
+    out = ops.conv2d.forward(np.zeros(x_shape), np.zeros(w_shape), *conv).shape
+    return x_shape, w_shape, out, conv
+
+
+def _conv_case(draw):
+    x_shape, w_shape, _, conv = _conv_geometry(draw)
+    # with a columns cache, as functional.conv2d records it (the batching rule ignores it)
+    conv = conv[:-1] + (ops.ConvColumns(),)
+    return (lambda x, w: record(ops.conv2d, x, w, *conv)), [(x_shape, "normal"), (w_shape, "normal")]
+
+
+def _conv_input_grad_case(draw):
+    x_shape, w_shape, out, conv = _conv_geometry(draw)
+    return (lambda g, w: record(ops.conv2d_input_grad, g, w, x_shape, *conv)), \
+        [(out, "normal"), (w_shape, "normal")]
+
+
+def _conv_weight_grad_case(draw):
+    x_shape, w_shape, out, conv = _conv_geometry(draw)
+    return (lambda x, g: record(ops.conv2d_weight_grad, x, g, w_shape, *conv)), \
+        [(x_shape, "normal"), (out, "normal")]
+
+
+def _im2col_case(transpose):
+    def case(draw):
+        x_shape, w_shape, _, (stride, padding, dilation, _, be, _) = _conv_geometry(draw)
+        kernel = w_shape[-2:]
+        cols = ops.im2col.forward(np.zeros(x_shape), kernel, stride, padding, dilation, 0.0, be).shape
+        if transpose:
+            return (lambda c: record(ops.col2im, c, x_shape, kernel, stride, padding, dilation, be)), \
+                [(cols, "normal")]
+        return (lambda x: record(ops.im2col, x, kernel, stride, padding, dilation, -1.5, be)), \
+            [(x_shape, "normal")]
+    return case
+
+
+def _batch_norm_train_case(draw):
+    shape = (draw(st.integers(2, 3)), draw(st.integers(1, 2))) + draw(shapes(0, 2))
+    affine = (draw(st.booleans()), draw(st.booleans()))
+    channel = [((shape[1],), "positive")] * sum(affine)
+    return (lambda x, *wb: record(ops.batch_norm_train, [x, *wb], affine, 1e-3)), \
+        [(shape, "normal")] + channel
+
+
+CASES.update({
+    "conv2d": _conv_case,
+    "conv2d_input_grad": _conv_input_grad_case,
+    "conv2d_weight_grad": _conv_weight_grad_case,
+    "im2col": _im2col_case(False),
+    "col2im": _im2col_case(True),
+    "batch_norm_train": _batch_norm_train_case,
+})
 NOT_BATCHABLE = {"to"}
 # ops batched by the generic loop (ops.batch_by_loop) rather than a rule of their own
 EXPECTED_ON_LOOP_FALLBACK = set()

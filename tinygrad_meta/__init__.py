@@ -15,6 +15,7 @@ from .scalar import Value
 from .tensor import (Tensor, concatenate, full, maximum, minimum, ones, ones_like, stack, tensor,
                      where, zeros, zeros_like)
 from .vmap import vmap
+from .compile import compile, TraceError
 
 from . import meta  # after nn and optim, which it builds on
 
@@ -31,7 +32,7 @@ __all__ = [
     "Tensor", "Value", "tensor", "grad", "no_grad", "enable_grad", "is_grad_enabled",
     "hvp", "jvp", "jacobian", "hessian", "zeros", "ones", "zeros_like", "ones_like", "full",
     "concatenate", "stack", "where", "maximum", "minimum", "functional", "backends",
-    "nn", "func", "optim", "meta", "vmap",
+    "nn", "func", "optim", "meta", "vmap", "compile", "TraceError",
 ]
 __all__ += ["einsum", "tensordot", "outer", "arctan2", "logaddexp", "remainder", "mod", "pad",
             "norm"]

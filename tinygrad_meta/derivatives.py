@@ -8,6 +8,7 @@ Tensors (results are lists).
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,16 +62,33 @@ def vjp(f, inputs, v, create_graph=False):
     return out, (grads[0] if single else grads)
 
 
-def hvp(f, inputs, v, create_graph=False):
+# f -> its compiled HVP (hvp(..., compile=True)); weak, so a dropped f frees its programs
+_COMPILED_HVPS = weakref.WeakKeyDictionary()
+
+
+def hvp(f, inputs, v, create_graph=False, compile=False):
     """H(inputs) v for a scalar function f, by differentiating (∇f · v).
 
     ``f`` takes the input tensor(s) as positional arguments and returns a scalar.
+    ``compile=True``: run through ``tgm.compile`` (traced once per shape, one program per
+    ``f``, then replayed as flat array calls; the same numbers). ``f`` must then be an
+    array program of its inputs (what it reads from its closure is read again only when
+    it is a Tensor), and the result carries no graph (no ``create_graph``).
 
     >>> import tinygrad_meta as tgm
     >>> x = tgm.Tensor([1.0, 2.0], dtype="float64")
     >>> tgm.hvp(lambda t: (t ** 3).sum(), x, tgm.Tensor([1.0, 1.0], dtype="float64")).numpy().tolist()
     [6.0, 12.0]
     """
+    if compile:
+        if create_graph:
+            raise ValueError("hvp: compile=True gives results without a graph; it cannot be "
+                             "combined with create_graph=True")
+        compiled = _COMPILED_HVPS.get(f)
+        if compiled is None:
+            from .compile import compile as compile_function
+            compiled = _COMPILED_HVPS[f] = compile_function(lambda x, u: hvp(f, x, u))
+        return compiled(inputs, v)
     single, items = _as_list(inputs, "hvp")
     vectors = _check_like([v] if single else list(v), items, "hvp")
     xs = _fresh_inputs(items)

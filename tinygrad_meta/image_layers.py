@@ -125,7 +125,8 @@ class AvgPool2d(Module):
         _pool_arguments(kernel_size, stride, padding, 1, "AvgPool2d")
 
     def forward(self, x):
-        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.count_include_pad)
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding,
+                            count_include_pad=self.count_include_pad)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -237,6 +238,9 @@ class OmniglotConvNet(Module):
     * ``variant="protonet"`` (Snell et al. 2017): padding-1 convolutions, each block followed
       by 2x2 max pooling (28 -> 14 -> 7 -> 3 -> 1), giving a ``filters``-d embedding; no
       head unless ``ways`` is given. Batch norm keeps running statistics (PyTorch's default).
+
+    ``init``: the convolutions' initialisation (``Conv2d``'s; the head is a default
+    ``Linear``). ``track_running_stats``: None takes the variant's choice above.
 
     Input (N, in_channels, image_size, image_size); output (N, ways) or (N, filters).
     Parameters are named "blocks.0.0.weight" (conv), "blocks.0.1.weight" (batch norm), ...,

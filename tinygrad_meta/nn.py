@@ -28,6 +28,12 @@ Linear layers use PyTorch's layout: weight (out_features, in_features) and
 ``ModuleList`` stacks of them with the activation modules) also accept fast weights with
 a leading task axis (weight (T, out, in), bias (T, out), x (T, K, in)): every task runs
 in one batched matmul. ``batches_over_tasks(module)`` says whether a module is one of these.
+
+Layers for images (``Conv2d``, ``MaxPool2d``, ``AvgPool2d``, ``BatchNorm2d``, ``LayerNorm``)
+and the 4-block Omniglot network (``omniglot_convnet``) live in image_layers.py and are
+part of this namespace. State that is not a parameter (BatchNorm's running statistics) is
+a buffer (``register_buffer``, ``named_buffers()``): ``state_dict()`` saves it,
+``load_state_dict()`` restores it, no optimizer touches it.
 """
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """Batch and layer normalisation on Tensors, PyTorch's signatures and semantics.
 
-Both are compositions of differentiable ops (means, a square root, products), so they are
-differentiable to any order: second-order MAML runs through batch norm's batch statistics.
+``layer_norm`` and evaluation-mode ``batch_norm`` are compositions of differentiable ops;
+training-mode ``batch_norm`` is the table op ``batch_norm_train`` (a fused forward whose
+rule is written in table ops). So both are differentiable to any order: second-order MAML
+runs through batch norm's batch statistics.
 
 ``batch_norm`` in training mode also updates the running statistics in place, outside the
 graph (they are state, not parameters). Under ``tgm.vmap`` each example normalises with its
@@ -11,10 +13,12 @@ exactly as a Python loop over the examples would.
 from __future__ import annotations
 
 import numbers
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from .tensor import Tensor, _floating
+from . import ops
+from .tensor import Tensor, _floating, record
 
 __all__ = ["batch_norm", "layer_norm"]
 
@@ -39,12 +43,16 @@ def _affine(y, weight, bias, shape):
     return y
 
 
-def _per_example(stat):
-    """The raw values of a statistic, one row per example: (1, ...) for a plain Tensor,
-    (B, ...) inside ``tgm.vmap`` (the batch axes lead the data, outer vmaps first, so
-    the rows come in the order a loop over the examples would visit them)."""
-    data = stat._data
-    return data.reshape((-1,) + tuple(stat.shape))
+def _batch_statistics(x):
+    """The raw per-channel mean and biased variance of ``x`` (N, C, ...), one row per
+    example: (1, C) for a plain Tensor, (B, C) inside ``tgm.vmap`` (the batch axes lead
+    the data, outer vmaps first, so the rows come in the order a loop over the examples
+    would visit them). Outside the graph: these only feed the running statistics."""
+    data = x._data
+    lead = data.ndim - x.ndim
+    data = data.reshape((-1,) + data.shape[lead:])
+    axes = (1,) + tuple(range(3, data.ndim))
+    return data.mean(axis=axes), data.var(axis=axes)
 
 
 def _update_running(running, stats, momentum):
@@ -56,8 +64,9 @@ def _update_running(running, stats, momentum):
     running._version += 1
 
 
-def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5):
+def batch_norm(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
+               weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+               training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
     """Normalise each channel of ``x`` (N, C, ...) to zero mean and unit variance, then
     scale by ``weight`` (C,) and shift by ``bias`` (C,), as ``torch.nn.functional.batch_norm``.
 
@@ -102,24 +111,29 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         if count <= 1:
             raise ValueError(f"{name}: training needs more than one value per channel to take "
                              f"statistics, got input of shape {x.shape}")
-        mean = x.mean(axis=axes, keepdims=True)
-        centered = x - mean
-        var = (centered * centered).mean(axis=axes, keepdims=True)
-        y = centered / (var + float(eps)).sqrt()
-        if running_mean is not None:
-            _update_running(running_mean, _per_example(mean), float(momentum))
-        if running_var is not None:
-            _update_running(running_var, _per_example(var) * (count / (count - 1)), float(momentum))
-    else:
-        if running_mean is None or running_var is None:
-            raise ValueError(f"{name}: evaluation mode (training=False) needs running_mean and "
-                             "running_var")
-        scale = (running_var.detach().reshape(shape) + float(eps)).sqrt()
-        y = (x - running_mean.detach().reshape(shape)) / scale
-    return _affine(y, weight, bias, shape)
+        if running_mean is not None or running_var is not None:
+            mean, var = _batch_statistics(x)
+            if running_mean is not None:
+                _update_running(running_mean, mean, float(momentum))
+            if running_var is not None:
+                _update_running(running_var, var * (count / (count - 1)), float(momentum))
+        inputs = [x] + [t for t in (weight, bias) if t is not None]
+        return record(ops.batch_norm_train, inputs, (weight is not None, bias is not None), float(eps))
+    if running_mean is None or running_var is None:
+        raise ValueError(f"{name}: evaluation mode (training=False) needs running_mean and "
+                         "running_var")
+    # a per-channel affine map: x * scale + shift, two passes over x
+    scale = (running_var.detach() + float(eps)) ** -0.5
+    if weight is not None:
+        scale = scale * weight
+    shift = -(running_mean.detach() * scale)
+    if bias is not None:
+        shift = shift + bias
+    return x * scale.reshape(shape) + shift.reshape(shape)
 
 
-def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+def layer_norm(x: Tensor, normalized_shape: Union[int, Sequence[int]], weight: Optional[Tensor] = None,
+               bias: Optional[Tensor] = None, eps: float = 1e-5) -> Tensor:
     """Normalise over the last ``len(normalized_shape)`` axes of ``x`` (biased variance),
     then scale by ``weight`` and shift by ``bias`` (both of ``normalized_shape``), as
     ``torch.nn.functional.layer_norm``.

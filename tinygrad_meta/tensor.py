@@ -518,7 +518,7 @@ class Tensor:
     def __bool__(self):
         if self.size != 1:
             raise ValueError(f"the truth value of a tensor with {self.size} elements is ambiguous")
-        return bool(self.item())
+        return bool(self._data)  # of the array, not .item(): under tgm.compile, a value guard
 
     def detach(self):
         """The same values, cut from the graph (shares memory)."""

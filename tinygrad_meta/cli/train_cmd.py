@@ -53,6 +53,9 @@ def register(subparsers):
     parser.add_argument("--cpu-kernels", choices=("cython", "numpy"), default=None,
                         help="pin matmul/ReLU to our compiled kernels or numpy for the run (default: "
                              "TGM_CPU_KERNELS, with auto pinned to cython when built, so a resume is exact)")
+    parser.add_argument("--no-compile", dest="compile", action="store_const", const=False,
+                        default=None, help="run each meta-step eagerly instead of replaying it "
+                        "through tgm.compile (the numbers are the same)")
     parser.add_argument("--out", default=None, help="run folder (default runs/<algo>-<task>)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default cpu)")
     parser.add_argument("--checkpoint-every", type=whole_number, default=None,

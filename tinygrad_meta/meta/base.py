@@ -137,7 +137,7 @@ class MetaLearner:
     first_order = True
 
     def __init__(self, model, inner_lr=0.01, inner_steps=1, loss_fn=mse_loss, vectorize=True,
-                 adapt_only=None, inner_optimizer=sgd_step, **unknown):
+                 adapt_only=None, inner_optimizer=sgd_step, compile=False, **unknown):
         name = type(self).__name__
         if "adapt" in unknown:
             raise TypeError(f"{name}: the keyword adapt= is now adapt_only= (which parameters the "
@@ -157,6 +157,11 @@ class MetaLearner:
             raise TypeError(f"{name}: inner_optimizer must be a functional step such as "
                             f"optim.sgd_step or optim.adam_step, got {type(inner_optimizer).__name__}")
         self.model = model
+        # compile=True: meta_step runs through tgm.compile (traced once per batch shape,
+        # then replayed as flat array calls: the same kernels in the same order, so the
+        # same numbers); CPU only, so a model on another device keeps the eager path
+        self.compile = bool(compile)
+        self._compiled_step = None
         self.inner_steps = int(inner_steps)
         self.loss_fn = loss_fn
         self.vectorize = bool(vectorize)
@@ -171,6 +176,23 @@ class MetaLearner:
                              f"rates, got {inner_lr!r}")
         else:
             self.inner_lr = float(inner_lr)
+
+    def meta_step(self, task_batch):
+        """(meta-loss as a float, OrderedDict name -> gradient) for ``meta_parameters()``;
+        compiled (``tgm.compile``) when the learner was made with ``compile=True``."""
+        if self.compile and self._like().device == "cpu":
+            if self._compiled_step is None:
+                from ..compile import compile as compile_function
+                self._compiled_step = compile_function(self._meta_step_tensors, cache_size=4)
+            loss, grads = self._compiled_step(task_batch)
+        else:
+            loss, grads = self._meta_step_tensors(task_batch)
+        return float(loss.item()), grads
+
+    def _meta_step_tensors(self, task_batch):
+        """(meta-loss as a 0-d Tensor, OrderedDict name -> gradient Tensor): one array
+        program for a batch shape, which is what ``compile=True`` traces."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _meta_step_tensors")
 
     def _select(self, adapt_only):
         names = list(self.model.parameter_dict())

@@ -81,8 +81,7 @@ class MAML(MetaLearner):
                 total = loss if total is None else total + loss
             return total * (1.0 / support_x.shape[0])
 
-    def meta_step(self, task_batch):
-        """(meta-loss as a float, OrderedDict name -> gradient) for ``meta_parameters()``."""
+    def _meta_step_tensors(self, task_batch):
         loss = self.meta_loss(task_batch)
         params = self.meta_parameters()
         grads = grad(loss, list(params.values()), allow_unused=True)
@@ -90,7 +89,7 @@ class MAML(MetaLearner):
         for (name, p), g in zip(params.items(), grads):
             out[name] = g if g is not None else Tensor(np.zeros(p.shape), dtype=p.dtype,
                                                        device=p.device)
-        return float(loss.item()), out
+        return loss.detach(), out
 
     def __repr__(self):
         optimizer = getattr(self.inner_optimizer, "__name__", type(self.inner_optimizer).__name__)

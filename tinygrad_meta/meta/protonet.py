@@ -123,15 +123,16 @@ class ProtoNet(MetaLearner):
         with enable_grad():
             return self.loss_fn(self.logits(support_x, support_y, query_x), query_y)
 
-    def meta_step(self, task_batch):
-        """(episode loss as a float, OrderedDict name -> gradient) for ``meta_parameters()``."""
+    def _meta_step_tensors(self, task_batch):
+        """(episode loss as a 0-d Tensor, OrderedDict name -> gradient) for ``meta_parameters()``;
+        ``meta_step`` (meta/base.py) returns it with the loss as a float."""
         loss = self.meta_loss(task_batch)
         params = self.meta_parameters()
         grads = grad(loss, list(params.values()), allow_unused=True)
         out = OrderedDict()
         for (name, p), g in zip(params.items(), grads):
             out[name] = g if g is not None else Tensor(np.zeros(p.shape), dtype=p.dtype, device=p.device)
-        return float(loss.item()), out
+        return loss, out
 
     # ---- evaluation -----------------------------------------------------------------
     @contextlib.contextmanager

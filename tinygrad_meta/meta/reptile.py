@@ -26,7 +26,7 @@ import numpy as np
 from ..autograd import enable_grad, no_grad
 from ..functional import mse_loss
 from ..optim import sgd_step
-from ..tensor import Tensor, _constant
+from ..tensor import Tensor, _constant, stack
 from .base import MetaLearner, _last
 
 __all__ = ["Reptile"]
@@ -54,8 +54,9 @@ class Reptile(MetaLearner):
         raise TypeError("Reptile has no differentiable meta-loss; use meta_step(), which returns "
                         "the pseudo-gradient θ − mean φ")
 
-    def meta_step(self, task_batch):
-        """(mean query loss after adaptation, OrderedDict name -> θ − mean_t φ_t)."""
+    def _meta_step_tensors(self, task_batch):
+        """(mean query loss after adaptation, OrderedDict name -> θ − mean_t φ_t); ``meta_step``
+        gives the loss as a float."""
         support_x, support_y, query_x, query_y = self._task_batch(task_batch)
         params = self.model.parameter_dict()
         tasks = support_x.shape[0]
@@ -64,7 +65,7 @@ class Reptile(MetaLearner):
             if self._batches_tasks():
                 fast = _last(self._adaptation(params, support_x, support_y, steps, False, False, True))
                 with no_grad():
-                    loss = float(self.loss_fn(self._vectorized_forward(fast, query_x), query_y).item())
+                    loss = self.loss_fn(self._vectorized_forward(fast, query_x), query_y)
                 phi = {name: fast[name].data for name in self.adapt_names}
             else:
                 per_task, losses = [], []
@@ -72,10 +73,11 @@ class Reptile(MetaLearner):
                     fast = _last(self._adaptation(params, support_x[t], support_y[t], steps, False,
                                                   False, False))
                     with no_grad():
-                        losses.append(float(self.loss_fn(self._forward(fast, query_x[t]),
-                                                         query_y[t]).item()))
+                        losses.append(self.loss_fn(self._forward(fast, query_x[t]), query_y[t]))
                     per_task.append(fast)
-                loss = float(np.mean(losses))
+                # the mean in float64, as np.mean of the per-task floats
+                with no_grad():
+                    loss = stack(losses).astype("float64").mean()
                 xp = support_x._be.xp
                 phi = {name: xp.stack([f[name].data for f in per_task]) for name in self.adapt_names}
         grads = OrderedDict()

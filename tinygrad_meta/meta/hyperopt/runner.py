@@ -15,7 +15,8 @@ from ...checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ...progress import Progress
 from ...tensor import Tensor
 from .hyperparameters import flatten_hyperparameters, hyperparameter_values
-from .unrolled import HypergradientResult, evaluate_hyperparameters, unrolled_hypergradient
+from .unrolled import (HypergradientResult, evaluate_hyperparameters, hypergradient_result,
+                       unrolled_hypergradient, unrolled_hypergradient_tensors)
 
 __all__ = ["HyperOptimizer"]
 
@@ -38,6 +39,11 @@ class HyperOptimizer:
     ``checkpoint_every`` steps and at the end; ``HyperOptimizer(...).load(path)``
     resumes from it exactly (the hypergradient is deterministic given the state).
 
+    ``compile=True``: the unrolled run is traced once by ``tgm.compile`` and replayed
+    (bit for bit the eager hypergradient). Only for ``train_loss``/``val_loss`` that are
+    array programs of ``(params, step)``: one that draws a random mini-batch in Python
+    or reads its data from a variable that changes would be replayed with the traced data.
+
     >>> import numpy as np, tinygrad_meta as tgm
     >>> from tinygrad_meta.meta.hyperopt import make_hyperparameters
     >>> x = tgm.Tensor(np.linspace(-1, 1, 8), dtype="float64"); y = 3.0 * x
@@ -51,7 +57,8 @@ class HyperOptimizer:
 
     def __init__(self, train_loss, val_loss, init_params, hyperparams, steps, optimizer="sgd",
                  meta_lr=0.05, meta_betas=(0.9, 0.999), truncate=None, groups=None,
-                 betas=(0.9, 0.999), eps=1e-8, nesterov=False, dtype="float64", clip=None):
+                 betas=(0.9, 0.999), eps=1e-8, nesterov=False, dtype="float64", clip=None,
+                 compile=False):
         self.train_loss, self.val_loss = train_loss, val_loss
         self.init_params = init_params
         self.hyperparams = hyperparams
@@ -64,12 +71,25 @@ class HyperOptimizer:
                                    if isinstance(v, Tensor))
         if not self._leaves:
             raise ValueError("HyperOptimizer: no hyperparameter is a Tensor, nothing to optimise")
+        self.compile = bool(compile)
+        self._compiled = None
         self.state = None  # the outer Adam's state
         self.iteration = 0
         self.history = {"val_loss": [], "hypergrad_norm": [], "seconds": [], "lr": []}
 
     def hypergradient(self) -> HypergradientResult:
         """The unrolled hypergradient at the current hyperparameters."""
+        if self.compile:
+            if self._compiled is None:
+                from ...compile import compile as compile_function
+                self._compiled = compile_function(
+                    lambda *settings: unrolled_hypergradient_tensors(
+                        self.train_loss, self.val_loss, self.init_params, self.hyperparams,
+                        *settings), cache_size=2)
+            # the settings as arguments: a changed one is a new signature, traced anew
+            return hypergradient_result(*self._compiled(
+                self.steps, self.optimizer, self.truncate, self.groups, tuple(self.betas),
+                self.eps, self.nesterov, self.dtype))
         return unrolled_hypergradient(
             self.train_loss, self.val_loss, self.init_params, self.hyperparams, self.steps,
             optimizer=self.optimizer, truncate=self.truncate, groups=self.groups, betas=self.betas,

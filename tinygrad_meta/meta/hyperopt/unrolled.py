@@ -127,7 +127,8 @@ def _run(train_loss, val_loss, init_params, hyper, steps, optimizer, graph_steps
          betas, eps, nesterov, dtype, caller):
     """Unroll ``steps`` optimizer steps; only the last ``graph_steps`` record a graph.
 
-    Returns (val_loss Tensor, final params, train losses).
+    Returns (val_loss Tensor, final params, train losses as 0-d Tensors): no value is read,
+    so the run is one array program that ``tgm.compile`` can trace.
     """
     if not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"{caller}: steps (T) must be an integer >= 1, got {steps!r}")
@@ -153,7 +154,7 @@ def _run(train_loss, val_loss, init_params, hyper, steps, optimizer, graph_steps
             with enable_grad():
                 leaves = OrderedDict((n, p.detach().requires_grad_(True)) for n, p in params.items())
                 loss, grads = _train_gradients(train_loss, leaves, step, False, caller)
-            train_losses.append(float(loss.item()))
+            train_losses.append(loss.detach())
             with no_grad():
                 params, state = _optimizer_step(optimizer, leaves, grads, without_graph, step,
                                                 state, betas, eps, nesterov)
@@ -167,7 +168,7 @@ def _run(train_loss, val_loss, init_params, hyper, steps, optimizer, graph_steps
     for step in range(detached_phase, steps):
         # grad() walks only nodes created after θ_t, so each inner gradient costs one step
         loss, grads = _train_gradients(train_loss, params, step, True, caller)
-        train_losses.append(float(loss.item()))
+        train_losses.append(loss.detach())
         params, state = _optimizer_step(optimizer, params, grads, with_graph, step, state,
                                         betas, eps, nesterov)
     if graph_steps:
@@ -220,6 +221,25 @@ def unrolled_hypergradient(train_loss, val_loss, init_params, hyperparams, steps
 
     Example: see the module docstring.
     """
+    return hypergradient_result(*unrolled_hypergradient_tensors(
+        train_loss, val_loss, init_params, hyperparams, steps, optimizer, truncate, groups, betas,
+        eps, nesterov, dtype))
+
+
+def hypergradient_result(val, hypergrads, params, train_losses) -> HypergradientResult:
+    """What :func:`unrolled_hypergradient_tensors` returned, read into a HypergradientResult."""
+    return HypergradientResult(
+        float(val.item()),
+        unflatten_hyperparameters(OrderedDict((k, np.array(g.numpy())) for k, g in hypergrads.items())),
+        params, [float(loss.item()) for loss in train_losses])
+
+
+def unrolled_hypergradient_tensors(train_loss, val_loss, init_params, hyperparams, steps,
+                                   optimizer="sgd", truncate=None, groups=None, betas=(0.9, 0.999),
+                                   eps=1e-8, nesterov=False, dtype="float64"):
+    """:func:`unrolled_hypergradient` without reading a value: ``(val_loss, hypergrads,
+    params, train_losses)`` as Tensors (``hypergrads`` flat, key -> Tensor), the array
+    program ``HyperOptimizer(compile=True)`` traces."""
     caller = "unrolled_hypergradient"
     if not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"{caller}: steps (T) must be an integer >= 1, got {steps!r}")
@@ -259,9 +279,9 @@ def unrolled_hypergradient(train_loss, val_loss, init_params, hyperparams, steps
                     f"{caller}: hyperparameter {key!r} does not affect the validation loss "
                     f"(optimizer={optimizer!r}, T={steps}, truncate={truncate}); remove it or hold it "
                     "fixed (a plain number). Momentum has no effect when T = 1.")
-        hypergrads[key] = np.array(g.numpy())
-    return HypergradientResult(float(val.item()), unflatten_hyperparameters(hypergrads),
-                               OrderedDict((n, p.detach()) for n, p in params.items()), train_losses)
+        hypergrads[key] = g
+    return val.detach(), hypergrads, OrderedDict((n, p.detach()) for n, p in params.items()), \
+        train_losses
 
 
 def evaluate_hyperparameters(train_loss, val_loss, init_params, hyperparams, steps, optimizer="sgd",
@@ -275,4 +295,4 @@ def evaluate_hyperparameters(train_loss, val_loss, init_params, hyperparams, ste
     val, params, train_losses = _run(train_loss, val_loss, init_params, hyperparams, steps,
                                      optimizer, 0, groups, betas, eps, nesterov, dtype,
                                      "evaluate_hyperparameters")
-    return float(val.item()), params, train_losses
+    return float(val.item()), params, [float(loss.item()) for loss in train_losses]
