@@ -32,6 +32,7 @@ from . import optim
 from .autograd import grad
 from .checkpoint import CheckpointError, load_checkpoint, run_file, save_checkpoint
 from .run import build_model, check_evaluation_size, load_run, pinned_kernels, task_of
+from .evaluate_fewshot import fewshot_rows, format_fewshot_table
 from .functional import mse_loss
 from .meta import MAML
 from .tasks import get_task, is_fewshot
@@ -314,7 +315,6 @@ def _evaluate(run_dir, task, config, algorithm, iteration, num_tasks, shots, ste
 
 
 def _evaluate_fewshot(run_dir, task, config, algorithm, iteration, num_tasks, shots, log, report_path):
-    from .evaluate_fewshot import fewshot_rows
     rows, note = fewshot_rows(task, algorithm, config, num_tasks, shots=shots, log=log)
     report = {"run": run_dir, "iteration": iteration, "algo": config["algo"], "task": task.name,
               "metric": "accuracy", "query": task.query_description, "num_tasks": num_tasks,
@@ -331,7 +331,6 @@ def _evaluate_fewshot(run_dir, task, config, algorithm, iteration, num_tasks, sh
 def format_table(report) -> str:
     """The report as a fixed-width text table (one row per K and model)."""
     if report.get("fewshot"):
-        from .evaluate_fewshot import format_fewshot_table
         return format_fewshot_table(report)
     steps = report["steps"]
     rate = "learned per-parameter rates" if report.get("learned_rates") else f"SGD lr {report['inner_lr']}"

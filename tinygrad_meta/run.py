@@ -28,6 +28,7 @@ from . import meta, nn, optim
 from .backends import cpu, get_backend
 from .checkpoint import CheckpointError, format_bytes, load_checkpoint, MAX_CHECKPOINT_BYTES
 from .tasks import get_task, is_fewshot, make_task
+from .tasks.fewshot import MODELS, head_prefix
 from .tasks.base import stream_rng
 from .tensor import Tensor
 
@@ -209,7 +210,6 @@ def make_config(overrides=None) -> dict:
 
 
 def _fewshot_config(config):
-    from .tasks.fewshot import MODELS
     if config["eval_queries"] is None:
         config["eval_queries"] = config["queries"]
     for key in ("ways", "queries", "eval_queries", "test_steps"):
@@ -397,7 +397,6 @@ def build_algorithm(config, model):
         return meta.MAML(model, inner_lr=config["inner_lr"], inner_steps=config["inner_steps"],
                          first_order=(algo == "fomaml"), loss_fn=loss, compile=compiled)
     if algo == "anil":
-        from .tasks.fewshot import head_prefix
         return meta.MAML(model, inner_lr=config["inner_lr"], inner_steps=config["inner_steps"], loss_fn=loss,
                          adapt_only=head_prefix(model), compile=compiled)
     if algo == "protonet":

@@ -38,6 +38,7 @@ import numpy as np
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, check_writable, generator_state, load_checkpoint,
                          make_folder, restore_generator, run_file, save_checkpoint)
 from .evaluate import adapted_metric
+from .evaluate_fewshot import episode_accuracy
 from .progress import Progress
 from .run import (FIXED_ON_RESUME, build_algorithm, build_model, build_optimizer, check_device, check_sizes,
                   load_parameters, make_config, outer_lr, parameters_as_numpy, pinned_kernels, resume_config,
@@ -129,7 +130,6 @@ def _check_fresh_folder(config, force):
 
 def _validation_score(config, task, algorithm, validation):
     if is_fewshot(config["task"]):
-        from .evaluate_fewshot import episode_accuracy
         steps = 0 if config["algo"] == "protonet" else config["test_steps"]
         return steps, float(episode_accuracy(algorithm, validation, steps).mean())
     steps = max(config["inner_steps"], 1)

@@ -15,6 +15,7 @@ import functools
 
 from . import sinusoid
 from .base import STREAMS, Task, TaskBatch, stream_rng
+from .fewshot import glyph_task, omniglot_task
 
 __all__ = ["TASKS", "FEWSHOT_TASKS", "get_task", "make_task", "is_fewshot", "sinusoid", "Task", "TaskBatch",
            "stream_rng", "STREAMS"]
@@ -32,7 +33,6 @@ def is_fewshot(name) -> bool:
 
 @functools.lru_cache(maxsize=4)
 def _fewshot_task(name, data_dir, ways, queries, eval_queries):
-    from .fewshot import glyph_task, omniglot_task
     if name == "glyphs":
         return glyph_task(ways=ways, queries=queries, eval_queries=eval_queries)
     return omniglot_task(data_dir, ways=ways, queries=queries, eval_queries=eval_queries)

@@ -28,6 +28,8 @@ from .. import nn
 from ..functional import cross_entropy
 from .base import Task, TaskBatch, per_task_accuracy, stream_rng
 from .episodes import EpisodeSampler, FewShotSplits
+from .glyphs import NUM_CLASSES, glyph_splits
+from .omniglot import load_omniglot
 
 __all__ = ["FewShotTask", "glyph_task", "omniglot_task", "MODELS", "EVALUATION_WAYS", "EVALUATION_SHOTS",
            "fully_connected_net", "head_prefix"]
@@ -150,7 +152,6 @@ def _conv_net(outputs, image_size, rng):
 def glyph_task(ways=5, queries=5, num_classes=None, seed=0, eval_queries=None) -> FewShotTask:
     """The offline task: procedurally drawn glyphs (tasks/glyphs.py), Omniglot-sized by
     default (1,623 classes: 1,100 meta-train, 100 validation, the rest meta-test)."""
-    from .glyphs import NUM_CLASSES, glyph_splits
     num_classes = NUM_CLASSES if num_classes is None else _positive(num_classes, "num_classes")
     num_train = max(1, int(round(num_classes * 1100 / NUM_CLASSES)))
     num_val = max(1, int(round(num_classes * 100 / NUM_CLASSES)))
@@ -162,7 +163,6 @@ def omniglot_task(data_dir, ways=5, queries=5, cache_dir=None, eval_queries=None
     """Omniglot from the official zips or folders in ``data_dir`` (tasks/omniglot.py: the
     full set's 1,200/423 split, or the minimal sets: small1 to train, small2's new
     alphabets to test)."""
-    from .omniglot import load_omniglot
     if data_dir is None:
         raise ValueError("the omniglot task needs --data-dir DIR: the folder holding images_background.zip and "
                          "images_evaluation.zip, or images_background_small1.zip and "
