@@ -89,12 +89,16 @@ def draw_episode(plt, task, learner, name):
     for n in range(WAYS):
         axes[0, n].imshow(batch.support_x[0, n, 0], cmap="gray_r")
         axes[0, n].set_title(f"support: class {batch.support_y[0, n]}", fontsize=8)
+        axes[0, n].set_xlabel("28 px", fontsize=7)
+        axes[0, n].set_ylabel("support", fontsize=7)
     for q in range(queries):
         ax = axes[1 + q // WAYS, q % WAYS]
         right = predicted[q] == batch.query_y[0, q]
         ax.imshow(batch.query_x[0, q, 0], cmap="gray_r")
         ax.set_title(f"pred {predicted[q]} / true {batch.query_y[0, q]}", fontsize=8,
                      color="tab:green" if right else "tab:red")
+        ax.set_xlabel("28 px", fontsize=7)
+        ax.set_ylabel(f"query {q + 1}", fontsize=7)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -135,6 +139,7 @@ def main():
             window = max(1, len(losses) // 20)
             smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
             ax.plot(np.linspace(0, 1, len(smooth)), smooth, label=f"{name} ({len(losses)} iterations)")
+        ax.set_title("meta-training loss (moving average)")
         ax.set_xlabel("fraction of training")
         ax.set_ylabel("episode loss (cross-entropy)")
         ax.legend()
