@@ -193,6 +193,7 @@ static void emu_run(int gx, int gy, int gz, int bx, std::function<void()> body) 
 _EMULATOR_LAUNCHERS = r"""
 #include "sgemm.cu"
 #include "relu.cu"
+#include "im2col.cu"
 #define SG_PARAMS const float* A, const float* B, float* C, int M, int N, int K, long long lda, \
     long long ldb, long long ldc, long long sa, long long sb, long long sc, int batch, int va, int vb, int vc
 #define SG(NAME) extern "C" void emu_##NAME(int gx, int gy, int gz, int bx, SG_PARAMS) { \
@@ -210,6 +211,15 @@ extern "C" void emu_dgemm_tiled(int gx, int gy, int gz, int bx, const double* A,
     long long n) { emu_run(gx, gy, gz, bx, [=] { NAME(g, x, y, n); }); }
 RF(relu_forward_f32, float) RF(relu_forward_f64, double) RF(relu_forward_f32_vec4, float)
 RB(relu_backward_f32, float) RB(relu_backward_f64, double) RB(relu_backward_f32_vec4, float)
+#define GEO_PARAMS long long n, long long c, long long h, long long w, long long kh, long long kw, \
+    long long sh, long long sw, long long ph, long long pw, long long dh, long long dw, long long oh, long long ow, \
+    int batch_layout
+#define GEO n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, batch_layout
+#define I2C(NAME, T) extern "C" void emu_##NAME(int gx, int gy, int gz, int bx, const T* x, T* cols, \
+    GEO_PARAMS, T pad) { emu_run(gx, gy, gz, bx, [=] { NAME(x, cols, GEO, pad); }); }
+#define C2I(NAME, T) extern "C" void emu_##NAME(int gx, int gy, int gz, int bx, const T* cols, T* x, \
+    GEO_PARAMS) { emu_run(gx, gy, gz, bx, [=] { NAME(cols, x, GEO); }); }
+I2C(im2col_f32, float) I2C(im2col_f64, double) C2I(col2im_f32, float) C2I(col2im_f64, double)
 """
 
 
@@ -237,9 +247,13 @@ class _EmulatedKernels:
                 converted.append(ctypes.c_int32(int(arg)))
             elif isinstance(arg, np.int64):
                 converted.append(ctypes.c_int64(int(arg)))
+            elif isinstance(arg, np.float32):
+                converted.append(ctypes.c_float(float(arg)))
+            elif isinstance(arg, np.float64):
+                converted.append(ctypes.c_double(float(arg)))
             else:  # CuPy would pass a Python int as a 64-bit long long: never rely on that
                 raise TypeError(f"kernel {name}: argument of type {type(arg).__name__}; "
-                                "pass numpy.int32/int64 so the C type is explicit")
+                                "pass numpy.int32/int64/float32/float64 so the C type is explicit")
         self.launched.append(name)
         getattr(self.library, "emu_" + name)(*(ctypes.c_int(v) for v in grid), ctypes.c_int(block[0]),
                                              *converted)
@@ -430,6 +444,92 @@ def test_emulated_backend_second_order_gradients_match_cpu(emulated, dtype):
         np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
 
 
+# im2col/col2im (convolution's gather and its adjoint): the reference's exact result
+
+CONV_CASES = dict(n=st.integers(0, 2), c=st.integers(0, 3), h=st.integers(0, 7), w=st.integers(0, 7),
+                  kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+                  stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+                  padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+                  dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+                  dtype=st.sampled_from(["float32", "float64"]),
+                  pad_value=st.sampled_from([0.0, -np.inf]), layout=st.sampled_from(["image", "batch"]))
+
+
+def _check_im2col_case(backend, n, c, h, w, kernel, stride, padding, dilation, dtype, pad_value,
+                       layout):
+    """One case on ``backend`` against the numpy reference: im2col copies, so it must be
+    equal; col2im adds the taps in the reference's order, so it must be equal too."""
+    from tinygrad_meta.backends import im2col as reference
+    xp = backend.xp
+    rng = np.random.default_rng(n * 1000 + c * 100 + h * 10 + w)
+    x = _random(rng, (n, c, h, w), dtype)
+    geometry = (kernel, stride, padding, dilation)
+    try:
+        want = reference.im2col(x, *geometry, pad_value=pad_value, layout=layout)
+    except ValueError as error:   # the kernel does not fit: the same message on the device
+        with pytest.raises(ValueError, match="larger than the padded input"):
+            backend.im2col(xp.asarray(x), *geometry, pad_value=pad_value, layout=layout)
+        assert "larger than the padded input" in str(error)
+        return
+    got = backend.to_numpy(backend.im2col(xp.asarray(x), *geometry, pad_value=pad_value, layout=layout))
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    cols = _random(rng, want.shape, dtype)
+    got = backend.to_numpy(backend.col2im(xp.asarray(cols), x.shape, *geometry, layout=layout))
+    np.testing.assert_array_equal(got, reference.col2im(cols, x.shape, *geometry, layout=layout))
+
+
+@settings(max_examples=40, deadline=None)
+@given(**CONV_CASES)
+def test_emulated_im2col_col2im_equal_the_reference_property(emulated, **case):
+    _check_im2col_case(emulated, **case)
+
+
+def test_emulated_im2col_col2im_run_our_kernels_at_omniglot_shapes(emulated):
+    from tinygrad_meta.backends import im2col as reference
+    rng = np.random.default_rng(3)
+    launched = len(emulated.kernels.launched)
+    for shape, stride in (((2, 3, 14, 14), 2), ((2, 2, 7, 7), 1)):
+        x = _random(rng, shape, "float32")
+        geometry = ((3, 3), (stride, stride), (1, 1), (1, 1))
+        cols = emulated.im2col(x, *geometry)
+        np.testing.assert_array_equal(cols, reference.im2col(x, *geometry))
+        np.testing.assert_array_equal(emulated.col2im(cols, shape, *geometry),
+                                      reference.col2im(cols, shape, *geometry))
+        # a non-contiguous input is read after one copy, same result
+        view = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+        np.testing.assert_array_equal(emulated.im2col(view, *geometry), reference.im2col(x, *geometry))
+        cols = emulated.im2col(x, *geometry, layout="batch")
+        np.testing.assert_array_equal(cols, reference.im2col(x, *geometry, layout="batch"))
+        np.testing.assert_array_equal(emulated.col2im(cols, shape, *geometry, layout="batch"),
+                                      reference.col2im(cols, shape, *geometry, layout="batch"))
+    assert {"im2col_f32", "col2im_f32"} <= set(emulated.kernels.launched[launched:])
+
+
+def test_emulated_col2im_rejects_columns_of_the_wrong_shape(emulated):
+    with pytest.raises(ValueError, match=r"col2im: columns of shape \(1, 9, 5\) do not fit"):
+        emulated.col2im(np.zeros((1, 9, 5), np.float32), (1, 1, 4, 4), (3, 3), (1, 1), (1, 1), (1, 1))
+
+
+def test_emulated_conv_as_im2col_and_sgemm_matches_cpu(emulated):
+    """A convolution on the (emulated) GPU path, forward and both gradients: im2col,
+    our SGEMM, col2im; the same maths on the CPU backend's kernels agrees."""
+    from tinygrad_meta.backends.cpu import BACKEND as host
+    rng = np.random.default_rng(5)
+    x, weight = _random(rng, (2, 3, 9, 9), "float32"), _random(rng, (4, 3 * 9), "float32")
+    geometry = ((3, 3), (2, 2), (1, 1), (1, 1))
+    results = []
+    for backend in (emulated, host):
+        cols = backend.im2col(x, *geometry)
+        out = backend.matmul(weight, cols)
+        grad_out = np.ones_like(out)
+        grad_x = backend.col2im(backend.matmul(weight.T, grad_out), x.shape, *geometry)
+        grad_w = backend.matmul(grad_out, cols.transpose(0, 2, 1)).sum(0)
+        results.append([backend.to_numpy(a) for a in (out, grad_x, grad_w)])
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------------
 # Without CuPy or without a GPU: clear errors (always run)
 # ----------------------------------------------------------------------------------
@@ -573,6 +673,13 @@ def test_gpu_second_order_gradient_matches_cpu(gpu, dtype):
 def test_gpu_batched_meta_gradient_matches_cpu(gpu, dtype):
     for got, want in zip(_batched_meta_gradient("cuda", dtype), _batched_meta_gradient("cpu", dtype)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@settings(max_examples=60, deadline=None)
+@given(**CONV_CASES)
+def test_gpu_im2col_col2im_equal_the_reference_property(gpu, **case):
+    _check_im2col_case(gpu, **case)
 
 
 @pytest.mark.gpu

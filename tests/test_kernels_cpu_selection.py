@@ -13,13 +13,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NEEDS_BUILD = pytest.mark.skipif(not cpu.kernel_info()["built"],
                                  reason="compiled CPU kernels are not built")
 
-# Makes the two compiled modules look absent, exactly as when their files do not exist
+# Makes the three compiled modules look absent, exactly as when their files do not exist
 # (the import machinery raises ModuleNotFoundError naming the module).
 HIDE_EXTENSION = (
     "import sys\n"
     "class _NoExtension:\n"
     "    def find_spec(self, name, path=None, target=None):\n"
-    "        if name in ('tinygrad_meta._cpu_matmul', 'tinygrad_meta._cpu_relu'):\n"
+    "        if name in ('tinygrad_meta._cpu_matmul', 'tinygrad_meta._cpu_relu', 'tinygrad_meta._cpu_conv'):\n"
     "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
     "        return None\n"
     "sys.meta_path.insert(0, _NoExtension())\n")
@@ -53,6 +53,9 @@ def test_missing_extension_says_not_built_warns_once_and_numpy_runs():
         "assert '_cpu_matmul' in info['error'], info\n"
         "import numpy as np\n"
         "assert info['matmul'] == 'numpy' and cpu.BACKEND.matmul is np.matmul\n"
+        "from tinygrad_meta.backends import im2col as reference\n"
+        "assert info['im2col'] == info['col2im'] == 'numpy', info\n"
+        "assert cpu.BACKEND.im2col is reference.im2col and cpu.BACKEND.col2im is reference.col2im\n"
         "x = tgm.Tensor([[1.0, -2.0]], requires_grad=True)\n"
         "(x @ tgm.Tensor([[3.0], [4.0]])).relu().sum().backward()\n"
         "try:\n"
@@ -121,3 +124,18 @@ def test_engine_suite_subset_passes_under_each_mode(mode):
         + files, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
+
+
+@pytest.mark.parametrize("mode,expected", [pytest.param("cython", "cython", marks=NEEDS_BUILD),
+                                           pytest.param("auto", "auto: cython", marks=NEEDS_BUILD),
+                                           ("numpy", "numpy")])
+def test_environment_mode_selects_the_conv_kernels(mode, expected):
+    code = ("from tinygrad_meta.backends import cpu, im2col\n"
+            "info = cpu.kernel_info()\n"
+            "ours = cpu.BACKEND.im2col is not im2col.im2col and cpu.BACKEND.col2im is not im2col.col2im\n"
+            "print(info['im2col'], '|', info['col2im'], '|', ours)\n")
+    result = _run_python(code, {"TGM_CPU_KERNELS": mode})
+    assert result.returncode == 0, result.stderr
+    im2col_impl, col2im_impl, ours = (part.strip() for part in result.stdout.split("|"))
+    assert im2col_impl.startswith(expected) and col2im_impl.startswith(expected)
+    assert ours == str(mode != "numpy")

@@ -1441,14 +1441,20 @@ def _gemm(a, b, be):
     return be.matmul(a, b)
 
 
+# one forward GEMM over the batch up to this many output positions per image, N products
+# above (measured in benchmarks/conv.py)
+_ONE_GEMM_MAX_COLUMNS = 9
+
+
 def _task_columns(x, kernel, stride, padding, dilation, groups, be):
     """(T, N, C, H, W) images as columns (T * groups, C/groups * kh * kw, N * L)."""
     t, n = x.shape[:2]
-    cols = be.im2col(x.reshape((t * n,) + x.shape[2:]), kernel, stride, padding, dilation, 0.0)
-    k, length = cols.shape[1:]
-    if n > 1:  # (T, N, K, L) -> (T, K, N, L): every image's columns side by side
-        cols = cols.reshape(t, n, k, length).transpose(0, 2, 1, 3)
-    return cols.reshape(t * groups, k // groups, n * length)
+    # the backend lays every image's columns side by side, (K, T*N*L): no transpose copy
+    cols = be.im2col(x.reshape((t * n,) + x.shape[2:]), kernel, stride, padding, dilation, 0.0,
+                     layout="batch")
+    k = cols.shape[0]
+    cols = cols.reshape(k, t, -1).swapaxes(0, 1)  # (T, K, N*L): a view
+    return cols.reshape(t * groups, k // groups, cols.shape[-1])
 
 
 def _task_rows(g, groups):
@@ -1473,6 +1479,12 @@ def _task_conv(x, w, stride, padding, dilation, groups, be, keep=None):
     cols = _task_columns(x, kernel, stride, padding, dilation, groups, be)
     if keep is not None:
         keep.cols = cols
+    if t == 1 and groups == 1 and oh * ow > _ONE_GEMM_MAX_COLUMNS:
+        # N products on a view (N, K, L) of the columns: faster in our GEMM than one with
+        # an N*L-long operand, and already in (N, O, L) order (benchmarks/conv.py, "mixed")
+        view = cols[0].reshape(cols.shape[1], n, oh * ow).swapaxes(0, 1)
+        out = be.matmul(w[0].reshape(w.shape[1], -1), view)
+        return out.reshape(1, n, w.shape[1], oh, ow)
     out = _gemm(_task_weights(w, groups), cols, be)  # (T*G, O/G, N*L)
     out = out.reshape(t, w.shape[1], n, oh * ow)
     if n > 1:
@@ -1486,11 +1498,9 @@ def _task_conv_input_grad(g, w, input_shape, stride, padding, dilation, groups, 
     cols = _gemm(_swap_last(_task_weights(w, groups)), _task_rows(g, groups), be)  # (T*G, Kg, N*L)
     k = cols.shape[1] * groups
     length = g.shape[3] * g.shape[4]
-    cols = cols.reshape(t, k, n, length)
-    if n > 1:
-        cols = cols.transpose(0, 2, 1, 3)
-    image = be.col2im(cols.reshape(t * n, k, length), (t * n,) + tuple(input_shape[1:]), kernel,
-                      stride, padding, dilation)
+    cols = cols.reshape(t, k, n * length).swapaxes(0, 1).reshape(k, t * n * length)  # a view if T == 1
+    image = be.col2im(cols, (t * n,) + tuple(input_shape[1:]), kernel, stride, padding, dilation,
+                      layout="batch")
     return image.reshape((t,) + tuple(input_shape))
 
 

@@ -1,13 +1,18 @@
-"""The CPU backend: numpy arrays, with matmul and ReLU through our compiled kernels.
+"""The CPU backend: numpy arrays, with matmul, ReLU and convolution's im2col/col2im
+through our compiled kernels.
 
 Which implementation runs is chosen by ``TGM_CPU_KERNELS`` (read at import) or
 :func:`set_kernels`:
 
 * ``cython`` -- every float32/float64 2-D or 3-D matmul and every float ReLU runs on
   the kernels in ``kernels/cpu`` (other cases keep numpy semantics through numpy);
-* ``numpy``  -- ``numpy.matmul`` / ``numpy.maximum`` only;
-* ``auto`` (default) -- ours up to a size measured on this machine at the first call
-  (about 0.1 s, once per process), numpy above it where BLAS is faster.
+  float32/float64 im2col/col2im run ``kernels/cpu/conv.pyx``;
+* ``numpy``  -- ``numpy.matmul`` / ``numpy.maximum`` and the numpy im2col/col2im
+  reference (``backends/im2col.py``) only;
+* ``auto`` (default) -- matmul and ReLU: ours up to a size measured on this machine at
+  the first call (about 0.1 s, once per process), numpy above it where BLAS is faster;
+  im2col/col2im: always ours (a gather/scatter in one C pass beat the reference's
+  per-tap numpy slicing at every shape measured, see ``benchmarks/conv.py --kernels``).
 
 If the extension is missing or fails its import-time self-check, importing warns once,
 :func:`kernel_info` reports why, and numpy runs. The routing itself lives inside the
@@ -42,20 +47,21 @@ if "OMP_WAIT_POLICY" not in os.environ:
 
 # By full name: ``from .. import _cpu_matmul`` on a package still initialising turns
 # "no such module" into "cannot import name ... (most likely due to a circular import)".
-_EXTENSIONS = tuple(f"{__name__.rsplit('.', 2)[0]}.{name}" for name in ("_cpu_matmul", "_cpu_relu"))
+_EXTENSIONS = tuple(f"{__name__.rsplit('.', 2)[0]}.{name}" for name in ("_cpu_matmul", "_cpu_relu", "_cpu_conv"))
 try:
-    _cpu_matmul, _cpu_relu = (importlib.import_module(name) for name in _EXTENSIONS)
+    _cpu_matmul, _cpu_relu, _cpu_conv = (importlib.import_module(name) for name in _EXTENSIONS)
+    _cpu_conv.set_reference(_im2col)  # its validation and the cases the kernels leave to it
     _IMPORT_ERROR = None
     _BUILT = True
 except ModuleNotFoundError as error:
     if error.name not in _EXTENSIONS:
         raise  # a missing dependency of ours, not the extension: let it say so
-    _cpu_matmul = _cpu_relu = None
+    _cpu_matmul = _cpu_relu = _cpu_conv = None
     _IMPORT_ERROR = (f"not built: there is no compiled module {error.name}; build it with "
                      "`python setup.py build_ext --inplace` or `pip install -e . --no-build-isolation`")
     _BUILT = False
 except ImportError as error:  # built, but it does not load (e.g. an undefined symbol)
-    _cpu_matmul = _cpu_relu = None
+    _cpu_matmul = _cpu_relu = _cpu_conv = None
     _IMPORT_ERROR = f"{type(error).__name__}: {error}"
     _BUILT = True
 
@@ -91,6 +97,18 @@ def _self_check():
         g = np.array([1.0, 2.0, 3.0, 4.0, 5.0, np.inf], dtype=dtype)
         if not np.array_equal(_cpu_relu.relu_backward(g, x), g * (x > 0), equal_nan=True):
             return f"relu_backward {np.dtype(dtype).name} disagrees with numpy"
+        # im2col copies and col2im adds in the reference's order: both exactly equal
+        image = rng.standard_normal((2, 3, 7, 6)).astype(dtype)
+        # (the "same" fast path, the general one and the batch layout: ~0.5 ms in all)
+        for geometry, layout in ((((3, 3), (1, 1), (1, 1), (1, 1)), "image"),
+                                 (((3, 2), (2, 3), (2, 1), (2, 1)), "batch")):
+            cols = _cpu_conv.im2col(image, *geometry, pad_value=-np.inf, layout=layout)
+            if not np.array_equal(cols, _im2col.im2col(image, *geometry, pad_value=-np.inf, layout=layout)):
+                return f"im2col {np.dtype(dtype).name} {geometry} {layout} disagrees with the reference"
+            cols = rng.standard_normal(cols.shape).astype(dtype)
+            if not np.array_equal(_cpu_conv.col2im(cols, image.shape, *geometry, layout=layout),
+                                  _im2col.col2im(cols, image.shape, *geometry, layout=layout)):
+                return f"col2im {np.dtype(dtype).name} {geometry} {layout} disagrees with the reference"
     return None
 
 
@@ -98,19 +116,19 @@ if _cpu_matmul is not None:
     _problem = _self_check()
     if _problem is not None:
         _IMPORT_ERROR = f"self-check failed: {_problem}"
-        _cpu_matmul = _cpu_relu = None
+        _cpu_matmul = _cpu_relu = _cpu_conv = None
 
 if _IMPORT_ERROR is not None:
     warnings.warn(
-        f"tinygrad_meta: compiled CPU kernels unavailable ({_IMPORT_ERROR}); matmul and relu "
-        "run on numpy." + ("" if not _BUILT else " Rebuild them with "
+        f"tinygrad_meta: compiled CPU kernels unavailable ({_IMPORT_ERROR}); matmul, relu "
+        "and im2col/col2im run on numpy." + ("" if not _BUILT else " Rebuild them with "
                           "`pip install -e . --no-build-isolation`."),
         RuntimeWarning, stacklevel=2)
 
 
 class CPUBackend:
-    """numpy arrays on the host; ``matmul``/``relu``/``relu_backward`` are set by
-    :func:`set_kernels` to our kernels or numpy's."""
+    """numpy arrays on the host; ``matmul``/``relu``/``relu_backward``/``im2col``/``col2im``
+    are set by :func:`set_kernels` to our kernels or numpy's."""
     name = "cpu"
     xp = np
 
@@ -118,7 +136,7 @@ class CPUBackend:
         self.matmul = np.matmul
         self.relu = _relu
         self.relu_backward = _relu_backward
-        # Convolution's gather/scatter (the numpy reference until a compiled kernel is set).
+        # Convolution's gather/scatter: the numpy reference unless set_kernels picks ours.
         self.im2col = _im2col.im2col
         self.col2im = _im2col.col2im
 
@@ -293,7 +311,7 @@ def _calibrate():
 
 
 def set_kernels(mode: str) -> str:
-    """Choose what runs matmul and ReLU on the CPU: "cython", "numpy" or "auto".
+    """Choose what runs matmul, ReLU and im2col/col2im on the CPU: "cython", "numpy" or "auto".
 
     Returns the previous mode. "cython" raises RuntimeError when the compiled kernels
     are unavailable (the message carries the import error); "auto" then means numpy.
@@ -311,7 +329,12 @@ def set_kernels(mode: str) -> str:
         BACKEND.matmul = np.matmul
         BACKEND.relu = _relu
         BACKEND.relu_backward = _relu_backward
+        BACKEND.im2col = _im2col.im2col
+        BACKEND.col2im = _im2col.col2im
         return old
+    # in both "cython" and "auto": ours was faster everywhere measured (module docstring)
+    BACKEND.im2col = _cpu_conv.im2col
+    BACKEND.col2im = _cpu_conv.col2im
     if mode == "cython":
         _cpu_matmul.set_auto(False)
         _cpu_relu.set_auto(False)
@@ -339,6 +362,8 @@ def _describe(kind):
         return "numpy"
     if _mode == "cython":
         return "cython"
+    if kind in ("im2col", "col2im"):
+        return "auto: cython (faster than the numpy reference at every shape measured)"
     if _crossover is None:
         return "auto (crossover measured at first call)"
     if kind == "matmul":
@@ -350,12 +375,12 @@ def _describe(kind):
 
 
 def kernel_info() -> dict:
-    """What was built and what runs matmul and ReLU on the CPU.
+    """What was built and what runs matmul, ReLU and im2col/col2im on the CPU.
 
     Returns a dict: ``compiled`` (bool: loaded and self-checked), ``built`` (False only
     when the extension was never built: no compiled module at all), ``error`` (why not
     compiled, else None), ``mode``,
-    ``matmul`` and ``relu`` (the implementation that runs), ``cflags``, ``openmp``,
+    ``matmul``, ``relu``, ``im2col`` and ``col2im`` (the implementation that runs), ``cflags``, ``openmp``,
     ``vector_bits``, ``threads``, ``micro_tile_f32``/``_f64`` (MR, NR),
     ``gomp_spincount`` and ``crossover`` (auto mode's measurements, None until taken).
 
@@ -363,7 +388,8 @@ def kernel_info() -> dict:
     True
     """
     info = {"compiled": _cpu_matmul is not None, "built": _BUILT, "error": _IMPORT_ERROR, "mode": _mode,
-            "matmul": _describe("matmul"), "relu": _describe("relu")}
+            "matmul": _describe("matmul"), "relu": _describe("relu"),
+            "im2col": _describe("im2col"), "col2im": _describe("col2im")}
     if _cpu_matmul is not None:
         build = _cpu_matmul.BUILD_INFO
         info.update(cflags=build["cflags"], openmp=build["openmp"],

@@ -1,4 +1,5 @@
-"""The CUDA backend: CuPy arrays on the GPU, matmul and ReLU through our own kernels.
+"""The CUDA backend: CuPy arrays on the GPU, matmul, ReLU and convolution's im2col/col2im
+through our own kernels (a convolution is im2col on the GPU, then our SGEMM).
 
 The kernels are CUDA C sources in ``kernels/cuda`` (``tinygrad_meta/cuda_kernels`` in an
 installed package), compiled once per process by ``cupy.RawModule`` (CuPy also keeps the
@@ -22,9 +23,11 @@ import threading
 
 import numpy as np
 
+from . import im2col as _im2col
+
 __all__ = ["CUDABackend", "get_backend", "kernel_dir", "kernel_info", "KERNEL_FILES", "KERNEL_NAMES"]
 
-KERNEL_FILES = ("sgemm.cu", "relu.cu")
+KERNEL_FILES = ("sgemm.cu", "relu.cu", "im2col.cu")
 
 _F32 = np.dtype("float32")
 _F64 = np.dtype("float64")
@@ -40,6 +43,7 @@ KERNEL_NAMES = {
                       for ta in "nt" for tb in "nt") + ("dgemm_tiled",),
     "relu.cu": ("relu_forward_f32", "relu_forward_f64", "relu_forward_f32_vec4",
                 "relu_backward_f32", "relu_backward_f64", "relu_backward_f32_vec4"),
+    "im2col.cu": ("im2col_f32", "im2col_f64", "col2im_f32", "col2im_f64"),
 }
 
 _lock = threading.Lock()
@@ -125,10 +129,15 @@ def get_backend(device="cuda"):
 
 
 def kernel_info() -> dict:
-    """What runs matmul and ReLU on the GPU, without creating the backend if it isn't yet."""
+    """What runs matmul, ReLU and im2col/col2im on the GPU, without creating the backend
+    if it isn't yet."""
     info = {"matmul": "ours (sgemm/dgemm) for float32/float64 with collapsible batch dims, "
                       "else cupy.matmul",
             "relu": "ours for float32/float64, else cupy.maximum",
+            "im2col": "ours (im2col.cu, one thread per column element) for float32/float64, "
+                      "else the CuPy reference",
+            "col2im": "ours (im2col.cu, one thread per input element, no atomics) for "
+                      "float32/float64, else the CuPy reference",
             "available": False}
     try:
         info["kernel_dir"] = kernel_dir()
@@ -256,14 +265,42 @@ class CUDABackend:
             return array
         return self.xp.asnumpy(array)
 
-    # ---- convolution's gather/scatter (CuPy array code until our kernels replace it)
-    def im2col(self, x, kernel, stride, padding, dilation, pad_value=0.0):
-        from .im2col import im2col
-        return im2col(x, kernel, stride, padding, dilation, pad_value)
+    # ---- convolution's gather/scatter ----------------------------------------------
+    def im2col(self, x, kernel, stride, padding, dilation, pad_value=0.0, layout="image"):
+        """Receptive fields of x (N, C, H, W) as columns (N, C*kh*kw, OH*OW), or one
+        (C*kh*kw, N*OH*OW) matrix with ``layout="batch"``: the reference's layouts and
+        values (``backends/im2col.py``). float32/float64 run our kernel, other dtypes
+        the reference on CuPy."""
+        geo = _im2col.geometry("im2col", x.shape, kernel, stride, padding, dilation)
+        batch_layout = _im2col.check_layout("im2col", layout) == "batch"
+        if x.dtype not in (_F32, _F64):
+            return _im2col.im2col(x, kernel, stride, padding, dilation, pad_value, layout)
+        n, c, _, _, kh, kw, _, _, _, _, _, _, oh, ow = geo
+        x = self.xp.ascontiguousarray(x)
+        shape = (c * kh * kw, n * oh * ow) if batch_layout else (n, c * kh * kw, oh * ow)
+        cols = self.xp.empty(shape, dtype=x.dtype)
+        if cols.size:
+            scalar = np.float32 if x.dtype == _F32 else np.float64
+            self.kernels.launch("im2col.cu", f"im2col_{'f32' if x.dtype == _F32 else 'f64'}",
+                                self._elementwise_grid(cols.size), (_THREADS, 1, 1),
+                                (x, cols, *(np.int64(v) for v in geo), np.int32(batch_layout),
+                                 scalar(pad_value)))
+        return cols
 
-    def col2im(self, cols, input_shape, kernel, stride, padding, dilation):
-        from .im2col import col2im
-        return col2im(cols, input_shape, kernel, stride, padding, dilation)
+    def col2im(self, cols, input_shape, kernel, stride, padding, dilation, layout="image"):
+        """The adjoint of :meth:`im2col`: columns summed back into (N, C, H, W), one
+        thread per input element (no atomics: deterministic, the reference's sums)."""
+        geo = _im2col.geometry("col2im", input_shape, kernel, stride, padding, dilation)
+        _im2col.check_cols("col2im", cols, geo, layout)
+        if cols.dtype not in (_F32, _F64):
+            return _im2col.col2im(cols, input_shape, kernel, stride, padding, dilation, layout)
+        cols = self.xp.ascontiguousarray(cols)
+        image = self.xp.empty(geo[:4], dtype=cols.dtype)
+        if image.size:
+            self.kernels.launch("im2col.cu", f"col2im_{'f32' if cols.dtype == _F32 else 'f64'}",
+                                self._elementwise_grid(image.size), (_THREADS, 1, 1),
+                                (cols, image, *(np.int64(v) for v in geo), np.int32(layout == "batch")))
+        return image
 
     # ---- matmul ----------------------------------------------------------------
     def matmul(self, a, b, tile=None):
