@@ -28,7 +28,7 @@ def test_the_seven_examples_are_there():
     assert names == ["01_scalar_higher_order.py", "02_hessian_vector_products.py",
                      "03_property_testing_your_op.py", "04_maml_sinusoid.py",
                      "05_metasgd_learned_lrs.py", "06_hypergradient_lr_schedule.py",
-                     "07_gpu_demo.py", "08_supervised_classifier.py"]
+                     "07_gpu_demo.py", "08_supervised_classifier.py", "09_fewshot_omniglot.py"]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[os.path.basename(p) for p in EXAMPLES])

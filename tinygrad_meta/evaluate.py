@@ -31,10 +31,11 @@ import numpy as np
 from . import optim
 from .autograd import grad
 from .checkpoint import CheckpointError, load_checkpoint, run_file, save_checkpoint
-from .run import build_model, check_evaluation_size, load_run, pinned_kernels
+from .run import build_model, check_evaluation_size, load_run, pinned_kernels, task_of
+from .evaluate_fewshot import fewshot_rows, format_fewshot_table
 from .functional import mse_loss
 from .meta import MAML
-from .tasks import get_task
+from .tasks import get_task, is_fewshot
 from .tasks.base import TaskBatch, stream_rng
 from .tasks.sinusoid import SINUSOID
 from .tensor import Tensor
@@ -259,13 +260,17 @@ def evaluate_run(run_dir, num_tasks=600, shots=None, steps=EVAL_STEPS, baseline=
     else:
         iteration = None
     _check_counts(num_tasks, baseline_iters)
-    task = get_task(config["task"])
+    task = task_of(config)
     shots = tuple(task.evaluation_shots if shots is None else shots)
     check_evaluation_size(config, int(num_tasks), shots)
     device = config.get("device", "cpu") if device is None else device
     if run_dir:
         report_path = os.path.join(run_dir, REPORT_NAME) if report_path is None else report_path
         plot_path = os.path.join(run_dir, PLOT_NAME) if plot_path is None else plot_path
+    if is_fewshot(config["task"]):
+        with pinned_kernels(config, log):
+            return _evaluate_fewshot(run_dir, task, config, algorithm, iteration, int(num_tasks), shots, log,
+                                     report_path)
     # the run's kernels, so that the same checkpoint always gives the same table
     with pinned_kernels(config, log):
         return _evaluate(run_dir, task, config, algorithm, iteration, int(num_tasks), shots, steps, baseline,
@@ -309,8 +314,24 @@ def _evaluate(run_dir, task, config, algorithm, iteration, num_tasks, shots, ste
     return report
 
 
+def _evaluate_fewshot(run_dir, task, config, algorithm, iteration, num_tasks, shots, log, report_path):
+    rows, note = fewshot_rows(task, algorithm, config, num_tasks, shots=shots, log=log)
+    report = {"run": run_dir, "iteration": iteration, "algo": config["algo"], "task": task.name,
+              "metric": "accuracy", "query": task.query_description, "num_tasks": num_tasks,
+              "inner_lr": config["inner_lr"], "learned_rates": _learned_rates(algorithm) is not None,
+              "fewshot": True, "rows": rows, "note": note}
+    if report_path:
+        with run_file("cannot write evaluation table", report_path), \
+                open(report_path, "w", encoding="utf-8") as handle:
+            json.dump(report, handle, indent=1)
+        report["path"] = report_path
+    return report
+
+
 def format_table(report) -> str:
     """The report as a fixed-width text table (one row per K and model)."""
+    if report.get("fewshot"):
+        return format_fewshot_table(report)
     steps = report["steps"]
     rate = "learned per-parameter rates" if report.get("learned_rates") else f"SGD lr {report['inner_lr']}"
     query = report.get("query", "query MSE on 100 evenly spaced points over [-5, 5]")

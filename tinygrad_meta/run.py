@@ -27,16 +27,18 @@ import numpy as np
 from . import meta, nn, optim
 from .backends import cpu, get_backend
 from .checkpoint import CheckpointError, format_bytes, load_checkpoint, MAX_CHECKPOINT_BYTES
-from .tasks import get_task
+from .tasks import get_task, is_fewshot, make_task
+from .tasks.fewshot import MODELS, head_prefix
 from .tasks.base import stream_rng
 from .tensor import Tensor
 
 __all__ = ["ALGORITHMS", "DEFAULTS", "FIXED_ON_RESUME", "MAX_INNER_STEPS", "ConfigConflictError",
            "make_config", "saved_config", "resume_config", "memory_limit", "check_sizes",
            "check_evaluation_size", "build_model", "build_algorithm", "build_optimizer", "load_parameters",
-           "parameters_as_numpy", "load_run", "pinned_kernels", "check_device", "to_device"]
+           "parameters_as_numpy", "load_run", "pinned_kernels", "check_device", "to_device", "task_of",
+           "FEWSHOT_DEFAULTS", "outer_lr"]
 
-ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
+ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "anil", "protonet")
 
 # The main job: ``python -m tinygrad_meta train`` with no flags. ``iters`` is chosen so
 # that training, the baseline and the final evaluation fit in about two minutes on
@@ -61,12 +63,35 @@ DEFAULTS = {
     "baseline_iters": 5000,   # regression steps of the "pretrained on all tasks" baseline
     "cpu_kernels": None,      # None: TGM_CPU_KERNELS's choice, with "auto" pinned (see _pin_kernels)
     "compile": True,          # meta_step through tgm.compile (same numbers, less Python per step)
+    # few-shot classification only (--task omniglot|glyphs; None for regression tasks)
+    "ways": None,             # N of the training episodes
+    "queries": None,          # query examples per class of every training episode
+    "eval_queries": None,     # ... of the validation and evaluation episodes (None: as queries)
+    "data_dir": None,         # the Omniglot folder
+    "model": None,            # "conv" (the 4-block conv net) or "mlp" (MAML's fully connected net)
+    "test_steps": None,       # inner steps when evaluating a gradient-based learner
+    "lr_halve_every": None,   # halve the outer Adam's lr every this many iterations (ProtoNet's schedule)
+}
+
+# Few-shot defaults: the papers' Omniglot settings, scaled down for a few minutes on two
+# CPU cores (the MAML paper: meta-batch 32, 60,000 iterations; ProtoNets: 1 episode per
+# step, lr halved every 2,000 episodes). The papers' 20-way settings (inner lr 0.1, 5
+# inner steps, meta-batch 16) are asked for with flags.
+FEWSHOT_DEFAULTS = {
+    "shots": 1, "ways": 5, "queries": 5, "model": "conv", "inner_lr": 0.4, "meta_batch": 8,
+    "iters": 1000, "checkpoint_every": 100, "eval_every": 100, "eval_tasks": 600, "test_steps": 3,
+    # eager: tgm.compile refuses cross_entropy's label-range check (an int() of a traced array)
+    "compile": False,
+}
+FEWSHOT_ALGO_DEFAULTS = {
+    "protonet": {"meta_batch": 1, "lr_halve_every": 2000},
+    "reptile": {"inner_lr": 0.1, "inner_steps": 5, "meta_lr": 1.0, "meta_batch": 5, "test_steps": 10},
 }
 
 # Settings that define what is being trained: resuming with a different value would
 # silently train something else, so it is an error. The rest may change on resume.
 FIXED_ON_RESUME = ("algo", "task", "shots", "inner_lr", "inner_steps", "meta_batch", "meta_lr",
-                   "seed", "hidden", "init")
+                   "seed", "hidden", "init", "ways", "queries", "model", "lr_halve_every")
 
 # Every inner step is a forward and backward pass per task per meta-iteration (the MAML
 # paper takes 1 to 10; Reptile's 5 to 32); beyond this a run cannot finish.
@@ -136,10 +161,24 @@ def make_config(overrides=None) -> dict:
     if unknown:
         raise ValueError(f"train: unknown settings {unknown}; known: {sorted(DEFAULTS)}")
     config = dict(DEFAULTS)
+    task, algo = overrides.get("task") or DEFAULTS["task"], overrides.get("algo") or DEFAULTS["algo"]
+    if is_fewshot(task):
+        config.update(FEWSHOT_DEFAULTS)
+        config.update(FEWSHOT_ALGO_DEFAULTS.get(algo, {}))
     config.update({k: v for k, v in overrides.items() if v is not None})
     if config["algo"] not in ALGORITHMS:
         raise ValueError(f"train: unknown algo {config['algo']!r}; choose one of {', '.join(ALGORITHMS)}")
-    get_task(config["task"])  # raises for an unknown task
+    if is_fewshot(task):
+        _fewshot_config(config)
+    else:
+        get_task(config["task"])  # raises for an unknown task
+        for key in ("ways", "queries", "eval_queries", "data_dir", "model", "test_steps", "lr_halve_every"):
+            if config[key] is not None:
+                raise ValueError(f"train: --{key.replace('_', '-')} is for the few-shot classification tasks "
+                                 f"(--task omniglot or glyphs), not {config['task']}")
+        if config["algo"] in ("anil", "protonet"):
+            raise ValueError(f"train: --algo {config['algo']} classifies images: use it with --task omniglot "
+                             "or --task glyphs")
     _int_at_least(config, "shots", 1)
     if config["inner_steps"] is None:
         config["inner_steps"] = 5 if config["algo"] == "reptile" else 1
@@ -164,8 +203,35 @@ def make_config(overrides=None) -> dict:
         raise ValueError(f"train: init must be 'default' or 'maml', got {config['init']!r}")
     if config["out"] is None:
         config["out"] = os.path.join("runs", f"{config['algo']}-{config['task']}")
+        if is_fewshot(task):
+            config["out"] += f"-{config['ways']}w{config['shots']}s"
     config["out"] = os.fspath(config["out"])
     return config
+
+
+def _fewshot_config(config):
+    if config["eval_queries"] is None:
+        config["eval_queries"] = config["queries"]
+    for key in ("ways", "queries", "eval_queries", "test_steps"):
+        _int_at_least(config, key, 1 if key != "test_steps" else 0, MAX_INNER_STEPS if key == "test_steps" else None)
+    if config["lr_halve_every"] is not None:
+        _int_at_least(config, "lr_halve_every", 1)
+    if config["ways"] < 2:
+        raise ValueError(f"train: --ways must be at least 2 for a classification, got {config['ways']}")
+    if config["model"] not in MODELS:
+        raise ValueError(f"train: --model must be one of {', '.join(MODELS)}, got {config['model']!r}")
+    if config["task"] == "omniglot" and config["data_dir"] is None:
+        raise ValueError("train: --task omniglot needs --data-dir DIR, the folder holding the official zips "
+                         "(images_background_small1.zip and images_background_small2.zip, or "
+                         "images_background.zip and images_evaluation.zip); --task glyphs needs no download")
+    if config["data_dir"] is not None:
+        config["data_dir"] = os.fspath(config["data_dir"])
+
+
+def task_of(config):
+    """The run's Task: the registered one, or its few-shot family built from the config."""
+    return make_task(config["task"], data_dir=config.get("data_dir"), ways=config.get("ways") or 5,
+                     queries=config.get("queries") or 5, eval_queries=config.get("eval_queries"))
 
 
 def saved_config(checkpoint):
@@ -188,7 +254,9 @@ def resume_config(run_dir, overrides, log=print):
         raise FileNotFoundError(f"--resume: run folder {run_dir} {problem}")
     checkpoint = load_checkpoint(run_dir)
     saved = checkpoint.config
-    requested = make_config(dict(overrides, out=run_dir))
+    # the checkpoint's family and algorithm, unless given: few-shot flags need a few-shot task
+    family = {key: saved.get(key) for key in ("task", "algo", "data_dir") if saved.get(key) is not None}
+    requested = make_config(dict(family, **{k: v for k, v in overrides.items() if v is not None}, out=run_dir))
     conflicts = []
     for key in FIXED_ON_RESUME:
         if key in overrides and overrides[key] is not None and requested[key] != saved.get(key):
@@ -247,6 +315,8 @@ def check_sizes(config, limit=None):
     or a checkpoint beyond ``checkpoint.MAX_CHECKPOINT_BYTES``. Cheap; call before training.
     """
     limit = memory_limit() if limit is None else limit
+    if is_fewshot(config["task"]):
+        return _check_fewshot_sizes(config, limit)
     params = _parameter_count(config["hidden"])
     meta_params = 2 * params if config["algo"] == "metasgd" else params  # Meta-SGD learns a rate per weight
     # the meta-gradient's graph keeps every inner step's fast weights; Reptile detaches each step
@@ -259,7 +329,7 @@ def check_sizes(config, limit=None):
             f"{config['meta_batch']}, --shots {config['shots']}, --inner-steps {config['inner_steps']}, "
             f"{_sizes(config)}), more than the {format_bytes(limit)} this machine has")
     if config["eval_tasks"]:
-        check_evaluation_size(config, max(config["eval_tasks"], 2), get_task(config["task"]).evaluation_shots,
+        check_evaluation_size(config, max(config["eval_tasks"], 2), task_of(config).evaluation_shots,
                               "--eval-tasks", limit)
     stored = 12 * meta_params  # the parameters and Adam's two moments, float32
     if stored > MAX_CHECKPOINT_BYTES:
@@ -268,10 +338,29 @@ def check_sizes(config, limit=None):
                          "may hold")
 
 
+# bytes a 28x28 image's activations and their gradients take in the 4-block conv net
+# (64 channels at 28, 14, 7, 3 pixels, a few saved tensors each), float32: an upper bound
+_BYTES_PER_IMAGE = 4 * 64 * (28 * 28 + 14 * 14 + 7 * 7 + 3 * 3) * 8
+
+
+def _check_fewshot_sizes(config, limit):
+    images = config["meta_batch"] * config["ways"] * (config["shots"] + config["queries"])
+    kept = 2 if config["algo"] in ("reptile", "protonet") else config["inner_steps"] + 1
+    needed = images * kept * _BYTES_PER_IMAGE
+    if needed > limit:
+        raise ValueError(
+            f"train: one meta-iteration needs about {format_bytes(needed)} of memory ({images:,} images: "
+            f"--meta-batch {config['meta_batch']} x --ways {config['ways']} x (--shots {config['shots']} + "
+            f"--queries {config['queries']}), --inner-steps {config['inner_steps']}), more than the "
+            f"{format_bytes(limit)} this machine has")
+
+
 def check_evaluation_size(config, num_tasks, shots, flag="--tasks", limit=None):
     """Raise ValueError, naming the limit, if adapting ``num_tasks`` tasks at once (K up to
     ``max(shots)``, 100 query points each) needs more than ``limit`` bytes of memory."""
     limit = memory_limit() if limit is None else limit
+    if is_fewshot(config["task"]):
+        return  # evaluation runs in chunks of tasks sized to a fixed number of images (evaluate.py)
     points = 3 * (100 + max(shots)) * sum(config["hidden"])
     needed = 4 * num_tasks * (5 * _parameter_count(config["hidden"]) + points)
     if needed > limit:
@@ -286,7 +375,13 @@ def check_evaluation_size(config, num_tasks, shots, flag="--tasks", limit=None):
 
 def build_model(config, stream="model-init"):
     """The regression MLP [1, *hidden, 1], initialised from the run's seed and ``stream``
-    (``"baseline-init"`` for the pretrained baseline)."""
+    (``"baseline-init"`` for the pretrained baseline); for a few-shot task, the network
+    the task builds for the algorithm (``FewShotTask.build_model``)."""
+    if is_fewshot(config["task"]):
+        model = task_of(config).build_model(config["algo"], config["model"], rng=stream_rng(config["seed"], stream))
+        if config.get("device", "cpu") != "cpu":
+            model.to(config["device"])
+        return model
     model = nn.MLP([1, *config["hidden"], 1], activation="relu", init=config["init"],
                    rng=stream_rng(config["seed"], stream))
     if config.get("device", "cpu") != "cpu":
@@ -296,11 +391,16 @@ def build_model(config, stream="model-init"):
 
 def build_algorithm(config, model):
     """The meta-learner named by ``config["algo"]`` wrapped around ``model``, on the task's loss."""
-    algo, loss = config["algo"], get_task(config["task"]).loss
+    algo, loss = config["algo"], task_of(config).loss
     compiled = config.get("compile", True)  # replays give the eager numbers bit for bit
     if algo in ("maml", "fomaml"):
         return meta.MAML(model, inner_lr=config["inner_lr"], inner_steps=config["inner_steps"],
                          first_order=(algo == "fomaml"), loss_fn=loss, compile=compiled)
+    if algo == "anil":
+        return meta.MAML(model, inner_lr=config["inner_lr"], inner_steps=config["inner_steps"], loss_fn=loss,
+                         adapt_only=head_prefix(model), compile=compiled)
+    if algo == "protonet":
+        return meta.ProtoNet(model, loss_fn=loss)
     if algo == "metasgd":
         return meta.MetaSGD(model, init_lr=config["inner_lr"], inner_steps=config["inner_steps"],
                             loss_fn=loss, compile=compiled)
@@ -316,6 +416,13 @@ def build_optimizer(config, algorithm):
     if config["algo"] == "reptile":
         return optim.SGD(params, lr=config["meta_lr"])
     return optim.Adam(params, lr=config["meta_lr"])
+
+
+def outer_lr(config, iteration):
+    """The outer learning rate of (1-based) ``iteration``: ``meta_lr``, halved every
+    ``lr_halve_every`` iterations when set (a function of the iteration: a resume is exact)."""
+    halve = config.get("lr_halve_every")
+    return config["meta_lr"] * (0.5 ** ((iteration - 1) // halve) if halve else 1.0)
 
 
 def load_parameters(algorithm, saved, where):
@@ -357,7 +464,7 @@ def check_device(device):
 
 
 def to_device(batch, device):
-    """A task batch of arrays as a tuple of Tensors on ``device``."""
+    """A task batch of arrays as a tuple of Tensors on ``device`` (integer labels stay integers)."""
     return tuple(Tensor(array, device=device) for array in batch)
 
 

@@ -5,7 +5,7 @@ This is what ``python -m tinygrad_meta train`` calls. A run lives in one folder
 state, history and the running metrics; written atomically every
 ``checkpoint_every`` iterations and at the end) and ``metrics.jsonl`` (one line per
 periodic evaluation). The config, what a run builds and how a folder is resumed live
-in ``run.py``; the tasks come from the run's ``Task`` (``tasks.get_task``).
+in ``run.py``; the tasks come from the run's ``Task`` (``run.task_of``).
 
 Exact resumption. The tasks of iteration i are drawn from the task's "train" stream at
 index i (``Task.meta_batch``), a function of (seed, i) alone, and the checkpoint holds
@@ -38,10 +38,12 @@ import numpy as np
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, check_writable, generator_state, load_checkpoint,
                          make_folder, restore_generator, run_file, save_checkpoint)
 from .evaluate import adapted_metric
+from .evaluate_fewshot import episode_accuracy
 from .progress import Progress
 from .run import (FIXED_ON_RESUME, build_algorithm, build_model, build_optimizer, check_device, check_sizes,
-                  load_parameters, make_config, parameters_as_numpy, pinned_kernels, resume_config, to_device)
-from .tasks import get_task
+                  load_parameters, make_config, outer_lr, parameters_as_numpy, pinned_kernels, resume_config,
+                  task_of, to_device)
+from .tasks import is_fewshot
 from .tasks.base import stream_rng
 
 __all__ = ["train", "TrainResult", "TrainingInterrupted"]
@@ -127,6 +129,9 @@ def _check_fresh_folder(config, force):
 
 
 def _validation_score(config, task, algorithm, validation):
+    if is_fewshot(config["task"]):
+        steps = 0 if config["algo"] == "protonet" else config["test_steps"]
+        return steps, float(episode_accuracy(algorithm, validation, steps).mean())
     steps = max(config["inner_steps"], 1)
     curves = adapted_metric(task, algorithm, validation, steps=[steps], inner_lr=config["inner_lr"],
                             device=config["device"])
@@ -156,7 +161,9 @@ def train(overrides=None, resume=None, force=False, progress=True, log=print) ->
     else:
         config = make_config(overrides)
     check_sizes(config)
-    task = get_task(config["task"])
+    task = task_of(config)
+    if is_fewshot(config["task"]):
+        task.check(config["shots"])  # the ways and shots fit the meta-train and validation splits
     check_device(config["device"])
     make_folder(config["out"])
     # fail now, not at the first checkpoint: a folder that refuses files, a directory in the way
@@ -246,6 +253,8 @@ def _train(config, checkpoint, task, progress, log):
                 if not math.isfinite(loss):
                     raise FloatingPointError(
                         f"meta-loss became {loss} at iteration {iteration}; try a smaller --meta-lr or --inner-lr")
+                if config.get("lr_halve_every"):
+                    optimizer.lr = outer_lr(config, iteration)
                 optimizer.step(grads)
                 loss_average = (loss if loss_average is None
                                 else _AVERAGE_DECAY * loss_average + (1 - _AVERAGE_DECAY) * loss)

@@ -37,10 +37,13 @@ def _plot_path(report_path):
 
 def register(subparsers):
     parser = subparsers.add_parser(
-        "eval", help="evaluate a trained run: query MSE after 0/1/5/10 steps vs a pretrained baseline",
+        "eval", help="evaluate a trained run: query MSE after 0/1/5/10 steps vs a pretrained baseline "
+                     "(sinusoid), or accuracy at 5/20-way, 1/5-shot (omniglot, glyphs)",
         description="Load DIR/checkpoint.npz and print the query MSE (100 evenly spaced points over "
                     "[-5, 5]) after 0, 1, 5, 10 inner SGD steps, mean and 95% CI over fresh tasks, "
-                    "for K = 5, 10, 20, next to a 'pretrained on all tasks' baseline. Saves the table "
+                    "for K = 5, 10, 20, next to a 'pretrained on all tasks' baseline; for a few-shot "
+                    "classification run, the query accuracy (mean and 95% CI over --tasks episodes of the "
+                    "meta-test classes) at 5/20-way, 1/5-shot. Saves the table "
                     "to a new file, DIR/eval-<date>-<time>.json (or --out), and, with matplotlib, the "
                     "plot next to it (same name, .png); the eval.json that training wrote is left alone.")
     parser.add_argument("run_dir", metavar="DIR", help="a run folder written by train")

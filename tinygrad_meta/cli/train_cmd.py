@@ -17,7 +17,7 @@ from .arguments import INTERRUPTED, whole_number
 
 def register(subparsers):
     parser = subparsers.add_parser(
-        "train", help="meta-train MAML, first-order MAML, Meta-SGD or Reptile",
+        "train", help="meta-train MAML, first-order MAML, ANIL, Meta-SGD, Reptile or ProtoNet",
         description="Meta-train on few-shot tasks, checkpointing atomically as it goes, then "
                     "evaluate (query MSE after 0/1/5/10 steps for K=5/10/20 next to a "
                     "pretrained baseline). With no flags: MAML on sinusoids, the README's main job.",
@@ -30,7 +30,8 @@ def register(subparsers):
                "checkpoint and prints the --resume command (exit status 130); a second Ctrl-C stops at once.")
     # None means "not given": on --resume only given flags are checked against the checkpoint
     parser.add_argument("--algo", choices=ALGORITHMS, default=None, help=f"default {DEFAULTS['algo']}")
-    parser.add_argument("--task", default=None, help=f"task family (default {DEFAULTS['task']})")
+    parser.add_argument("--task", default=None,
+                        help=f"task family: sinusoid, omniglot or glyphs (default {DEFAULTS['task']})")
     parser.add_argument("--shots", type=whole_number, default=None, metavar="K",
                         help=f"support (and query) points per task (default {DEFAULTS['shots']})")
     parser.add_argument("--inner-lr", type=float, default=None,
@@ -65,6 +66,26 @@ def register(subparsers):
                         help=f"tasks per K in the final table, 0 to skip it (default {DEFAULTS['eval_tasks']})")
     parser.add_argument("--baseline-iters", type=whole_number, default=None,
                         help=f"regression steps of the pretrained baseline (default {DEFAULTS['baseline_iters']})")
+    fewshot = parser.add_argument_group(
+        "few-shot image classification (--task omniglot or --task glyphs)",
+        "N-way K-shot episodes (--shots is K); --algo protonet|maml|fomaml|anil|metasgd|reptile. Defaults: "
+        "5-way 1-shot, 5 queries per class, the 4-block conv net, inner lr 0.4, meta-batch 8 (protonet 1), "
+        "1000 iterations, then the accuracy table (5/20-way, 1/5-shot, 95% CIs over --eval-tasks episodes).")
+    fewshot.add_argument("--data-dir", default=None, metavar="DIR",
+                         help="folder with the official Omniglot zips or their unpacked folders (--task omniglot)")
+    fewshot.add_argument("--ways", type=whole_number, default=None, metavar="N", help="classes per episode (default 5)")
+    fewshot.add_argument("--queries", type=whole_number, default=None, metavar="Q",
+                         help="query examples per class (default 5)")
+    fewshot.add_argument("--eval-queries", type=whole_number, default=None, metavar="Q",
+                         help="query examples per class of the validation and evaluation episodes "
+                              "(default: --queries)")
+    fewshot.add_argument("--model", choices=("conv", "mlp"), default=None,
+                         help="the 4-block conv net (default) or the MAML paper's fully connected net")
+    fewshot.add_argument("--test-steps", type=whole_number, default=None,
+                         help="inner steps at evaluation for gradient-based learners (default 3; reptile 10)")
+    fewshot.add_argument("--lr-halve-every", type=whole_number, default=None, metavar="ITERS",
+                         help="halve the outer learning rate every ITERS iterations (default: protonet 2000, "
+                              "others never)")
     parser.add_argument("--resume", metavar="DIR", default=None, help="continue the run in DIR")
     parser.add_argument("--force", action="store_true", help="overwrite a different run in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
