@@ -462,3 +462,24 @@ def test_in_place_write_ends_a_merge_of_what_read_the_written_memory():
     before, after = step(x)
     same(before, np.array([3.0, 12.0]))
     same(after, np.array([6.0, 15.0]))
+
+
+def test_cross_entropy_compiles_and_keeps_its_label_check():
+    """cross_entropy's gradient scatters through the labels (an input): the replay follows
+    new labels bit for bit, and labels out of range still raise the eager error."""
+    from tinygrad_meta.functional import cross_entropy
+    w = tgm.Tensor(np.arange(12.0).reshape(3, 4) / 10, requires_grad=True)
+
+    @tgm.compile
+    def step(x, y):
+        loss = cross_entropy(tgm.Tensor(x) @ w, y)
+        return loss, tgm.grad(loss, [w])
+    x = np.random.default_rng(0).standard_normal((5, 3))
+    for y in (np.array([0, 1, 2, 3, 0]), np.array([3, 3, 2, 1, 1])):
+        loss, (gw,) = step(x, y)
+        eager = cross_entropy(tgm.Tensor(x) @ w, y)
+        (ge,) = tgm.grad(eager, [w])
+        assert float(loss) == eager.item() and np.array_equal(gw.numpy(), ge.numpy())
+    assert step.cache_info().traces == 1
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
+        step(x, np.array([0, 1, 2, 4, 0]))

@@ -183,3 +183,23 @@ def test_resume_takes_few_shot_flags_and_refuses_a_changed_way_count(data_dir, t
     capsys.readouterr()
     assert main(["train", "--resume", out, "--iters", "4", "--ways", "20", "--no-progress"]) == 2
     assert "ways: checkpoint has 5, requested 20" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("algo", ["protonet", "maml"])
+def test_compiled_conv_run_equals_the_eager_one(algo, data_dir, tmp_path, capsys):
+    # few-shot runs compile their meta-step by default (conv, batch norm, cross-entropy and
+    # its label scatter replay); the parameters and batch-norm statistics after two
+    # iterations must equal --no-compile's bit for bit
+    results = []
+    for extra in ([], ["--no-compile"]):
+        out = tmp_path / f"{algo}{len(extra)}"
+        code = main(["train", "--task", "omniglot", "--data-dir", str(data_dir), "--algo", algo,
+                     "--iters", "2", "--meta-batch", "2", "--queries", "1", "--eval-tasks", "0",
+                     "--out", str(out), "--no-progress", "--eval-every", "0", *extra])
+        assert code == 0, capsys.readouterr().err
+        results.append(load_checkpoint(out))
+    compiled, eager = results
+    assert compiled.config["compile"] is True and eager.config["compile"] is False
+    assert compiled.params.keys() == eager.params.keys()
+    for name, value in eager.params.items():
+        assert np.array_equal(compiled.params[name], value), f"{name} differs compiled vs eager"

@@ -217,7 +217,7 @@ _ACTIVE = contextvars.ContextVar("tinygrad_meta.compile.trace", default=None)
 _HOOK_LOCK = threading.RLock()
 _DATA_SLOT = Tensor.__dict__["_data"]
 _GRAD_SLOT = Tensor.__dict__["grad"]
-_KERNELS = ("matmul", "relu", "relu_backward", "im2col", "col2im")
+_KERNELS = ("matmul", "relu", "relu_backward", "im2col", "col2im", "index_add")
 
 
 class _Slot:
@@ -479,7 +479,8 @@ def _traced_kernel(kernel):
     @functools.wraps(kernel)
     def call(*args, **kwargs):
         trace = _ACTIVE.get()
-        if trace is None or not any(type(a) is _Traced for a in args):
+        if trace is None or not any(type(a) is _Traced or (type(a) is tuple and any(
+                type(item) is _Traced for item in a)) for a in args):  # index_add's index tuple
             return kernel(*args, **kwargs)
         return trace.call(kernel, args, kwargs)
     return call

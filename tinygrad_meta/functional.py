@@ -87,9 +87,15 @@ def cross_entropy(logits, labels):
             f"cross_entropy: logits of shape {logits.shape} need labels of shape "
             f"{logits.shape[:-1]}, got {labels.shape}")
     classes = logits.shape[-1]
-    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= classes):
-        raise ValueError(f"cross_entropy: labels must lie in [0, {classes}), got values in "
-                         f"[{int(labels.min())}, {int(labels.max())}]")
+    # one bool() of the whole check, so tgm.compile keeps it as a value guard re-checked at
+    # every replay (reading the values themselves would end the trace)
+    if labels.size and bool(((labels < 0) | (labels >= classes)).any()):
+        from .compile import TraceError
+        try:
+            seen = f"got values in [{int(labels.min())}, {int(labels.max())}]"
+        except TraceError:  # inside tgm.compile the values can't be read; the check still holds
+            seen = "got values outside it"
+        raise ValueError(f"cross_entropy: labels must lie in [0, {classes}), {seen}")
     logp = log_softmax(logits, axis=-1).reshape(-1, classes)
     flat = labels.reshape(-1)
     picked = logp[xp.arange(flat.shape[0]), flat]

@@ -451,13 +451,12 @@ def _getitem_vjp(o, g, out, ins, params, needs):
 @primitive("index_put")
 def index_put(g, index, shape):
     """Zeros of ``shape`` with ``g`` added at ``index`` (repeated indices accumulate)."""
-    xp = backend_of(g).xp
-    # zeros_like of g, not zeros: made from g, so tgm.compile traces the buffer too
-    data = xp.zeros_like(g, shape=shape)
+    be = backend_of(g)
     if _is_advanced(index):
-        xp.add.at(data, index, g)
-    else:
-        data[index] = g
+        return be.index_add(g, index, shape)
+    # zeros_like of g, not zeros: made from g, so tgm.compile traces the buffer too
+    data = be.xp.zeros_like(g, shape=shape)
+    data[index] = g
     return data
 
 

@@ -80,8 +80,7 @@ DEFAULTS = {
 FEWSHOT_DEFAULTS = {
     "shots": 1, "ways": 5, "queries": 5, "model": "conv", "inner_lr": 0.4, "meta_batch": 8,
     "iters": 1000, "checkpoint_every": 100, "eval_every": 100, "eval_tasks": 600, "test_steps": 3,
-    # eager: tgm.compile refuses cross_entropy's label-range check (an int() of a traced array)
-    "compile": False,
+    "compile": True,
 }
 FEWSHOT_ALGO_DEFAULTS = {
     "protonet": {"meta_batch": 1, "lr_halve_every": 2000},

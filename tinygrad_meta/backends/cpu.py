@@ -148,6 +148,14 @@ class CPUBackend:
     def to_numpy(array):
         return array
 
+    @staticmethod
+    def index_add(values, index, shape):
+        """Zeros of ``shape`` with ``values`` added at the advanced ``index`` (repeated
+        indices accumulate): one call, so tgm.compile records it whole, index arrays included."""
+        out = np.zeros(shape, dtype=values.dtype)
+        np.add.at(out, index, values)
+        return out
+
     def __repr__(self):
         return "CPUBackend()"
 

@@ -302,6 +302,13 @@ class CUDABackend:
                                 (cols, image, *(np.int64(v) for v in geo), np.int32(layout == "batch")))
         return image
 
+    def index_add(self, values, index, shape):
+        """Zeros of ``shape`` with ``values`` added at the advanced ``index`` (repeated
+        indices accumulate)."""
+        out = self.xp.zeros(shape, dtype=values.dtype)
+        self.xp.add.at(out, index, values)
+        return out
+
     # ---- matmul ----------------------------------------------------------------
     def matmul(self, a, b, tile=None):
         """``numpy.matmul(a, b)`` semantics: 1-D operands, N-d batches with broadcasting.
