@@ -24,7 +24,6 @@ import sys
 os.environ["CUPY_TF32"] = "0"
 os.environ["NVIDIA_TF32_OVERRIDE"] = "0"
 
-import numpy as np  # noqa: E402
 
 SGEMM_SIZES = (1024, 2048, 4096, 8192)
 SGEMM_TARGETS = {1024: 0.50, 4096: 0.75}     # fraction of cuBLAS speed

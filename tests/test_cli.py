@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tinygrad_meta.__main__ import main
-from tinygrad_meta.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from tinygrad_meta.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from tinygrad_meta.evaluate import _row, adapt_curve, adapted_metric, adapted_mse, format_table
 from tinygrad_meta.run import build_algorithm, build_model, make_config
 from tinygrad_meta.tasks import get_task
@@ -383,7 +383,7 @@ def test_resuming_below_the_checkpoint_is_an_error_and_at_it_does_nothing(capsys
     train({"hidden": [8], "iters": 6, "eval_every": 0, "eval_tasks": 0, "out": out}, progress=False, log=_quiet)
     before = open(os.path.join(out, CHECKPOINT_NAME), "rb").read()
     err = _error(capsys, ["train", "--resume", out, "--iters", "4"])
-    assert f"is at iteration 6, beyond --iters 4; pass --iters above 6" in err
+    assert "is at iteration 6, beyond --iters 4; pass --iters above 6" in err
     assert main(["train", "--resume", out, "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert f"nothing to do: {out} is already at iteration 6 of 6" in printed and "of 4" not in printed

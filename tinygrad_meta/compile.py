@@ -37,7 +37,7 @@ import threading
 
 import numpy as np
 
-from . import ops, tensor as _tensor_module
+from . import ops
 from .autograd import is_grad_enabled, note_change
 from .backends import cpu as _cpu
 from .tensor import Tensor, _constant

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import numbers
 
-import numpy as np
 
 from .. import nn
 from ..functional import cross_entropy
