@@ -203,3 +203,15 @@ def test_compiled_conv_run_equals_the_eager_one(algo, data_dir, tmp_path, capsys
     assert compiled.params.keys() == eager.params.keys()
     for name, value in eager.params.items():
         assert np.array_equal(compiled.params[name], value), f"{name} differs compiled vs eager"
+
+
+def test_fewshot_reptile_trains_its_inner_loop_on_support_and_query_minibatches():
+    # on one full batch of the support set every step Reptile did not learn to classify
+    # (meta/reptile.py); the few-shot runs give it support+query, one mini-batch per step
+    from tinygrad_meta.run import build_algorithm, build_model, make_config
+    config = make_config({"algo": "reptile", "task": "glyphs", "shots": 1, "queries": 1})
+    reptile = build_algorithm(config, build_model(config))
+    assert (reptile.inner_data, reptile.inner_batches) == ("support+query", config["inner_steps"])
+    assert config["lr_halve_every"] == 250  # the outer step size is annealed
+    regression = build_algorithm(make_config({"algo": "reptile"}), build_model(make_config({"algo": "reptile"})))
+    assert (regression.inner_data, regression.inner_batches) == ("support", 1)

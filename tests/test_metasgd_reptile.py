@@ -116,6 +116,60 @@ def test_reptile_pseudo_gradient_and_update_match_the_formula(vectorize):
     assert np.isfinite(loss)
 
 
+def manual_minibatch_phi(model, batch, inner_lr, inner_steps, batches):
+    """Plain SGD by hand on each task's support and query samples pooled, step s on the
+    samples i with i % batches == s % batches."""
+    x = np.concatenate([batch[0], batch[2]], axis=1)
+    y = np.concatenate([batch[1], batch[3]], axis=1)
+    phis = []
+    for t in range(x.shape[0]):
+        fast = OrderedDict((n, p.detach().requires_grad_()) for n, p in model.named_parameters())
+        for s in range(inner_steps):
+            chosen = [i for i in range(x.shape[1]) if i % batches == s % batches]
+            loss = mse_loss(tgm.func.functional_call(model, fast, tgm.Tensor(x[t, chosen], dtype="float64")),
+                            tgm.Tensor(y[t, chosen], dtype="float64"))
+            grads = tgm.grad(loss, list(fast.values()))
+            fast = OrderedDict((n, (p - g * inner_lr).detach().requires_grad_())
+                               for (n, p), g in zip(fast.items(), grads))
+        phis.append(OrderedDict((n, p.numpy()) for n, p in fast.items()))
+    return phis
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+@pytest.mark.parametrize("compile", [False, True])
+def test_reptile_minibatches_of_support_and_query_match_the_formula(vectorize, compile):
+    # the inner loop on support+query, a different mini-batch each step (what few-shot
+    # classification trains with); compiled, a second batch must not replay the first's data
+    model = model64(5)
+    reptile = Reptile(model, inner_lr=0.05, inner_steps=4, outer_stepsize=0.5, vectorize=vectorize,
+                      compile=compile, inner_data="support+query", inner_batches=3)
+    theta = OrderedDict((n, p.numpy().copy()) for n, p in model.named_parameters())
+    for seed in (5, 6):
+        batch = small_batch(tasks=3, shots=4, seed=seed)
+        phis = manual_minibatch_phi(model, batch, 0.05, 4, 3)
+        full_batch = manual_reptile_phi(model, batch, 0.05, 4)
+        _, grads = reptile.meta_step(batch)
+        for name in theta:
+            mean_phi = np.mean([phi[name] for phi in phis], axis=0)
+            np.testing.assert_allclose(grads[name].numpy(), theta[name] - mean_phi, rtol=1e-10, atol=1e-13)
+        # and it is not the support-only full-batch update
+        name = "layers.0.weight"
+        assert not np.allclose(grads[name].numpy(), theta[name] - np.mean([f[name] for f in full_batch], axis=0))
+    SGD(reptile.meta_parameters(), lr=0.5).step(grads)  # as train.py steps it
+    for name, p in model.named_parameters():
+        mean_phi = np.mean([phi[name] for phi in phis], axis=0)
+        np.testing.assert_allclose(p.numpy(), theta[name] + 0.5 * (mean_phi - theta[name]), rtol=1e-10, atol=1e-13)
+
+
+def test_reptile_rejects_bad_inner_data():
+    with pytest.raises(ValueError, match="inner_data"):
+        Reptile(model64(), inner_data="query")
+    with pytest.raises(ValueError, match="inner_batches"):
+        Reptile(model64(), inner_batches=0)
+    with pytest.raises(ValueError, match="inner_batches=9 is more than the 8 samples"):
+        Reptile(model64(), inner_data="support+query", inner_batches=9).meta_step(small_batch())
+
+
 def test_reptile_outer_update_equals_outer_sgd():
     batch = small_batch(seed=8)
     a, b = Reptile(model64(8), outer_stepsize=0.3), Reptile(model64(8), outer_stepsize=0.3)

@@ -84,7 +84,8 @@ FEWSHOT_DEFAULTS = {
 }
 FEWSHOT_ALGO_DEFAULTS = {
     "protonet": {"meta_batch": 1, "lr_halve_every": 2000},
-    "reptile": {"inner_lr": 0.1, "inner_steps": 5, "meta_lr": 1.0, "meta_batch": 5, "test_steps": 10},
+    "reptile": {"inner_lr": 0.1, "inner_steps": 5, "meta_lr": 1.0, "meta_batch": 5, "test_steps": 10,
+                "lr_halve_every": 250},
 }
 
 # Settings that define what is being trained: resuming with a different value would
@@ -404,8 +405,17 @@ def build_algorithm(config, model):
         return meta.MetaSGD(model, init_lr=config["inner_lr"], inner_steps=config["inner_steps"],
                             loss_fn=loss, compile=compiled)
     if algo == "reptile":
+        # few-shot classification: the inner loop trains on support and query in one
+        # mini-batch per step (the paper's setting; on the same full batch every step,
+        # Reptile does not learn a classifier: see meta/reptile.py). Evaluation still adapts
+        # on the support set only.
+        if is_fewshot(config["task"]):
+            pool = config["ways"] * (config["shots"] + config["queries"])
+            data = {"inner_data": "support+query", "inner_batches": min(config["inner_steps"], pool)}
+        else:
+            data = {}
         return meta.Reptile(model, inner_lr=config["inner_lr"], inner_steps=config["inner_steps"],
-                            outer_stepsize=config["meta_lr"], loss_fn=loss, compile=compiled)
+                            outer_stepsize=config["meta_lr"], loss_fn=loss, compile=compiled, **data)
     raise ValueError(f"unknown algo {algo!r}")
 
 

@@ -257,12 +257,15 @@ class MetaLearner:
         weights get too. ``create_graph``: differentiate through the inner gradients
         (second order). ``differentiable``: keep the result connected to ``params`` (a
         meta-loss); otherwise every step is cut from the graph (evaluation, Reptile).
-        Each yield is a new OrderedDict name -> Tensor.
+        Each yield is a new OrderedDict name -> Tensor. ``x`` and ``y`` may also be equal-length
+        lists of mini-batches: step s then trains on ``x[s % len(x)]`` (Reptile's inner loop).
         """
         names = self.adapt_names
         fast = OrderedDict(params)
         seed = None
         forward = self._forward
+        xs, ys = (x, y) if isinstance(x, list) else ([x], [y])
+        x = xs[0]
         if batched:
             tasks = x.shape[0]
             for name in names:
@@ -280,8 +283,8 @@ class MetaLearner:
         lr = rates if rates is not None else self.inner_lr
         fused_sgd = self.inner_optimizer is sgd_step
         state = None
-        for _ in range(steps):
-            loss = self.loss_fn(forward(fast, x), y)
+        for step in range(steps):
+            loss = self.loss_fn(forward(fast, xs[step % len(xs)]), ys[step % len(ys)])
             grads = grad(loss, [fast[n] for n in names], grad_outputs=seed,
                          create_graph=create_graph)
             fast = OrderedDict(fast)
