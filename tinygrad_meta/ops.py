@@ -412,23 +412,42 @@ def max_pool_tiles(x, kernel):
 @max_pool_tiles.defvjp
 def _max_pool_tiles_vjp(o, g, out, ins, params, needs):
     # as _extremum_vjp over each tile: tied maxima share the gradient evenly, a NaN (the
-    # maximum of its tile) takes it alone; the weights are laid out as x, not in windows
+    # maximum of its tile) takes it alone. The weights are built tap by tap on (..., OH, OW)
+    # strided views of x: numpy broadcasts against a (..., OH, 1, OW, 1) peak run inner
+    # loops of length kw, several times slower
     (x,), (kernel,) = ins, params
     tiled, spread = _tile_shapes(x.shape, kernel)
-    taps_axes = (len(tiled) - 3, len(tiled) - 1)
-    xr, peak = o.raw(x).reshape(tiled), o.raw(out).reshape(spread)
+    xr, peak = o.raw(x).reshape(tiled), o.raw(out)
     xp = o.backend(x).xp
-    mask = xr == peak
-    if peak.dtype.kind == "f" and (hasattr(peak, "_data") or bool(xp.isnan(peak).any())):
-        mask |= xp.isnan(xr) & xp.isnan(peak)
-    if xr.dtype.kind == "f" and not hasattr(mask, "_data"):
-        weights = mask.astype(xr.dtype)
-        weights /= weights.sum(axis=taps_axes, keepdims=True)
-        if not o.recording and g.dtype == weights.dtype:
-            weights *= g.reshape(spread)  # first order: the gradient itself, in place
-            return (weights.reshape(x.shape),)
+    taps = [(i, j) for i in range(kernel[0]) for j in range(kernel[1])]
+    if hasattr(peak, "_data") or xr.dtype.kind != "f":  # a batched peak (vmap), or integers
+        peak = peak.reshape(spread)
+        mask = xr == peak
+        if peak.dtype.kind == "f":
+            mask |= xp.isnan(xr) & xp.isnan(peak)
+        weights = (mask / mask.sum(axis=(len(tiled) - 3, len(tiled) - 1), keepdims=True))
+        weights = weights.astype(xr.dtype, copy=False)
     else:
-        weights = (mask / mask.sum(axis=taps_axes, keepdims=True)).astype(xr.dtype, copy=False)
+        nan_peak = bool(xp.isnan(peak).any())
+        hits = []
+        for i, j in taps:
+            tap = xr[..., i, :, j]
+            hit = tap == peak
+            if nan_peak:
+                hit |= xp.isnan(tap) & xp.isnan(peak)
+            hits.append(hit)
+        ties = hits[0].astype(xr.dtype)
+        for hit in hits[1:]:
+            ties += hit
+        first_order = not o.recording and g.dtype == xr.dtype
+        # at first order the weights are the gradient itself: g / ties on each hit
+        share = g / ties if first_order else 1.0 / ties
+        # empty_like of an input (not xp.empty): tgm.compile traces the buffer and its writes
+        weights = xp.empty_like(peak, shape=tiled)
+        for (i, j), hit in zip(taps, hits):
+            xp.multiply(share, hit, out=weights[..., i, :, j])
+        if first_order:
+            return (weights.reshape(x.shape),)
     spread_g = o.broadcast_to(o.reshape(g, spread), tiled)
     return (o.reshape(spread_g * weights, tuple(x.shape)),)
 
