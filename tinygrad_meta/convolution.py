@@ -4,7 +4,8 @@
 whose input gradient is a transposed convolution and whose weight gradient a correlation
 of input and output gradient, both table ops whose rules are the three again. The pools
 are the table op ``im2col`` (every window laid out as a column; its rule is its adjoint
-``col2im``) followed by a max or a sum over the window, ops with rules of their own. So
+``col2im``) followed by a max or a sum over the window, ops with rules of their own; a max
+pool whose windows tile the image (the usual 2x2) is the table op ``max_pool_tiles``. So
 all are differentiable to any order: second-order MAML runs through a conv net.
 
 A 3-D input (C, H, W) is one unbatched image, as in PyTorch.
