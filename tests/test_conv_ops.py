@@ -378,7 +378,8 @@ def test_layer_norm_forward_and_derivatives(shapes, affine, seed):
     assert gradcheck(f, inputs) and gradgradcheck(f, inputs)
 
 
-@pytest.mark.parametrize("name", ["conv2d", "max_pool2d", "avg_pool2d", "batch_norm", "layer_norm"])
+@pytest.mark.parametrize("name", ["conv2d", "max_pool2d", "max_pool2d tiles", "avg_pool2d", "batch_norm",
+                                  "layer_norm"])
 def test_each_rule_gives_the_same_gradient_on_raw_arrays_and_recorded(name):
     # the rules are written once over ``o``: raw at first order, Tensor ops with create_graph
     rng = np.random.default_rng(15)
@@ -386,6 +387,7 @@ def test_each_rule_gives_the_same_gradient_on_raw_arrays_and_recorded(name):
     w = T(rng.standard_normal((3, 1, 3, 2)) if name == "conv2d" else rng.standard_normal(2), grad=True)
     f = {"conv2d": lambda: F.conv2d(x, w[:2], stride=2, padding=1, groups=2),
          "max_pool2d": lambda: F.max_pool2d(x, 3, 1, 1) * w.sum(),
+         "max_pool2d tiles": lambda: F.max_pool2d(x, 2) * w.sum(),  # 5 rows: floor mode drops one
          "avg_pool2d": lambda: F.avg_pool2d(x, 2) * w.sum(),
          "batch_norm": lambda: F.batch_norm(x, None, None, w, w * 2.0, training=True),
          "layer_norm": lambda: F.layer_norm(x, 4) * w.sum()}[name]
@@ -393,6 +395,44 @@ def test_each_rule_gives_the_same_gradient_on_raw_arrays_and_recorded(name):
     recorded = tgm.grad((f() ** 2).sum(), [x, w], create_graph=True)
     for a, b in zip(raw, recorded):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-13, atol=1e-13)
+
+
+def test_float32_first_order_rules_of_tiled_max_pool_and_batch_norm_stay_float32_and_agree():
+    # their first-order rules run in place in x's dtype: float32 in, float32 out, equal to
+    # the float64 gradient up to float32 rounding (rtol: a few float32 ulps of sums of 120)
+    rng = np.random.default_rng(16)
+    x64, w64 = rng.standard_normal((3, 2, 5, 4)), rng.standard_normal(2)
+    ties = np.zeros((3, 2, 4, 4))  # all-equal tiles: each tap takes a quarter
+    for dtype in ("float64", "float32"):
+        x = tgm.Tensor(x64, dtype=dtype, requires_grad=True)
+        w = tgm.Tensor(w64, dtype=dtype, requires_grad=True)
+        y = F.batch_norm(F.max_pool2d(x, 2).relu() * 1.5 + x[:, :, :2, :2], None, None, w, w * 2.0,
+                         training=True)
+        grads = tgm.grad((y * y.exp()).sum(), [x, w])
+        assert all(g.dtype == dtype for g in grads)
+        if dtype == "float64":
+            want = [g.numpy() for g in grads]
+        else:
+            for g, ref in zip(grads, want):
+                np.testing.assert_allclose(g.numpy(), ref, rtol=2e-5, atol=2e-5)
+        z = tgm.Tensor(ties, dtype=dtype, requires_grad=True)
+        (g,) = tgm.grad(F.max_pool2d(z, 2).sum(), [z])
+        np.testing.assert_array_equal(g.numpy(), np.full(ties.shape, 0.25))
+
+
+def test_vmapped_tiled_max_pool_equals_a_loop_with_its_gradients():
+    rng = np.random.default_rng(17)
+    xs = T(rng.standard_normal((3, 2, 2, 5, 4)), grad=True)
+    pooled = lambda x: (F.max_pool2d(x, 2) ** 2).sum()  # noqa: E731
+    batched = tgm.vmap(pooled)(xs)
+    looped = tgm.stack([pooled(xs[i]) for i in range(3)])
+    np.testing.assert_allclose(batched.numpy(), looped.numpy(), rtol=1e-14)
+    (g_batched,) = tgm.grad(batched.sum(), [xs])
+    (g_looped,) = tgm.grad(looped.sum(), [xs])
+    np.testing.assert_allclose(g_batched.numpy(), g_looped.numpy(), rtol=1e-14)
+    (gg_batched,) = tgm.grad((tgm.grad(batched.sum(), [xs], create_graph=True)[0] ** 2).sum(), [xs])
+    (gg_looped,) = tgm.grad((tgm.grad(looped.sum(), [xs], create_graph=True)[0] ** 2).sum(), [xs])
+    np.testing.assert_allclose(gg_batched.numpy(), gg_looped.numpy(), rtol=1e-14)
 
 
 # ---- errors name the op and the problem --------------------------------------------------

@@ -368,7 +368,15 @@ def _batch_norm_train_case(draw):
         [(shape, "normal")] + channel
 
 
+def _max_pool_tiles_case(draw):
+    kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 2)))
+    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 2)),
+             kernel[0] * draw(st.integers(1, 3)), kernel[1] * draw(st.integers(1, 3)))
+    return (lambda x: record(ops.max_pool_tiles, x, kernel)), [(shape, "normal")]
+
+
 CASES.update({
+    "max_pool_tiles": _max_pool_tiles_case,
     "conv2d": _conv_case,
     "conv2d_input_grad": _conv_input_grad_case,
     "conv2d_weight_grad": _conv_weight_grad_case,

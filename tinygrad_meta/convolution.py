@@ -4,7 +4,8 @@
 whose input gradient is a transposed convolution and whose weight gradient a correlation
 of input and output gradient, both table ops whose rules are the three again. The pools
 are the table op ``im2col`` (every window laid out as a column; its rule is its adjoint
-``col2im``) followed by a max or a sum over the window, ops with rules of their own. So
+``col2im``) followed by a max or a sum over the window, ops with rules of their own; a max
+pool whose windows tile the image (the usual 2x2) is the table op ``max_pool_tiles``. So
 all are differentiable to any order: second-order MAML runs through a conv net.
 
 A 3-D input (C, H, W) is one unbatched image, as in PyTorch.
@@ -185,9 +186,10 @@ def max_pool2d(x: Tensor, kernel_size: IntPair, stride: IntPair | None = None, p
     x, unbatched = _image(x, name)
     kernel, stride, padding, dilation = _pool_arguments(kernel_size, stride, padding, dilation, name)
     oh, ow = _output_shape(x, kernel, stride, padding, dilation, name)
-    windows = _tiles(x, kernel, stride, padding, dilation, oh, ow)
-    if windows is not None:
-        out = windows.max(axis=0)
+    if stride == kernel and padding == (0, 0) and dilation == (1, 1):  # tiles: the usual 2x2
+        if tuple(x.shape[-2:]) != (oh * kernel[0], ow * kernel[1]):
+            x = x[:, :, :oh * kernel[0], :ow * kernel[1]]  # floor mode drops the last rows/columns
+        out = record(ops.max_pool_tiles, x, kernel)
     else:
         n, channels = x.shape[:2]
         cols = _columns(x, kernel, stride, padding, dilation, -math.inf)

@@ -374,10 +374,82 @@ def _extremum_vjp(o, g, out, ins, params, needs):
     # NaN-free reduction skips two passes over x; a batched peak (vmap) is not inspected
     if peak.dtype.kind == "f" and (hasattr(peak, "_data") or bool(xp.isnan(peak).any())):
         mask |= xp.isnan(xr) & xp.isnan(peak)
-    weights = (mask / mask.sum(axis=axes, keepdims=True)).astype(xr.dtype, copy=False)
+    if xr.dtype.kind == "f" and not hasattr(mask, "_data"):
+        # in x's float dtype from the start: bool / int64 counts make a float64 array
+        # (for float32 x, two more passes over x, one of them the cast back)
+        weights = mask.astype(xr.dtype)
+        weights /= weights.sum(axis=axes, keepdims=True)
+    else:
+        weights = (mask / mask.sum(axis=axes, keepdims=True)).astype(xr.dtype, copy=False)
     if not keepdims:
         g = o.reshape(g, kept)
     return (g * weights,)
+
+
+def _tile_shapes(shape, kernel):
+    """(tiled, spread) views of (..., OH * kh, OW * kw) images: (..., OH, kh, OW, kw), each
+    tile's taps on axes -3 and -1, and (..., OH, 1, OW, 1), a pooled value per tile."""
+    (kh, kw), lead = kernel, tuple(shape[:-2])
+    oh, ow = shape[-2] // kh, shape[-1] // kw
+    return lead + (oh, kh, ow, kw), lead + (oh, 1, ow, 1)
+
+
+@primitive("max_pool_tiles")
+def max_pool_tiles(x, kernel):
+    """The maximum over each kh x kw tile of (..., OH * kh, OW * kw) images: (..., OH, OW),
+    the pooling whose windows tile the image (stride = kernel, no padding). One
+    elementwise maximum per tap on strided views: no copy of x into window order."""
+    tiled, _ = _tile_shapes(x.shape, kernel)
+    taps = x.reshape(tiled)
+    out = taps[..., 0, :, 0].copy()
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            if i or j:
+                backend_of(x).xp.maximum(out, taps[..., i, :, j], out=out)  # NaNs propagate
+    return out
+
+
+@max_pool_tiles.defvjp
+def _max_pool_tiles_vjp(o, g, out, ins, params, needs):
+    # as _extremum_vjp over each tile: tied maxima share the gradient evenly, a NaN (the
+    # maximum of its tile) takes it alone. The weights are built tap by tap on (..., OH, OW)
+    # strided views of x: numpy broadcasts against a (..., OH, 1, OW, 1) peak run inner
+    # loops of length kw, several times slower
+    (x,), (kernel,) = ins, params
+    tiled, spread = _tile_shapes(x.shape, kernel)
+    xr, peak = o.raw(x).reshape(tiled), o.raw(out)
+    xp = o.backend(x).xp
+    taps = [(i, j) for i in range(kernel[0]) for j in range(kernel[1])]
+    if hasattr(peak, "_data") or xr.dtype.kind != "f":  # a batched peak (vmap), or integers
+        peak = peak.reshape(spread)
+        mask = xr == peak
+        if peak.dtype.kind == "f":
+            mask |= xp.isnan(xr) & xp.isnan(peak)
+        weights = (mask / mask.sum(axis=(len(tiled) - 3, len(tiled) - 1), keepdims=True))
+        weights = weights.astype(xr.dtype, copy=False)
+    else:
+        nan_peak = bool(xp.isnan(peak).any())
+        hits = []
+        for i, j in taps:
+            tap = xr[..., i, :, j]
+            hit = tap == peak
+            if nan_peak:
+                hit |= xp.isnan(tap) & xp.isnan(peak)
+            hits.append(hit)
+        ties = hits[0].astype(xr.dtype)
+        for hit in hits[1:]:
+            ties += hit
+        first_order = not o.recording and g.dtype == xr.dtype
+        # at first order the weights are the gradient itself: g / ties on each hit
+        share = g / ties if first_order else 1.0 / ties
+        # empty_like of an input (not xp.empty): tgm.compile traces the buffer and its writes
+        weights = xp.empty_like(peak, shape=tiled)
+        for (i, j), hit in zip(taps, hits):
+            xp.multiply(share, hit, out=weights[..., i, :, j])
+        if first_order:
+            return (weights.reshape(x.shape),)
+    spread_g = o.broadcast_to(o.reshape(g, spread), tiled)
+    return (o.reshape(spread_g * weights, tuple(x.shape)),)
 
 
 @primitive("max")
@@ -1609,6 +1681,10 @@ def _batch_norm_train_vjp(o, g, out, ins, params, needs):
     axes = _bn_axes(x.ndim)
     inverse_count = 1.0 / math.prod(x.shape[a] for a in axes)
     shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    # raw arrays of one float dtype (numpy, CuPy or tgm.compile's traced ones): in place
+    if not o.recording and x.dtype.kind == "f" and all(a.dtype == x.dtype for a in (g,) + tuple(ins)):
+        return _batch_norm_train_vjp_raw(x, g, ins, has_weight, has_bias, eps, axes, inverse_count,
+                                         shape, needs)
     centered = x - o.sum(x, axes, True) * inverse_count
     inv_std = (o.sum(centered * centered, axes, True) * inverse_count + eps) ** -0.5
     normalized = centered * inv_std
@@ -1626,6 +1702,36 @@ def _batch_norm_train_vjp(o, g, out, ins, params, needs):
         grads[1] = o.reshape(sum_gn, (x.shape[1],))
     if wants_bias:
         grads[len(ins) - 1] = o.reshape(sum_g, (x.shape[1],))
+    return tuple(grads)
+
+
+def _batch_norm_train_vjp_raw(x, g, ins, has_weight, has_bias, eps, axes, inverse_count, shape, needs):
+    """The rule above at first order on numpy arrays, the same maths in fewer passes: two
+    full-size buffers reused in place instead of a new array per step, and the input
+    gradient as g * s - centered * (s * inv_std * mean(g * normalized)) - s * mean(g)
+    with per-channel s = inv_std * weight (so ``normalized`` is never formed)."""
+    centered = x - x.sum(axis=axes, keepdims=True) * inverse_count
+    scratch = np.multiply(centered, centered)
+    inv_std = (scratch.sum(axis=axes, keepdims=True) * inverse_count + eps) ** -0.5
+    wants_bias = has_bias and needs[len(ins) - 1]
+    wants_weight = has_weight and needs[1]
+    sum_g = g.sum(axis=axes, keepdims=True) if needs[0] or wants_bias else None
+    sum_gn = None
+    if needs[0] or wants_weight:
+        np.multiply(g, centered, out=scratch)
+        sum_gn = scratch.sum(axis=axes, keepdims=True) * inv_std
+    grads = [None] * len(ins)
+    if needs[0]:
+        scale = inv_std * ins[1].reshape(shape) if has_weight else inv_std
+        grad = np.multiply(g, scale, out=scratch)
+        grad -= (sum_g * inverse_count) * scale
+        centered *= (sum_gn * inverse_count) * inv_std * scale
+        grad -= centered
+        grads[0] = grad
+    if wants_weight:
+        grads[1] = sum_gn.reshape(x.shape[1])
+    if wants_bias:
+        grads[len(ins) - 1] = sum_g.reshape(x.shape[1])
     return tuple(grads)
 
 
@@ -1847,6 +1953,12 @@ for _op in (sin, cos, tan, arcsin, arccos, arctan, sinh, cosh, erf, sign, floor,
     _op.defbatch(batch_elementwise)
 prod.defbatch(batch_reduction)
 del _op
+
+
+@max_pool_tiles.defbatch
+def _max_pool_tiles_batch(op, datas, batched, params):
+    # the tiles are the last two axes: a batch axis in front changes nothing
+    return op.forward(datas[0], *params)
 
 
 @cumsum.defbatch
