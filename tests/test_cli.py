@@ -15,6 +15,8 @@ from tinygrad_meta.run import build_algorithm, build_model, make_config
 from tinygrad_meta.tasks import get_task
 from tinygrad_meta.train import train
 
+from kill_checks import kill_after_checkpoint
+
 # small and fast: these tests check behaviour, not learning quality
 TINY = ["--hidden", "8", "--meta-batch", "3", "--shots", "4", "--no-progress", "--no-plot",
         "--eval-every", "0"]
@@ -102,23 +104,7 @@ def test_kill_9_and_resume_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path):
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     process = subprocess.Popen(_cli(*flags, "--out", str(interrupted)), cwd=REPO, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    killed_at = None
-    deadline = time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            path = interrupted / CHECKPOINT_NAME
-            if path.exists():
-                killed_at = load_checkpoint(path).iteration
-                if killed_at >= 20:
-                    os.kill(process.pid, signal.SIGKILL)
-                    break
-            time.sleep(0.005)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    at_kill = load_checkpoint(interrupted).iteration
+    at_kill = kill_after_checkpoint(process, interrupted, 20, timeout=60)
     assert 20 <= at_kill < iters
     resumed = subprocess.run(_cli("--resume", str(interrupted), "--no-progress", "--no-plot"), cwd=REPO,
                              env=env, capture_output=True, text=True, timeout=120)

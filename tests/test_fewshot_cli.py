@@ -6,10 +6,8 @@ Runs on the real minimal Omniglot sets in ``../shared/data/omniglot`` (or
 (``--model mlp``) keeps every run to a second or two; the conv net has its own tests.
 """
 import os
-import signal
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -21,8 +19,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from omniglot_fixture import write_omniglot_fixture  # noqa: E402
 
 from tinygrad_meta.__main__ import main  # noqa: E402
-from tinygrad_meta.checkpoint import CHECKPOINT_NAME, load_checkpoint  # noqa: E402
+from tinygrad_meta.checkpoint import load_checkpoint  # noqa: E402
 from tinygrad_meta.train import train  # noqa: E402
+from kill_checks import kill_after_checkpoint  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_DIR = Path(os.environ.get("TGM_OMNIGLOT_DIR")
@@ -127,20 +126,7 @@ def test_kill_9_and_resume_ends_bitwise_equal_to_an_uninterrupted_run(data_dir, 
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     process = subprocess.Popen(_cli(*flags, "--out", str(interrupted)), cwd=REPO, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            path = interrupted / CHECKPOINT_NAME
-            if path.exists() and load_checkpoint(path).iteration >= 20:
-                os.kill(process.pid, signal.SIGKILL)
-                break
-            time.sleep(0.005)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    at_kill = load_checkpoint(interrupted).iteration
+    at_kill = kill_after_checkpoint(process, interrupted, 20, timeout=120)
     assert 20 <= at_kill < iters
     # the uninterrupted reference, in this process, for as long as the resumed run will go
     stop = at_kill + 30

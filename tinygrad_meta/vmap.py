@@ -320,23 +320,7 @@ class BatchedTensor(Tensor):
             raise TypeError(f"{name}: cannot compare a Tensor with {type(other).__name__}")
         return _map_raw(op, (self, other))
 
-    def __lt__(self, other):
-        return self._compare(other, operator.lt, "lt")
-
-    def __le__(self, other):
-        return self._compare(other, operator.le, "le")
-
-    def __gt__(self, other):
-        return self._compare(other, operator.gt, "gt")
-
-    def __ge__(self, other):
-        return self._compare(other, operator.ge, "ge")
-
-    def __eq__(self, other):
-        return self._compare(other, operator.eq, "eq")
-
-    def __ne__(self, other):
-        return self._compare(other, operator.ne, "ne")
+    # <, <=, >, >=, ==, != are Tensor's, which call the _compare above
 
     def __and__(self, other):
         return _map_raw(operator.and_, (self, other))
