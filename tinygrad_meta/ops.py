@@ -1544,9 +1544,93 @@ def _task_weights(w, groups):
     return w.reshape(t * groups, o // groups, -1)
 
 
+# On the CPU, convolutions whose im2col columns are large run in chunks of images: im2col
+# writes one chunk's columns and the GEMM reads them back while they are still in this
+# core's L2 (1 MiB on the EPYC we tuned on), and the input gradient's GEMM output goes
+# through col2im the same way, instead of the whole batch's columns (45 MB for the
+# 64x14x14 layer at N = 100, more than L3) going out to memory and back. The weight
+# gradient recomputes each chunk's columns rather than keeping the forward's: the
+# recompute from an input that fits in cache costs less than the memory round trip.
+# Chunks of about this many bytes of columns were fastest (measured with
+# benchmarks/conv.py's engine column: 0.5-2 MiB about alike, the whole batch 1.3-1.6x
+# slower at the 64x14x14 and 64x7x7 layers). Batches whose columns are at most
+# _CHUNKS_FROM times that run whole: they fit in L3, and at the small layers (64x3x3,
+# 64x7x7 stride 2, 1x28x28) chunks measured no faster. Module constants, so that tests
+# can force the chunked schedule.
+_CHUNK_COLUMN_BYTES = 1 << 20
+_CHUNKS_FROM = 4
+
+
+def _image_chunks(n, k, length, itemsize, be):
+    """The slices of the image axis of one conv's chunked schedule (about
+    ``_CHUNK_COLUMN_BYTES`` of (k, images * length) columns each, evenly sized), or None
+    to run the batch in one piece: not on the CPU, or its columns fit in L3 anyway."""
+    per_image = k * length * itemsize
+    if getattr(be, "name", None) != "cpu" or n * per_image <= _CHUNKS_FROM * _CHUNK_COLUMN_BYTES:
+        return None
+    count = -(-n * per_image // _CHUNK_COLUMN_BYTES)  # ceil
+    step = -(-n // count)
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def _chunk_rows(g):
+    """(m, O, L) gradients of one chunk as one (O, m * L) matrix, the layout of the
+    chunk's product (a copy that stays in cache)."""
+    m, o, length = g.shape
+    return g.transpose(1, 0, 2).reshape(o, m * length) if m > 1 else g[0]
+
+
+def _chunked_conv(x, w, geometry, length, chunks, be):
+    """conv2d of (T, N, C, H, W) by (T, O, C, kh, kw) chunk by chunk: (T, N, O, L)."""
+    t, n = x.shape[:2]
+    o = w.shape[1]
+    out = be.xp.empty((t, n, o, length), dtype=x.dtype)
+    for task in range(t):
+        weights = w[task].reshape(o, -1)
+        for chunk in chunks:
+            cols = be.im2col(x[task, chunk], *geometry, 0.0, layout="batch")  # (K, m*L)
+            m = chunk.stop - chunk.start
+            # one product per chunk (its weights packed once), then (O, m, L) -> (m, O, L)
+            out[task, chunk] = be.matmul(weights, cols).reshape(o, m, length).swapaxes(0, 1)
+    return out
+
+
+def _chunked_conv_input_grad(g, w, input_shape, geometry, chunks, be):
+    """The input gradient of ``_chunked_conv``: (T, N, O, L) -> (T, N, C, H, W)."""
+    t, n, o = g.shape[:3]
+    image = be.xp.empty((t, n) + tuple(input_shape[1:]), dtype=g.dtype)
+    for task in range(t):
+        weights_t = w[task].reshape(o, -1).T  # (K, O), a view
+        for chunk in chunks:
+            cols = be.matmul(weights_t, _chunk_rows(g[task, chunk]))  # (K, m*L)
+            m = chunk.stop - chunk.start
+            image[task, chunk] = be.col2im(cols, (m,) + tuple(input_shape[1:]), *geometry,
+                                           layout="batch")
+    return image
+
+
+def _chunked_conv_weight_grad(x, g, weight_shape, geometry, chunks, be):
+    """The weight gradient of ``_chunked_conv``, each chunk's product added in turn:
+    (T, N, C, H, W), (T, N, O, L) -> (T, O, C, kh, kw)."""
+    t = x.shape[0]
+    o = weight_shape[0]
+    grad = be.xp.zeros((t, o, int(np.prod(weight_shape[1:]))), dtype=x.dtype)
+    for task in range(t):
+        for chunk in chunks:
+            cols = be.im2col(x[task, chunk], *geometry, 0.0, layout="batch")  # (K, m*L)
+            # (O, m*L) @ (m*L, K): cols.T is a view that the GEMM packs by register transposes
+            grad[task] += be.matmul(_chunk_rows(g[task, chunk]), cols.T)
+    return grad.reshape((t,) + tuple(weight_shape))
+
+
 def _task_conv(x, w, stride, padding, dilation, groups, be, keep=None):
     t, n = x.shape[:2]
     kernel, (oh, ow) = _conv_shapes(x.shape, w.shape, stride, padding, dilation)
+    chunks = (_image_chunks(n, int(np.prod(w.shape[2:])), oh * ow, x.dtype.itemsize, be)
+              if groups == 1 else None)
+    if chunks is not None:
+        out = _chunked_conv(x, w, (kernel, stride, padding, dilation), oh * ow, chunks, be)
+        return out.reshape(t, n, w.shape[1], oh, ow)
     cols = _task_columns(x, kernel, stride, padding, dilation, groups, be)
     if keep is not None:
         keep.cols = cols
@@ -1566,6 +1650,13 @@ def _task_conv(x, w, stride, padding, dilation, groups, be, keep=None):
 def _task_conv_input_grad(g, w, input_shape, stride, padding, dilation, groups, be, cache=None):
     t, n = g.shape[:2]
     kernel, _ = _conv_shapes(input_shape, w.shape, stride, padding, dilation)
+    length = g.shape[3] * g.shape[4]
+    chunks = (_image_chunks(n, int(np.prod(w.shape[2:])), length, g.dtype.itemsize, be)
+              if groups == 1 else None)
+    if chunks is not None:
+        rows = g.reshape(t, n, g.shape[2], length)
+        return _chunked_conv_input_grad(rows, w, input_shape, (kernel, stride, padding, dilation),
+                                        chunks, be)
     cols = _gemm(_swap_last(_task_weights(w, groups)), _task_rows(g, groups), be)  # (T*G, Kg, N*L)
     k = cols.shape[1] * groups
     length = g.shape[3] * g.shape[4]
@@ -1576,8 +1667,15 @@ def _task_conv_input_grad(g, w, input_shape, stride, padding, dilation, groups, 
 
 
 def _task_conv_weight_grad(x, g, weight_shape, stride, padding, dilation, groups, be, cols=None):
-    t = x.shape[0]
+    t, n = x.shape[:2]
     kernel = tuple(weight_shape[-2:])
+    length = g.shape[3] * g.shape[4]
+    chunks = (_image_chunks(n, int(np.prod(weight_shape[1:])), length, x.dtype.itemsize, be)
+              if groups == 1 and cols is None else None)
+    if chunks is not None:
+        rows = g.reshape(t, n, g.shape[2], length)
+        return _chunked_conv_weight_grad(x, rows, weight_shape, (kernel, stride, padding, dilation),
+                                         chunks, be)
     if cols is None:
         cols = _task_columns(x, kernel, stride, padding, dilation, groups, be)
     rows = _task_rows(g, groups)

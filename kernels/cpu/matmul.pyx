@@ -194,10 +194,13 @@ cdef extern from *:
             T *c, ptrdiff_t ldc, int accumulate) {                                      \\
         enum { VL = TGM_VBYTES / (int)sizeof(T), NR = TGM_NV * VL };                    \\
         ptrdiff_t tail_ld = nc % NR > VL ? NR : VL;                                     \\
-        for (ptrdiff_t ir = 0; ir < mc; ir += TGM_MR) {                                 \\
-            const T *ap = a + (ir / TGM_MR) * panel_stride;                             \\
-            int mrem = (int)(mc - ir < TGM_MR ? mc - ir : TGM_MR);                      \\
-            for (ptrdiff_t jr = 0; jr < nc; jr += NR) {                                 \\
+        /* jr outside ir (BLIS order): one B micro-panel (kc x NR) stays in L1 while   \\
+           the A block streams past it from L2; the other order streams the whole B    \\
+           block (KC x NC, larger than L2) once per MR rows of A */                    \\
+        for (ptrdiff_t jr = 0; jr < nc; jr += NR) {                                     \\
+            for (ptrdiff_t ir = 0; ir < mc; ir += TGM_MR) {                             \\
+                const T *ap = a + (ir / TGM_MR) * panel_stride;                         \\
+                int mrem = (int)(mc - ir < TGM_MR ? mc - ir : TGM_MR);                  \\
                 int nrem = (int)(nc - jr < NR ? nc - jr : NR);                          \\
                 int nv = nrem > VL ? 2 : 1;                                             \\
                 ptrdiff_t j0 = jr;                                                      \\
