@@ -1561,11 +1561,13 @@ _CHUNK_COLUMN_BYTES = 1 << 20
 _CHUNKS_FROM = 4
 
 
-def _image_chunks(n, k, length, itemsize, be):
-    """The slices of the image axis of one conv's chunked schedule (about
-    ``_CHUNK_COLUMN_BYTES`` of (k, images * length) columns each, evenly sized), or None
-    to run the batch in one piece: not on the CPU, or its columns fit in L3 anyway."""
-    per_image = k * length * itemsize
+def _image_chunks(n, weight_shape, length, itemsize, be):
+    """The slices of the image axis of one conv's chunked schedule, or None to run the
+    batch in one piece (not on the CPU, or it fits in L3 anyway). A chunk holds about
+    ``_CHUNK_COLUMN_BYTES`` of its working set, the (K, images * length) columns and the
+    (O, images * length) output or gradient rows: at the 1-channel first layer (K = 9,
+    O = 64) the rows are the larger part. Chunks are evenly sized."""
+    per_image = (int(np.prod(weight_shape[1:])) + weight_shape[0]) * length * itemsize
     if getattr(be, "name", None) != "cpu" or n * per_image <= _CHUNKS_FROM * _CHUNK_COLUMN_BYTES:
         return None
     count = -(-n * per_image // _CHUNK_COLUMN_BYTES)  # ceil
@@ -1626,7 +1628,7 @@ def _chunked_conv_weight_grad(x, g, weight_shape, geometry, chunks, be):
 def _task_conv(x, w, stride, padding, dilation, groups, be, keep=None):
     t, n = x.shape[:2]
     kernel, (oh, ow) = _conv_shapes(x.shape, w.shape, stride, padding, dilation)
-    chunks = (_image_chunks(n, int(np.prod(w.shape[2:])), oh * ow, x.dtype.itemsize, be)
+    chunks = (_image_chunks(n, w.shape[1:], oh * ow, x.dtype.itemsize, be)
               if groups == 1 else None)
     if chunks is not None:
         out = _chunked_conv(x, w, (kernel, stride, padding, dilation), oh * ow, chunks, be)
@@ -1651,7 +1653,7 @@ def _task_conv_input_grad(g, w, input_shape, stride, padding, dilation, groups, 
     t, n = g.shape[:2]
     kernel, _ = _conv_shapes(input_shape, w.shape, stride, padding, dilation)
     length = g.shape[3] * g.shape[4]
-    chunks = (_image_chunks(n, int(np.prod(w.shape[2:])), length, g.dtype.itemsize, be)
+    chunks = (_image_chunks(n, w.shape[1:], length, g.dtype.itemsize, be)
               if groups == 1 else None)
     if chunks is not None:
         rows = g.reshape(t, n, g.shape[2], length)
@@ -1670,7 +1672,7 @@ def _task_conv_weight_grad(x, g, weight_shape, stride, padding, dilation, groups
     t, n = x.shape[:2]
     kernel = tuple(weight_shape[-2:])
     length = g.shape[3] * g.shape[4]
-    chunks = (_image_chunks(n, int(np.prod(weight_shape[1:])), length, x.dtype.itemsize, be)
+    chunks = (_image_chunks(n, weight_shape, length, x.dtype.itemsize, be)
               if groups == 1 and cols is None else None)
     if chunks is not None:
         rows = g.reshape(t, n, g.shape[2], length)
