@@ -75,6 +75,34 @@ def test_same_geometry_fast_path_equals_the_reference(h, w, kernel, padding, dil
             _check_equal(x, kernel, (1, 1), padding, dilation, pad_value, layout)
 
 
+@pytest.mark.parametrize("limits", [(0, 0, 0), (1 << 30, 1 << 30, 1 << 30)],
+                         ids=["row-loops-only", "offset-table-only"])
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9),
+       dtype=st.sampled_from(["float32", "float64"]), pad_value=st.sampled_from([0.0, -np.inf]),
+       layout=st.sampled_from(["image", "batch"]), **GEOMETRY)
+def test_row_loops_and_offset_table_each_equal_the_reference(limits, n, c, h, w, dtype, pad_value,
+                                                             layout, kernel, stride, padding, dilation):
+    # The kernels pick per call between loops over tap rows and one table of input
+    # offsets (small or strided outputs); forced to either, both are exact.
+    if not _fits(h, w, kernel, padding, dilation):
+        return
+    x = np.random.default_rng(n + 10 * c + 100 * h + 1000 * w).standard_normal((n, c, h, w)).astype(dtype)
+    old = _cpu_conv.set_table_limits(*limits)
+    try:
+        _check_equal(x, kernel, stride, padding, dilation, pad_value, layout)
+    finally:
+        _cpu_conv.set_table_limits(*old)
+
+
+def test_the_offset_table_serves_small_and_strided_outputs_by_default():
+    # which path runs is not observable in the result, so check the choice's inputs:
+    # the defaults send the 3x3/4x4 and strided Omniglot layers to the table and keep
+    # the 14x14 and 28x28 "same" layers on the row loops (kernels/cpu/conv.pyx says why)
+    same_max, strided_max, entries = _cpu_conv.set_table_limits()
+    assert 9 < same_max <= 49 and 49 < strided_max <= 196 and entries >= 9 * 196
+
+
 def test_batch_layout_is_the_image_layout_with_images_side_by_side():
     # column n * L + l of the batch matrix is column l of image n's columns
     rng = np.random.default_rng(6)

@@ -151,6 +151,28 @@ def test_matmul_edge_shapes(dtype, shape):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_column_of_the_product_does_not_depend_on_the_other_columns(dtype, packed):
+    # Every element is the same k fused multiply-adds in k order, whichever tile (rows x
+    # vectors) computes it, so the first n1 columns of A @ B are bit for bit A @ B[:, :n1].
+    # (The 1-row, 1-vector tile used to round twice and broke this on a product's last
+    # odd row; the conv's chunked schedule relies on it.)
+    rng = np.random.default_rng(7)
+    old = _cpu_matmul.set_blocking(direct_max_a=0) if packed else None
+    try:
+        for m in range(1, 14):
+            a = rng.standard_normal((m, 19)).astype(dtype)
+            b = rng.standard_normal((19, 67)).astype(dtype)
+            full = _cpu_matmul.gemm(a, b)
+            for n1 in (3, 5, 8, 13, 24, 40):
+                np.testing.assert_array_equal(_cpu_matmul.gemm(a, b[:, :n1].copy()), full[:, :n1],
+                                              err_msg=f"m={m}, n1={n1}")
+    finally:
+        if old is not None:
+            _cpu_matmul.set_blocking(*old)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided"])
 def test_matrix_vector_products(dtype, layout):
     # n == 1 has its own loops (rows four at a time with vector and half-vector steps

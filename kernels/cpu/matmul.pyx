@@ -123,7 +123,7 @@ cdef extern from *:
                 /* x - 0 folds to a plain broadcast (x + 0 would not: -0 + 0 = +0) */   \\
                 tgm_v##SFX ai = a[i * rsa] - (tgm_v##SFX){0};                           \\
                 _Pragma("GCC unroll 4")                                                 \\
-                for (int v = 0; v < NVV; v++) acc[i][v] += ai * b[v];                   \\
+                for (int v = 0; v < NVV; v++) acc[i][v] = TGM_VFMA_##SFX(ai, b[v], acc[i][v]); \\
             }                                                                           \\
             a += csa;                                                                   \\
             pb += ldb;                                                                  \\
@@ -262,6 +262,24 @@ cdef extern from *:
     typedef double tgm_vf64 __attribute__((vector_size(TGM_VBYTES)));
     typedef float tgm_hf32 __attribute__((vector_size(TGM_VBYTES / 2)));   /* half vectors */
     typedef double tgm_hf64 __attribute__((vector_size(TGM_VBYTES / 2)));
+
+    /* c + a * b, one rounding (FMA) where the ISA has it. Written out because gcc
+       contracted "acc += a * b" in every tile but the 1-row, 1-vector one, which then
+       rounded twice: a product's last odd row then depended on how many columns the
+       product had (a column of C must not depend on the others: the conv's chunked
+       schedule relies on it, tests/test_conv_chunked.py). */
+    #if defined(__FMA__) && TGM_VBYTES == 32
+    #include <immintrin.h>
+    #define TGM_VFMA_f32(a, b, c) ((tgm_vf32)_mm256_fmadd_ps((__m256)(a), (__m256)(b), (__m256)(c)))
+    #define TGM_VFMA_f64(a, b, c) ((tgm_vf64)_mm256_fmadd_pd((__m256d)(a), (__m256d)(b), (__m256d)(c)))
+    #elif defined(__AVX512F__) && TGM_VBYTES == 64
+    #include <immintrin.h>
+    #define TGM_VFMA_f32(a, b, c) ((tgm_vf32)_mm512_fmadd_ps((__m512)(a), (__m512)(b), (__m512)(c)))
+    #define TGM_VFMA_f64(a, b, c) ((tgm_vf64)_mm512_fmadd_pd((__m512d)(a), (__m512d)(b), (__m512d)(c)))
+    #else
+    #define TGM_VFMA_f32(a, b, c) ((c) + (a) * (b))
+    #define TGM_VFMA_f64(a, b, c) ((c) + (a) * (b))
+    #endif
 
     #if TGM_MR == 12
     #define TGM_DEFINE_ALL_TILES(T, SFX)                                                  \\
