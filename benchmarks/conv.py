@@ -22,6 +22,10 @@ and the bias for an all-ones output gradient. Ours runs as
   is too long to pack and stream well), while at L = 4 or 9 the N small products are
   the slow ones. The gradients are one GEMM each.
 
+* ``whole``: ``engine`` with the chunked CPU schedule turned off (ops.py: convolutions
+  with large im2col columns run a few images at a time so the columns stay in cache);
+  the ``engine/whole`` line says what the chunks gain in the same run.
+
 Our variants run in the ``cython`` kernel mode (our GEMM for every product); the default
 ``auto`` mode would send the larger products to numpy's BLAS.
 
@@ -32,7 +36,8 @@ over all rounds. Before timing, the worker computes the same
 layer on the same arrays and we compare (max relative difference printed).
 
     python benchmarks/conv.py                  # per-layer and total ms, ratios ours / torch
-    python benchmarks/conv.py --kernels        # also im2col/col2im: ours vs the numpy reference
+    python benchmarks/conv.py --kernels        # also im2col/col2im: ours vs the numpy reference,
+                                               # and our row loops vs our offset table
     python benchmarks/conv.py --no-torch       # ours only
 """
 from __future__ import annotations
@@ -142,6 +147,25 @@ def engine_step(layer):
     return step
 
 
+def whole_batch_step(layer):
+    """``engine_step`` with the chunked CPU schedule turned off (ops._CHUNK_COLUMN_BYTES
+    unbounded: every conv runs as one im2col and one GEMM over the batch), for the
+    ``engine/whole`` ratio: what chunking gains in the same run. None without conv2d."""
+    from tinygrad_meta import ops
+    step = engine_step(layer)
+    if step is None or not hasattr(ops, "_CHUNK_COLUMN_BYTES"):
+        return None
+
+    def whole():
+        old = ops._CHUNK_COLUMN_BYTES
+        ops._CHUNK_COLUMN_BYTES = 1 << 62
+        try:
+            return step()
+        finally:
+            ops._CHUNK_COLUMN_BYTES = old
+    return whole
+
+
 def time_calls(fn, seconds, min_calls=3):
     """Per-call seconds of ``fn`` for about ``seconds`` (at least ``min_calls`` calls), after one warm-up."""
     fn()
@@ -233,7 +257,9 @@ def kernel_rows(seconds):
     if ours is None:
         print(f"im2col/col2im kernels unavailable: {cpu.kernel_info()['error']}")
         return
-    print(f"\n{'im2col/col2im (float32)':<34} {'ours ms':>8} {'numpy ms':>9} {'numpy/ours':>10}")
+    print(f"\n{'im2col/col2im (float32)':<34} {'ours ms':>8} {'numpy ms':>9} {'numpy/ours':>10}"
+          f" {'loops ms':>9} {'table ms':>9} {'loops/table':>11}")
+    only_loops, only_table = (0, 0, 0), (1 << 30, 1 << 30, 1 << 30)
     geometry_of = {}
     for layer in LAYERS:
         x, _, _ = layer_arrays(layer)
@@ -245,12 +271,21 @@ def kernel_rows(seconds):
                 ("im2col", lambda: ours.im2col(x, *geometry), lambda: reference.im2col(x, *geometry)),
                 ("col2im", lambda: ours.col2im(cols, x.shape, *geometry),
                  lambda: reference.col2im(cols, x.shape, *geometry))):
-            mine_s, theirs_s = [], []
+            mine_s, theirs_s, loops_s, table_s = [], [], [], []
             for _ in range(3):  # alternate blocks
                 mine_s += time_calls(mine, seconds / 6)
                 theirs_s += time_calls(theirs, seconds / 6)
+                # our two paths forced (kernels/cpu/conv.pyx picks one per call)
+                for limits, into in ((only_loops, loops_s), (only_table, table_s)):
+                    old = ours.set_table_limits(*limits)
+                    try:
+                        into += time_calls(mine, seconds / 6)
+                    finally:
+                        ours.set_table_limits(*old)
             a, b = statistics.median(mine_s), statistics.median(theirs_s)
-            print(f"{name + ' ' + layer_name(layer):<34} {a * 1e3:8.3f} {b * 1e3:9.3f} {b / a:10.2f}")
+            loops, table = statistics.median(loops_s), statistics.median(table_s)
+            print(f"{name + ' ' + layer_name(layer):<34} {a * 1e3:8.3f} {b * 1e3:9.3f} {b / a:10.2f}"
+                  f" {loops * 1e3:9.3f} {table * 1e3:9.3f} {loops / table:11.2f}")
 
 
 # ----------------------------------------------------------------------------------
@@ -280,6 +315,10 @@ def main(argv=None):
         if engine is not None:
             steps[layer]["engine"] = engine
             mode_of["engine"] = "cython"
+        whole = whole_batch_step(layer)
+        if whole is not None:
+            steps[layer]["whole"] = whole
+            mode_of["whole"] = "cython"
     variants = list(steps[LAYERS[0]])
     with_torch = not args.no_torch
     worker = None
@@ -339,6 +378,10 @@ def main(argv=None):
         if with_torch:
             line += "".join(f"{totals[c][net] / totals['torch'][net]:17.2f}" for c in variants)
         print(line + ("   (target <= 1.00)" if with_torch else ""))
+    if "whole" in columns:
+        print("engine/whole (the chunked CPU schedule against one im2col + GEMM over the batch): "
+              + ", ".join(f"{layer_name(layer)} {statistics.median(samples[layer]['engine']) / statistics.median(samples[layer]['whole']):.2f}"
+                          for layer in LAYERS))
     if args.kernels:
         kernel_rows(args.seconds)
     return 0
