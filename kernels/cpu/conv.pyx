@@ -292,12 +292,12 @@ cdef struct Geometry:
 # The tabulated passes (tgm_conv_table) run where the loops over rows would run only a
 # few elements per row and tap: outputs of fewer than TABLE_MAX_SAME_COLUMNS positions
 # in the "same" geometry (unit strides, OW == W), fewer than TABLE_MAX_COLUMNS in every
-# other one, if the table has at most TABLE_MAX_ENTRIES entries. Measured at the
-# Omniglot shapes (benchmarks/conv.py --kernels; one call, batch layout): the table
-# made im2col 5.5x / col2im 3.4x faster at 80x64x4x4 stride 2, 2.1x / 1.6x at 7x7 stride
-# 2, 2.0x / 2.6x at 100x64x3x3 stride 1, 1.3x / 1.1x at 14x14 stride 2; the loops were
-# faster at 7x7 stride 1 (im2col 2x), 28x28 stride 2 (1.3x) and the 14x14 and 28x28
-# "same" layers (3-4x), which copy whole tap rows.
+# other one, if the table has at most TABLE_MAX_ENTRIES entries. Measured with
+# benchmarks/conv.py --kernels (whole batches, per-image layout; loops/table time): the
+# table made im2col 6.6x / col2im 2.8x faster at 80x64x4x4 stride 2, 2.9x / 1.6x at 7x7
+# stride 2, 2.2x / 2.8x at 100x64x3x3 stride 1, 1.8x / 1.4x at 14x14 stride 2; the loops
+# were faster or even at 28x28 stride 2 (1.0x / 0.9x), 7x7 stride 1 (im2col 0.74x) and
+# the 14x14 and 28x28 "same" layers (0.2-0.85x), which copy whole tap rows.
 cdef Py_ssize_t TABLE_MAX_SAME_COLUMNS = 32
 cdef Py_ssize_t TABLE_MAX_COLUMNS = 100
 cdef Py_ssize_t TABLE_MAX_ENTRIES = 1 << 16
