@@ -291,3 +291,99 @@ def test_self_check_covers_batch_norm_and_max_pool(monkeypatch):
     fake.max_pool_tiles_backward = staticmethod(broken)
     monkeypatch.setattr(cpu, "_cpu_norm_pool", fake)
     assert "max_pool_tiles_backward float32" in cpu._self_check()
+
+
+# ---------------------------------------------------------------------------------
+# Batch norm + ReLU as one node
+# ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("module_name", ["ours", "reference"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_relu_equals_batch_norm_then_relu_bit_for_bit(module_name, dtype):
+    # the same arithmetic per element, the mask applied as ReLU's own kernels apply it
+    module = _kernels if module_name == "ours" else reference
+    relu, relu_backward = ((cpu._cpu_relu.relu, cpu._cpu_relu.relu_backward) if module_name == "ours"
+                           else (cpu._relu, cpu._relu_backward))
+    rng = np.random.default_rng(8)
+    x, weight, bias, g = _bn_case(rng, (6, 5, 4, 3), dtype, offset=1.0)
+    fused = module.batch_norm_relu_train(x, weight, bias, 1e-5)
+    np.testing.assert_array_equal(fused, relu(module.batch_norm_train(x, weight, bias, 1e-5)))
+    assert (fused == 0).mean() > 0.3   # the mask matters
+    got = module.batch_norm_train_backward(x, g, weight, 1e-5, fused)
+    want = module.batch_norm_train_backward(x, relu_backward(g, fused), weight, 1e-5)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+def _block(fused, mode, create_graph=False, dtype="float32"):
+    """Gradients of batch norm + relu, fused or as two nodes, with the given kernels."""
+    old = cpu.set_kernels(mode)
+    try:
+        rng = np.random.default_rng(9)
+        x = tgm.Tensor(rng.standard_normal((5, 3, 4, 4)) + 0.3, dtype=dtype, requires_grad=True)
+        w = tgm.Tensor(rng.standard_normal(3), dtype=dtype, requires_grad=True)
+        b = tgm.Tensor(rng.standard_normal(3), dtype=dtype, requires_grad=True)
+        mean, var = tgm.zeros(3, dtype=dtype), tgm.ones(3, dtype=dtype)
+        if fused:
+            y = F.batch_norm_relu(x, mean, var, w, b, training=True)
+        else:
+            y = F.relu(F.batch_norm(x, mean, var, w, b, training=True))
+        weights = tgm.Tensor(rng.standard_normal(y.shape), dtype=dtype)
+        grads = tgm.grad((y * weights).sum(), [x, w, b], create_graph=create_graph)
+        return [t.numpy() for t in [y, *grads, mean, var]]
+    finally:
+        cpu.set_kernels(old)
+
+
+@pytest.mark.parametrize("mode", ["cython", "numpy"])
+def test_batch_norm_relu_node_equals_batch_norm_then_relu(mode):
+    for got, want in zip(_block(True, mode), _block(False, mode)):
+        np.testing.assert_array_equal(got, want)
+    # the recorded rule (create_graph) is the same maths in other passes: float64 rounding
+    for got, want in zip(_block(True, mode, True, "float64"), _block(False, mode, False, "float64")):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_batch_norm_relu_gradients_to_second_order_match_finite_differences():
+    from tinygrad_meta.testing import gradcheck, gradgradcheck
+    rng = np.random.default_rng(10)
+    inputs = [tgm.Tensor(rng.standard_normal(shape), dtype="float64", requires_grad=True)
+              for shape in ((4, 3, 2, 2), (3,), (3,))]
+    f = lambda x, w, b: F.batch_norm_relu(x, None, None, w, b, training=True)  # noqa: E731
+    assert gradcheck(f, inputs) and gradgradcheck(f, inputs)
+    # eval mode (running statistics): the composition, relu after the affine map
+    mean = tgm.Tensor(rng.standard_normal(3), dtype="float64")
+    var = tgm.Tensor(rng.uniform(0.5, 2, 3), dtype="float64")
+    y = F.batch_norm_relu(inputs[0], mean, var, inputs[1], inputs[2])
+    np.testing.assert_array_equal(y.numpy(), F.batch_norm(inputs[0], mean, var, inputs[1], inputs[2]).relu().numpy())
+
+
+def test_batch_norm_relu_under_vmap_equals_a_loop():
+    rng = np.random.default_rng(11)
+    xs = tgm.Tensor(rng.standard_normal((3, 4, 2, 2, 2)), dtype="float64")
+    w = tgm.Tensor(rng.standard_normal(2), dtype="float64")
+    batched = tgm.vmap(lambda x: F.batch_norm_relu(x, None, None, w, training=True))(xs)
+    looped = [F.batch_norm_relu(tgm.Tensor(x, dtype="float64"), None, None, w, training=True).numpy()
+              for x in xs.numpy()]
+    np.testing.assert_allclose(batched.numpy(), np.stack(looped), rtol=1e-13, atol=1e-13)
+
+
+def test_the_omniglot_network_fuses_batch_norm_and_relu_and_computes_the_same():
+    from tinygrad_meta import nn, ops
+    net = nn.omniglot_convnet(variant="protonet", filters=8, seed=12)
+    x = tgm.Tensor(np.random.default_rng(13).standard_normal((6, 1, 28, 28)), dtype="float32")
+    fused = net(x)
+    seen, stack = set(), [fused]
+    while stack:   # the op names of the recorded graph
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if getattr(node, "_op", None) is not None:
+            seen.add(node._op.name)
+        stack.extend(getattr(node, "_parents", None) or ())
+    unfused = x
+    for block in net.blocks:
+        unfused = tgm.nn.Sequential.forward(block, unfused)   # step by step: no fusion
+    np.testing.assert_array_equal(fused.numpy(), unfused.reshape(6, -1).numpy())
+    assert "batch_norm_relu_train" in seen and "relu" not in seen, sorted(s for s in seen if isinstance(s, str))

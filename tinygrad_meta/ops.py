@@ -1617,22 +1617,45 @@ def _conv2d_weight_grad_vjp(o, u, out, ins, params, needs):
 # kernel on the CPU, backends/norm_pool.py elsewhere), and a rule written in table ops
 # that recomputes the statistics from x, so that higher derivatives see them depend on x.
 # ``xs`` is (x,), (x, weight) or (x, weight, bias); ``affine`` says which are there.
+# ``batch_norm_relu_train`` is relu of it as one node (the conv blocks' batch norm ->
+# ReLU): one pass writes the activations, and its rule masks g and is batch norm's.
 # ----------------------------------------------------------------------------------
 
 _bn_axes = _norm_pool.statistics_axes
+
+
+def _bn_affine(xs, affine):
+    return xs[1] if affine[0] else None, xs[len(xs) - 1] if affine[1] else None
 
 
 @primitive("batch_norm_train", nin=None)
 def batch_norm_train(xs, affine, eps):
     """(x - mean) / sqrt(var + eps) [* weight] [+ bias] with the statistics of x (N, C, ...)
     over every axis but C (biased variance)."""
-    weight = xs[1] if affine[0] else None
-    bias = xs[len(xs) - 1] if affine[1] else None
-    return _norm_pool_kernel(backend_of(xs[0]), "batch_norm_train")(xs[0], weight, bias, eps)
+    return _norm_pool_kernel(backend_of(xs[0]), "batch_norm_train")(xs[0], *_bn_affine(xs, affine), eps)
+
+
+@primitive("batch_norm_relu_train", nin=None)
+def batch_norm_relu_train(xs, affine, eps):
+    """relu(batch_norm_train(xs, affine, eps)) as one node."""
+    return _norm_pool_kernel(backend_of(xs[0]), "batch_norm_relu_train")(xs[0], *_bn_affine(xs, affine), eps)
 
 
 @batch_norm_train.defvjp
 def _batch_norm_train_vjp(o, g, out, ins, params, needs):
+    return _batch_norm_grads(o, g, None, ins, params, needs)
+
+
+@batch_norm_relu_train.defvjp
+def _batch_norm_relu_train_vjp(o, g, out, ins, params, needs):
+    # relu'(y) is a step: g masked by (out > 0) (the mask has no derivative), then batch
+    # norm's rule; at first order the kernel masks as it reads g
+    return _batch_norm_grads(o, g, out, ins, params, needs)
+
+
+def _batch_norm_grads(o, g, relu_out, ins, params, needs):
+    """batch_norm_train's rule for the gradient ``g`` of its output, or, with
+    ``relu_out`` (the output of batch_norm_relu_train), for ``g * (relu_out > 0)``."""
     x = ins[0]
     (has_weight, has_bias), eps = params
     axes = _bn_axes(x.ndim)
@@ -1643,13 +1666,15 @@ def _batch_norm_train_vjp(o, g, out, ins, params, needs):
     # of the input gradient's per-channel sums)
     if not o.recording and x.dtype.kind == "f" and all(a.dtype == x.dtype for a in (g,) + tuple(ins)):
         backward = _norm_pool_kernel(o.backend(x), "batch_norm_train_backward")
-        grad_x, grad_weight, grad_bias = backward(x, g, ins[1] if has_weight else None, eps)
+        grad_x, grad_weight, grad_bias = backward(x, g, ins[1] if has_weight else None, eps, relu_out)
         grads = [grad_x if needs[0] else None] + [None] * (len(ins) - 1)
         if has_weight and needs[1]:
             grads[1] = grad_weight
         if has_bias and needs[len(ins) - 1]:
             grads[len(ins) - 1] = grad_bias
         return tuple(grads)
+    if relu_out is not None:
+        g = o.relu_grad(g, relu_out, o.backend(x))
     centered = x - o.sum(x, axes, True) * inverse_count
     inv_std = (o.sum(centered * centered, axes, True) * inverse_count + eps) ** -0.5
     normalized = centered * inv_std
@@ -2020,6 +2045,12 @@ def _conv2d_input_grad_batch(op, datas, batched, params):
 @conv2d_weight_grad.defbatch
 def _conv2d_weight_grad_batch(op, datas, batched, params):
     return _task_conv_weight_grad(*_with_task_axis(datas, batched), *params[:6])
+
+
+@batch_norm_relu_train.defbatch
+def _batch_norm_relu_train_batch(op, datas, batched, params):
+    out = _batch_norm_train_batch(op, datas, batched, params)
+    return backend_of(out).xp.maximum(out, 0, out=out)
 
 
 @batch_norm_train.defbatch

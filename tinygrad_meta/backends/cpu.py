@@ -171,8 +171,8 @@ if _IMPORT_ERROR is not None:
 
 # The first-order array work of training-mode batch norm and tiled max pooling
 # (backends/norm_pool.py: the reference; kernels/cpu/norm_pool.pyx: ours), by name.
-NORM_POOL_KERNELS = ("batch_norm_train", "batch_norm_train_backward", "batch_norm_statistics",
-                     "max_pool_tiles", "max_pool_tiles_backward")
+NORM_POOL_KERNELS = ("batch_norm_train", "batch_norm_relu_train", "batch_norm_train_backward",
+                     "batch_norm_statistics", "max_pool_tiles", "max_pool_tiles_backward")
 
 
 class CPUBackend:
@@ -189,7 +189,8 @@ class CPUBackend:
         # Convolution's gather/scatter: the numpy reference unless set_kernels picks ours.
         self.im2col = _im2col.im2col
         self.col2im = _im2col.col2im
-        # batch_norm_train(_backward), batch_norm_statistics, max_pool_tiles(_backward)
+        # batch_norm_(relu_)train, batch_norm_train_backward, batch_norm_statistics,
+        # max_pool_tiles(_backward)
         for name in NORM_POOL_KERNELS:
             setattr(self, name, getattr(_norm_pool, name))
 

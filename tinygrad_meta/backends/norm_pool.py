@@ -9,7 +9,9 @@ dispatch to CuPy and to ``tgm.compile``'s traced arrays, so every backend can ru
 
 * ``batch_norm_train(x, weight, bias, eps)``: x (N, C, ...) normalised per channel with
   its own mean and biased variance, then ``* weight + bias`` (each (C,) or None).
-* ``batch_norm_train_backward(x, g, weight, eps)``: (input, weight, bias) gradients.
+* ``batch_norm_relu_train(x, weight, bias, eps)``: relu of that, in place.
+* ``batch_norm_train_backward(x, g, weight, eps, relu_out=None)``: (input, weight, bias)
+  gradients, of ``g * (relu_out > 0)`` when given (the relu variant's backward).
 * ``batch_norm_statistics(x)``: the per-channel (mean, biased variance), each (C,).
 * ``max_pool_tiles(x, kernel)``: the maximum of each kh x kw tile of (..., OH*kh, OW*kw).
 * ``max_pool_tiles_backward(g, x, out, kernel)``: g sent to each tile's maxima, tied
@@ -21,8 +23,8 @@ import math
 
 import numpy as np
 
-__all__ = ["batch_norm_train", "batch_norm_train_backward", "batch_norm_statistics",
-           "max_pool_tiles", "max_pool_tiles_backward", "statistics_axes", "tile_shapes"]
+__all__ = ["batch_norm_train", "batch_norm_relu_train", "batch_norm_train_backward",
+           "batch_norm_statistics", "max_pool_tiles", "max_pool_tiles_backward", "statistics_axes", "tile_shapes"]
 
 
 def statistics_axes(ndim, lead=0):
@@ -48,10 +50,18 @@ def batch_norm_train(x, weight, bias, eps, lead=0):
     return centered.astype(x.dtype, copy=False)
 
 
-def batch_norm_train_backward(x, g, weight, eps):
+def batch_norm_relu_train(x, weight, bias, eps):
+    """relu(batch_norm_train(x, weight, bias, eps)), the maximum taken in place."""
+    out = batch_norm_train(x, weight, bias, eps)
+    return np.maximum(out, 0, out=out)
+
+
+def batch_norm_train_backward(x, g, weight, eps, relu_out=None):
     """The gradients (input, weight, bias) of <g, batch_norm_train(x, weight, ., eps)>,
     x and g (N, C, ...) of one float dtype, weight (C,) or None (then the weight
-    gradient is still returned: the per-channel sum of g * normalized).
+    gradient is still returned: the per-channel sum of g * normalized). With
+    ``relu_out`` (batch_norm_relu_train's output), of <g, relu(batch_norm_train(...))>:
+    g masked by ``relu_out > 0`` first, as ReLU's rule does.
 
     The op table's rule at first order in fewer passes: two full-size buffers reused in
     place, and the input gradient as g * s - centered * (s * inv_std * mean(g * normalized))
@@ -59,6 +69,8 @@ def batch_norm_train_backward(x, g, weight, eps):
     axes = statistics_axes(x.ndim)
     inverse_count = 1.0 / math.prod(x.shape[a] for a in axes)
     shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    if relu_out is not None:
+        g = g * (relu_out > 0)
     centered = x - x.sum(axis=axes, keepdims=True) * inverse_count
     scratch = np.multiply(centered, centered)
     inv_std = (scratch.sum(axis=axes, keepdims=True) * inverse_count + eps) ** -0.5
