@@ -1,20 +1,22 @@
-"""Batch norm (training mode) and 2x2 max pooling at the ProtoNet Omniglot shapes: our
-fused kernels (kernels/cpu/norm_pool.pyx) against the numpy reference they replace
-(backends/norm_pool.py), and PyTorch's CPU ops when importable.
+"""Batch norm (training mode) + ReLU and 2x2 max pooling at the ProtoNet Omniglot shapes:
+our fused kernels (kernels/cpu/norm_pool.pyx) against what ran before them (the numpy
+reference, backends/norm_pool.py, with our ReLU kernels between), and PyTorch's CPU ops
+when importable.
 
 Per layer of the 5-way 5-shot 15-query episode ((100, 64, S, S), S = 28, 14, 7, 3), each
 array computation of one training step, milliseconds per call:
 
-* bn fwd  -- normalise with the batch statistics, then weight and bias;
-* stats   -- the per-channel mean and variance that feed the running statistics;
-* bn bwd  -- the input, weight and bias gradients;
-* pool    -- the 2x2 max pool of the ReLU output (7 x 7 cropped to 6 x 6 as floor mode does);
-* pool bwd -- its gradient.
+* bn+relu    -- normalise with the batch statistics, weight and bias, then ReLU (ours:
+  ``batch_norm_relu_train``, one node; before: ``batch_norm_train`` then ``relu``);
+* stats      -- the per-channel mean and variance that feed the running statistics;
+* relu+bn bwd -- ReLU's gradient mask and the input, weight and bias gradients;
+* pool       -- the 2x2 max pool (7 x 7 cropped to 6 x 6 as floor mode does);
+* pool bwd   -- its gradient.
 
 Every configuration is timed round-robin in one run (a machine that slows down mid-run
 slows all alike); medians over rounds. PyTorch's column is its F.batch_norm (with
-running statistics) + F.max_pool2d forward and backward through autograd on one thread,
-i.e. the same work as ours' five columns together.
+running statistics) + relu + F.max_pool2d forward and backward through autograd on one
+thread, i.e. the same work as the five columns together.
 
     python benchmarks/norm_pool.py [--rounds 7] [--images 100] [--no-torch]
 """
@@ -29,18 +31,35 @@ import numpy as np
 from tinygrad_meta.backends import cpu, norm_pool as reference
 
 SIZES = (28, 14, 7, 3)
-PARTS = ("bn fwd", "stats", "bn bwd", "pool", "pool bwd")
+PARTS = ("bn+relu", "stats", "relu+bn bwd", "pool", "pool bwd")
 
 
-def _calls(module, x, weight, bias, g, pooled_grad):
-    crop = x[:, :, :x.shape[2] // 2 * 2, :x.shape[3] // 2 * 2]
+def _ours(x, weight, bias, g, pooled_grad):
+    kernels = cpu._cpu_norm_pool
+    activations = kernels.batch_norm_relu_train(x, weight, bias, 1e-5)
+    crop = activations[:, :, :x.shape[2] // 2 * 2, :x.shape[3] // 2 * 2]
+    out = kernels.max_pool_tiles(crop, (2, 2))
+    return {
+        "bn+relu": lambda: kernels.batch_norm_relu_train(x, weight, bias, 1e-5),
+        "stats": lambda: kernels.batch_norm_statistics(x),
+        "relu+bn bwd": lambda: kernels.batch_norm_train_backward(x, g, weight, 1e-5, activations),
+        "pool": lambda: kernels.max_pool_tiles(crop, (2, 2)),
+        "pool bwd": lambda: kernels.max_pool_tiles_backward(pooled_grad, crop, out, (2, 2)),
+    }
+
+
+def _before(x, weight, bias, g, pooled_grad):
+    relu, relu_backward = cpu._cpu_relu.relu, cpu._cpu_relu.relu_backward
+    activations = relu(reference.batch_norm_train(x, weight, bias, 1e-5))
+    crop = activations[:, :, :x.shape[2] // 2 * 2, :x.shape[3] // 2 * 2]
     out = reference.max_pool_tiles(crop, (2, 2))
     return {
-        "bn fwd": lambda: module.batch_norm_train(x, weight, bias, 1e-5),
-        "stats": lambda: module.batch_norm_statistics(x),
-        "bn bwd": lambda: module.batch_norm_train_backward(x, g, weight, 1e-5),
-        "pool": lambda: module.max_pool_tiles(crop, (2, 2)),
-        "pool bwd": lambda: module.max_pool_tiles_backward(pooled_grad, crop, out, (2, 2)),
+        "bn+relu": lambda: relu(reference.batch_norm_train(x, weight, bias, 1e-5)),
+        "stats": lambda: (x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))),
+        "relu+bn bwd": lambda: reference.batch_norm_train_backward(
+            x, relu_backward(g, activations), weight, 1e-5),
+        "pool": lambda: reference.max_pool_tiles(crop, (2, 2)),
+        "pool bwd": lambda: reference.max_pool_tiles_backward(pooled_grad, crop, out, (2, 2)),
     }
 
 
@@ -52,7 +71,7 @@ def _torch_call(x, weight, bias):
     mean, var = torch.zeros(x.shape[1]), torch.ones(x.shape[1])
 
     def step():
-        y = TF.max_pool2d(TF.batch_norm(xt, mean, var, wt, bt, training=True), 2)
+        y = TF.max_pool2d(TF.relu(TF.batch_norm(xt, mean, var, wt, bt, training=True)), 2)
         torch.autograd.grad(y.sum(), (xt, wt, bt))
     return step
 
@@ -89,8 +108,8 @@ def main(argv=None):
         weight, bias = (rng.standard_normal(64).astype(np.float32) for _ in range(2))
         g = rng.standard_normal(shape).astype(np.float32)
         pooled = rng.standard_normal((args.images, 64, size // 2, size // 2)).astype(np.float32)
-        for name, module in (("ours", cpu._cpu_norm_pool), ("reference", reference)):
-            for part, call in _calls(module, x, weight, bias, g, pooled).items():
+        for name, calls in (("ours", _ours), ("before", _before)):
+            for part, call in calls(x, weight, bias, g, pooled).items():
                 configs[size, name, part] = call
         if torch is not None:
             configs[size, "torch", "all"] = _torch_call(x, weight, bias)
@@ -101,23 +120,24 @@ def main(argv=None):
         for key, call in configs.items():   # round-robin: one sample of each per round
             samples[key].append(_median_ms(call, 3))
     print(f"milliseconds per call (median of {args.rounds} rounds), images={args.images}, float32")
-    header = f"{'S':>3} {'impl':>10} " + " ".join(f"{p:>9}" for p in PARTS) + f" {'sum':>8}"
+    header = f"{'S':>3} {'impl':>10} " + " ".join(f"{p:>11}" for p in PARTS) + f" {'sum':>8}"
     print(header + ("  torch all" if torch is not None else ""))
-    totals = {"ours": 0.0, "reference": 0.0, "torch": 0.0}
+    totals = {"ours": 0.0, "before": 0.0, "torch": 0.0}
     for size in SIZES:
-        for name in ("ours", "reference"):
+        for name in ("ours", "before"):
             row = [statistics.median(samples[size, name, p]) for p in PARTS]
             totals[name] += sum(row)
-            line = f"{size:>3} {name:>10} " + " ".join(f"{v:9.3f}" for v in row) + f" {sum(row):8.3f}"
+            line = f"{size:>3} {name:>10} " + " ".join(f"{v:11.3f}" for v in row) + f" {sum(row):8.3f}"
             if torch is not None and name == "ours":
                 torch_ms = statistics.median(samples[size, "torch", "all"])
                 totals["torch"] += torch_ms
                 line += f"  {torch_ms:9.3f}"
             print(line)
-    print(f"episode forward+backward of the four layers: ours {totals['ours']:.2f} ms, reference "
-          f"{totals['reference']:.2f} ms (ours/reference {totals['ours'] / totals['reference']:.2f}x)")
+    print(f"episode forward+backward of the four layers: ours {totals['ours']:.2f} ms, before "
+          f"{totals['before']:.2f} ms (ours/before {totals['ours'] / totals['before']:.2f}x, "
+          f"saving {totals['before'] - totals['ours']:.1f} ms)")
     if torch is not None:
-        print(f"  torch batch_norm + max_pool2d forward+backward: {totals['torch']:.2f} ms "
+        print(f"  torch batch_norm + relu + max_pool2d forward+backward: {totals['torch']:.2f} ms "
               f"(ours/torch {totals['ours'] / totals['torch']:.2f}x)")
 
 
