@@ -27,41 +27,64 @@ cdef extern from *:
     """
     #include <math.h>
     #include <stddef.h>
+    #include <stdint.h>
+    #include <string.h>
+
+    /* ReLU's gradient g * (mask > 0) into out, n values: the comparison as a lane mask
+       of GCC vector types, so that no branch depends on the data (a scalar compare
+       compiled to branches that mispredicted on every other value), and a product, so
+       that inf * 0 is NaN exactly as relu_backward gives it. */
+    #define TGM_DEFINE_MASK(T, IT, SUF, ONE_BITS)                                       \\
+    typedef T tgm_vec_##SUF __attribute__((vector_size(32)));                           \\
+    typedef IT tgm_ivec_##SUF __attribute__((vector_size(32)));                         \\
+    static void tgm_relu_mask_##SUF(const T *g, const T *mask, T *out, ptrdiff_t n) {   \\
+        const ptrdiff_t w = (ptrdiff_t)(32 / sizeof(T));                                \\
+        const tgm_vec_##SUF zero = {0};                                                 \\
+        const tgm_ivec_##SUF one_bits = (tgm_ivec_##SUF){0} + (IT)ONE_BITS;  /* 1.0s */  \\
+        ptrdiff_t i = 0;                                                                \\
+        for (; i + w <= n; i += w) {                                                    \\
+            tgm_vec_##SUF gv, mv, r;                                                    \\
+            memcpy(&gv, g + i, sizeof gv);                                              \\
+            memcpy(&mv, mask + i, sizeof mv);                                           \\
+            r = gv * (tgm_vec_##SUF)((mv > zero) & one_bits);                           \\
+            memcpy(out + i, &r, sizeof r);                                              \\
+        }                                                                               \\
+        for (; i < n; i++) out[i] = g[i] * (T)(mask[i] > 0);                            \\
+    }
+    TGM_DEFINE_MASK(float, int32_t, f32, 0x3f800000)
+    TGM_DEFINE_MASK(double, int64_t, f64, 0x3ff0000000000000LL)
 
     /* Shifted sums over one channel: n runs of len values, run r at x + r * stride.
        s1 = sum(x - k), s2 = sum((x - k)^2), and with g (same layout): sg = sum(g),
-       sgd = sum(g * (x - k)), g read as g * (mask > 0) where mask is given (ReLU's
-       gradient, the product as relu_backward forms it). Eight partial sums each,
-       combined pairwise at the end. */
+       sgd = sum(g * (x - k)), g read as g * (mask > 0) where mask is given (formed a
+       run at a time in buf, len values). Eight partial sums each, combined pairwise at
+       the end. */
     #define TGM_LANES 8
-    #define TGM_SUMS_LOOP(G_AT)                                                         \\
-        for (; i + TGM_LANES <= len; i += TGM_LANES)                                    \\
-            for (int l = 0; l < TGM_LANES; l++) {                                       \\
-                double d = (double)xr[i + l] - k, gv = (double)(G_AT(i + l));           \\
-                s1[l] += d; s2[l] += d * d; sg[l] += gv; sgd[l] += gv * d;              \\
-            }                                                                           \\
-        for (; i < len; i++) {                                                          \\
-            double d = (double)xr[i] - k, gv = (double)(G_AT(i));                       \\
-            s1[i % TGM_LANES] += d; s2[i % TGM_LANES] += d * d;                         \\
-            sg[i % TGM_LANES] += gv; sgd[i % TGM_LANES] += gv * d;                      \\
-        }
-    #define TGM_G(j) gr[j]
-    #define TGM_MASKED_G(j) (gr[j] * (mr[j] > 0))
     #define TGM_DEFINE_SUMS(T, SUF)                                                     \\
-    static void tgm_bn_sums_##SUF(const T *x, const T *g, const T *mask, ptrdiff_t n,   \\
-                                  ptrdiff_t len, ptrdiff_t stride, double k,            \\
-                                  double out[4]) {                                      \\
+    static void tgm_bn_sums_##SUF(const T *x, const T *g, const T *mask, T *buf,        \\
+                                  ptrdiff_t n, ptrdiff_t len, ptrdiff_t stride,         \\
+                                  double k, double out[4]) {                            \\
         double s1[TGM_LANES] = {0}, s2[TGM_LANES] = {0};                                \\
         double sg[TGM_LANES] = {0}, sgd[TGM_LANES] = {0};                               \\
         for (ptrdiff_t r = 0; r < n; r++) {                                             \\
             const T *xr = x + r * stride;                                               \\
             ptrdiff_t i = 0;                                                            \\
-            if (g && mask) {                                                            \\
-                const T *gr = g + r * stride, *mr = mask + r * stride;                  \\
-                TGM_SUMS_LOOP(TGM_MASKED_G)                                             \\
-            } else if (g) {                                                             \\
+            if (g) {                                                                    \\
                 const T *gr = g + r * stride;                                           \\
-                TGM_SUMS_LOOP(TGM_G)                                                    \\
+                if (mask) {                                                             \\
+                    tgm_relu_mask_##SUF(gr, mask + r * stride, buf, len);               \\
+                    gr = buf;                                                           \\
+                }                                                                       \\
+                for (; i + TGM_LANES <= len; i += TGM_LANES)                            \\
+                    for (int l = 0; l < TGM_LANES; l++) {                               \\
+                        double d = (double)xr[i + l] - k, gv = (double)gr[i + l];       \\
+                        s1[l] += d; s2[l] += d * d; sg[l] += gv; sgd[l] += gv * d;      \\
+                    }                                                                   \\
+                for (; i < len; i++) {                                                  \\
+                    double d = (double)xr[i] - k, gv = (double)gr[i];                   \\
+                    s1[i % TGM_LANES] += d; s2[i % TGM_LANES] += d * d;                 \\
+                    sg[i % TGM_LANES] += gv; sgd[i % TGM_LANES] += gv * d;              \\
+                }                                                                       \\
             } else {                                                                    \\
                 for (; i + TGM_LANES <= len; i += TGM_LANES)                            \\
                     for (int l = 0; l < TGM_LANES; l++) {                               \\
@@ -89,7 +112,7 @@ cdef extern from *:
         for (ptrdiff_t ch = 0; ch < c; ch++) {                                          \\
             const T *xc = x + ch * len;                                                 \\
             double k = (double)xc[0];                                                   \\
-            tgm_bn_sums_##SUF(xc, NULL, NULL, n, len, c * len, k, s);                   \\
+            tgm_bn_sums_##SUF(xc, NULL, NULL, NULL, n, len, c * len, k, s);                   \\
             double md = s[0] / count;                                                   \\
             mean[ch] = k + md;                                                          \\
             var[ch] = fmax(s[1] / count - md * md, 0.0);                                \\
@@ -105,7 +128,7 @@ cdef extern from *:
         for (ptrdiff_t ch = 0; ch < c; ch++) {                                          \\
             const T *xc = x + ch * len;                                                 \\
             double k = (double)xc[0];                                                   \\
-            tgm_bn_sums_##SUF(xc, NULL, NULL, n, len, c * len, k, s);                   \\
+            tgm_bn_sums_##SUF(xc, NULL, NULL, NULL, n, len, c * len, k, s);                   \\
             double md = s[0] / count;                                                   \\
             double var = fmax(s[1] / count - md * md, 0.0);                             \\
             double scale = 1.0 / sqrt(var + eps);                                       \\
@@ -128,15 +151,15 @@ cdef extern from *:
     /* dx = s * (g - mean(g)) - (x - mean) * (s * inv_std * mean(g * normalized)),     \\
        s = inv_std * weight; dweight = sum(g * normalized), dbias = sum(g); g read as   \\
        g * (mask > 0) where mask is given */                                            \\
-    static void tgm_bn_bwd_##SUF(const T *x, const T *g, const T *mask, const T *weight, \\
-                                 T *dx, T *dweight, T *dbias, ptrdiff_t n, ptrdiff_t c, \\
-                                 ptrdiff_t len, double eps) {                           \\
+    static void tgm_bn_bwd_##SUF(const T *x, const T *g, const T *mask, T *buf,         \\
+                                 const T *weight, T *dx, T *dweight, T *dbias,          \\
+                                 ptrdiff_t n, ptrdiff_t c, ptrdiff_t len, double eps) { \\
         double count = (double)n * (double)len, s[4];                                   \\
         for (ptrdiff_t ch = 0; ch < c; ch++) {                                          \\
             const T *xc = x + ch * len, *gc = g + ch * len;                             \\
             const T *mc = mask ? mask + ch * len : NULL;                                \\
             double k = (double)xc[0];                                                   \\
-            tgm_bn_sums_##SUF(xc, gc, mc, n, len, c * len, k, s);                       \\
+            tgm_bn_sums_##SUF(xc, gc, mc, buf, n, len, c * len, k, s);                  \\
             double md = s[0] / count;                                                   \\
             double var = fmax(s[1] / count - md * md, 0.0);                             \\
             double inv_std = 1.0 / sqrt(var + eps);                                     \\
@@ -150,12 +173,11 @@ cdef extern from *:
                 const T *xr = xc + r * c * len, *gr = gc + r * c * len;                 \\
                 T *dr = dx + ch * len + r * c * len;                                    \\
                 if (mc) {                                                               \\
-                    const T *mr = mc + r * c * len;                                     \\
-                    for (ptrdiff_t i = 0; i < len; i++)                                 \\
-                        dr[i] = (TGM_MASKED_G(i) * a - c0) - (xr[i] - m) * bx;          \\
-                } else                                                                  \\
-                    for (ptrdiff_t i = 0; i < len; i++)                                 \\
-                        dr[i] = (gr[i] * a - c0) - (xr[i] - m) * bx;                    \\
+                    tgm_relu_mask_##SUF(gr, mc + r * c * len, buf, len);                \\
+                    gr = buf;                                                           \\
+                }                                                                       \\
+                for (ptrdiff_t i = 0; i < len; i++)                                     \\
+                    dr[i] = (gr[i] * a - c0) - (xr[i] - m) * bx;                        \\
             }                                                                           \\
         }                                                                               \\
     }                                                                                   \\
@@ -250,12 +272,12 @@ cdef extern from *:
                         Py_ssize_t n, Py_ssize_t c, Py_ssize_t len, double eps, int relu) nogil
     void tgm_bn_fwd_f64(const double *x, const double *weight, const double *bias, double *y,
                         Py_ssize_t n, Py_ssize_t c, Py_ssize_t len, double eps, int relu) nogil
-    void tgm_bn_bwd_f32(const float *x, const float *g, const float *mask, const float *weight,
-                        float *dx, float *dweight, float *dbias, Py_ssize_t n, Py_ssize_t c,
-                        Py_ssize_t len, double eps) nogil
-    void tgm_bn_bwd_f64(const double *x, const double *g, const double *mask, const double *weight,
-                        double *dx, double *dweight, double *dbias, Py_ssize_t n, Py_ssize_t c,
-                        Py_ssize_t len, double eps) nogil
+    void tgm_bn_bwd_f32(const float *x, const float *g, const float *mask, float *buf,
+                        const float *weight, float *dx, float *dweight, float *dbias,
+                        Py_ssize_t n, Py_ssize_t c, Py_ssize_t len, double eps) nogil
+    void tgm_bn_bwd_f64(const double *x, const double *g, const double *mask, double *buf,
+                        const double *weight, double *dx, double *dweight, double *dbias,
+                        Py_ssize_t n, Py_ssize_t c, Py_ssize_t len, double eps) nogil
     void tgm_pool_fwd_f32(const float *x, float *out, Py_ssize_t planes, Py_ssize_t oh,
                           Py_ssize_t ow, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sp,
                           Py_ssize_t sh, Py_ssize_t sw) nogil
@@ -393,8 +415,10 @@ def batch_norm_train_backward(x, g, weight, double eps, relu_out=None):
     reference.
     """
     cdef int t = _float_type(x)
-    cdef cnp.ndarray X, G, M, DX, DW, DB
+    cdef cnp.ndarray X, G, M, B, DX, DW, DB
     cdef const char *mp = NULL
+    cdef char *bp = NULL
+    cdef cnp.npy_intp s_dims
     cdef Py_ssize_t n, s
     cdef cnp.npy_intp c
     cdef const char *wp
@@ -413,6 +437,10 @@ def batch_norm_train_backward(x, g, weight, double eps, relu_out=None):
         if not cnp.PyArray_IS_C_CONTIGUOUS(M):
             M = _np_ascontiguousarray(M)
         mp = <const char *>cnp.PyArray_DATA(M)
+        # the masked gradient is formed one run (H*W values) at a time, here
+        s_dims = _spatial(X)
+        B = cnp.PyArray_EMPTY(1, &s_dims, t, 0)
+        bp = <char *>cnp.PyArray_DATA(B)
     if weight is not None:
         weight = _np_ascontiguousarray(weight)
     if not cnp.PyArray_IS_C_CONTIGUOUS(X):
@@ -426,11 +454,12 @@ def batch_norm_train_backward(x, g, weight, double eps, relu_out=None):
     wp = _data_or_null(weight)
     if t == cnp.NPY_FLOAT32:
         tgm_bn_bwd_f32(<const float *>cnp.PyArray_DATA(X), <const float *>cnp.PyArray_DATA(G),
-                       <const float *>mp, <const float *>wp, <float *>cnp.PyArray_DATA(DX),
+                       <const float *>mp, <float *>bp, <const float *>wp, <float *>cnp.PyArray_DATA(DX),
                        <float *>cnp.PyArray_DATA(DW), <float *>cnp.PyArray_DATA(DB), n, c, s, eps)
     else:
         tgm_bn_bwd_f64(<const double *>cnp.PyArray_DATA(X), <const double *>cnp.PyArray_DATA(G),
-                       <const double *>mp, <const double *>wp, <double *>cnp.PyArray_DATA(DX),
+                       <const double *>mp, <double *>bp, <const double *>wp,
+                       <double *>cnp.PyArray_DATA(DX),
                        <double *>cnp.PyArray_DATA(DW), <double *>cnp.PyArray_DATA(DB), n, c, s, eps)
     return DX, DW, DB
 
