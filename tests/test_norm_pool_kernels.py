@@ -237,8 +237,9 @@ def test_batch_norm_other_dtypes_and_layouts_go_to_the_reference():
     # non-contiguous input and weight: copied, then the same as contiguous ones
     big = rng.standard_normal((4, 6, 5, 5)).astype(np.float32)
     weight = rng.standard_normal(6).astype(np.float32)
-    np.testing.assert_array_equal(_kernels.batch_norm_train(big[:, ::2], weight[::2], None, 1e-5),
-                                  _kernels.batch_norm_train(big[:, ::2].copy(), weight[::2].copy(), None, 1e-5))
+    np.testing.assert_array_equal(
+        _kernels.batch_norm_train(big[:, ::2], weight[::2], None, 1e-5),
+        _kernels.batch_norm_train(big[:, ::2].copy(), weight[::2].copy(), None, 1e-5))
 
 
 # ---------------------------------------------------------------------------------
@@ -364,7 +365,8 @@ def test_batch_norm_relu_gradients_to_second_order_match_finite_differences():
     mean = tgm.Tensor(rng.standard_normal(3), dtype="float64")
     var = tgm.Tensor(rng.uniform(0.5, 2, 3), dtype="float64")
     y = F.batch_norm_relu(inputs[0], mean, var, inputs[1], inputs[2])
-    np.testing.assert_array_equal(y.numpy(), F.batch_norm(inputs[0], mean, var, inputs[1], inputs[2]).relu().numpy())
+    want = F.batch_norm(inputs[0], mean, var, inputs[1], inputs[2]).relu()
+    np.testing.assert_array_equal(y.numpy(), want.numpy())
 
 
 def test_batch_norm_relu_under_vmap_equals_a_loop():
@@ -395,4 +397,5 @@ def test_the_omniglot_network_fuses_batch_norm_and_relu_and_computes_the_same():
     for block in net.blocks:
         unfused = tgm.nn.Sequential.forward(block, unfused)   # step by step: no fusion
     np.testing.assert_array_equal(fused.numpy(), unfused.reshape(6, -1).numpy())
-    assert "batch_norm_relu_train" in seen and "relu" not in seen, sorted(s for s in seen if isinstance(s, str))
+    names = sorted(name for name in seen if isinstance(name, str))
+    assert "batch_norm_relu_train" in names and "relu" not in names, names

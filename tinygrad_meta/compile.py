@@ -217,7 +217,8 @@ _ACTIVE = contextvars.ContextVar("tinygrad_meta.compile.trace", default=None)
 _HOOK_LOCK = threading.RLock()
 _DATA_SLOT = Tensor.__dict__["_data"]
 _GRAD_SLOT = Tensor.__dict__["grad"]
-_KERNELS = ("matmul", "relu", "relu_backward", "im2col", "col2im", "index_add") + _cpu.NORM_POOL_KERNELS
+_KERNELS = ("matmul", "relu", "relu_backward", "im2col", "col2im", "index_add",
+            *_cpu.NORM_POOL_KERNELS)
 
 
 class _Slot:

@@ -52,8 +52,8 @@ def _batch_statistics(x):
     data = x._data
     lead = data.ndim - x.ndim
     if lead == 0:  # one pass of the backend's kernel (ours on the CPU)
-        statistics = getattr(x._be, "batch_norm_statistics", None) or _norm_pool.batch_norm_statistics
-        mean, var = statistics(data)
+        statistics = getattr(x._be, "batch_norm_statistics", None)
+        mean, var = (statistics or _norm_pool.batch_norm_statistics)(data)
         return mean[None], var[None]
     data = data.reshape((-1,) + data.shape[lead:])
     axes = (1,) + tuple(range(3, data.ndim))

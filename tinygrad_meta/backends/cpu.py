@@ -149,6 +149,9 @@ def _norm_pool_self_check(rng, dtype, rtol):
     pairs += zip(_cpu_norm_pool.batch_norm_train_backward(x, g, weight, 1e-5),
                  _norm_pool.batch_norm_train_backward(x, g, weight, 1e-5))
     pairs += zip(_cpu_norm_pool.batch_norm_statistics(x), _norm_pool.batch_norm_statistics(x))
+    # 10x the matmul check's tolerance: a guard against a broken kernel, not a rounding
+    # test (tests/test_norm_pool_kernels.py bounds those); the two sum in other orders and
+    # precisions, ~1e-6 apart in float32 here
     for got, want in pairs:
         if got.shape != want.shape or not np.allclose(got, want, rtol=rtol * 10, atol=rtol * 10):
             return f"batch norm {name} disagrees with the reference"
@@ -164,7 +167,8 @@ if _cpu_matmul is not None:
 if _IMPORT_ERROR is not None:
     warnings.warn(
         f"tinygrad_meta: compiled CPU kernels unavailable ({_IMPORT_ERROR}); matmul, relu, "
-        "im2col/col2im, batch norm and max pooling run on numpy." + ("" if not _BUILT else " Rebuild them with "
+        "im2col/col2im, batch norm and max pooling run on numpy."
+        + ("" if not _BUILT else " Rebuild them with "
                           "`pip install -e . --no-build-isolation`."),
         RuntimeWarning, stacklevel=2)
 

@@ -24,7 +24,8 @@ import math
 import numpy as np
 
 __all__ = ["batch_norm_train", "batch_norm_relu_train", "batch_norm_train_backward",
-           "batch_norm_statistics", "max_pool_tiles", "max_pool_tiles_backward", "statistics_axes", "tile_shapes"]
+           "batch_norm_statistics", "max_pool_tiles", "max_pool_tiles_backward", "statistics_axes",
+           "tile_shapes"]
 
 
 def statistics_axes(ndim, lead=0):
