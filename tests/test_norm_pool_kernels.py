@@ -157,14 +157,19 @@ def test_batch_norm_forward_is_within_rounding_of_the_float64_reference(shape, d
     mean, var = reference.batch_norm_statistics(x.astype(wide))
     count = x.size // shape[1]
     # the statistics, shifted by the channel's first value (within a few spreads of the
-    # mean): their sums' error, and the mean and variance rounded once to the dtype
+    # mean): their double-precision sums' error, and one rounding of the mean and
+    # variance, which stay in float64 (the forward may reuse them)
     spread = np.sqrt(var) + np.abs(x.reshape(shape[0], shape[1], -1)[0, :, 0] - mean)
-    mean_error = _sum_error(count, spread) + _rounding_bound(EPS[dtype], mean)
-    var_error = _sum_error(count, spread ** 2) * 2 + _rounding_bound(EPS[dtype], var)
+    mean_error = _sum_error(count, spread) + _rounding_bound(EPS[np.float64], mean)
+    var_error = _sum_error(count, spread ** 2) * 2 + _rounding_bound(EPS[np.float64], var)
     got_mean, got_var = _kernels.batch_norm_statistics(x)
-    assert got_mean.dtype == got_var.dtype == x.dtype
+    assert got_mean.dtype == got_var.dtype == np.float64
     assert np.all(np.abs(got_mean - mean) <= mean_error)
     assert np.all(np.abs(got_var - var) <= var_error)
+    # given those statistics, the forward skips its own pass and computes the same bits
+    for forward in (_kernels.batch_norm_train, _kernels.batch_norm_relu_train):
+        np.testing.assert_array_equal(forward(x, weight, bias, eps, (got_mean, got_var)),
+                                      forward(x, weight, bias, eps))
     # y = (x - mean) * scale + bias, each operand rounded to the dtype, plus the
     # statistics' error carried through: d(mean) * scale and (x - mean) * d(scale)
     scale = _channel(weight / np.sqrt(var + eps), x.ndim)
@@ -212,6 +217,21 @@ def test_batch_norm_backward_is_within_rounding_of_the_float64_reference(shape, 
                   + relative.reshape(-1) * total_gn)
     assert np.all(np.abs(got[2] - want[2]) <= _rounding_bound(EPS[dtype], mean_g.reshape(-1) * count)
                   + _sum_error(count, mean_g.reshape(-1)))
+
+
+def test_batch_norm_forward_uses_given_statistics_and_ignores_malformed_ones():
+    rng = np.random.default_rng(14)
+    x, weight, bias, _ = _bn_case(rng, (4, 3, 5, 5), np.float32)
+    mean, var = _kernels.batch_norm_statistics(x)
+    plain = _kernels.batch_norm_train(x, weight, bias, 1e-5)
+    # other statistics are used as given (so normalization.py must pass x's own) ...
+    shifted = _kernels.batch_norm_train(x, weight, bias, 1e-5, (mean + 1.0, var))
+    np.testing.assert_allclose(shifted, plain - (weight / np.sqrt(var + 1e-5)).reshape(1, 3, 1, 1),
+                               rtol=1e-5, atol=1e-5)
+    # ... and anything but a pair of float64 (C,) arrays is ignored: recomputed from x
+    for malformed in ((mean.astype(np.float32), var.astype(np.float32)), (mean[:2], var[:2]),
+                      [mean, var], (mean,), (mean[::-1][::-1].repeat(2)[::2], var)):
+        np.testing.assert_array_equal(_kernels.batch_norm_train(x, weight, bias, 1e-5, malformed), plain)
 
 
 def test_batch_norm_variance_does_not_cancel_when_the_mean_is_large():

@@ -48,16 +48,18 @@ def _batch_statistics(x):
     """The raw per-channel mean and biased variance of ``x`` (N, C, ...), one row per
     example: (1, C) for a plain Tensor, (B, C) inside ``tgm.vmap`` (the batch axes lead
     the data, outer vmaps first, so the rows come in the order a loop over the examples
-    would visit them). Outside the graph: these only feed the running statistics."""
+    would visit them), and, for a plain Tensor, the backend's (mean, var) pair, which
+    the forward may reuse (else None). Outside the graph: these feed the running
+    statistics."""
     data = x._data
     lead = data.ndim - x.ndim
     if lead == 0:  # one pass of the backend's kernel (ours on the CPU)
         statistics = getattr(x._be, "batch_norm_statistics", None)
         mean, var = (statistics or _norm_pool.batch_norm_statistics)(data)
-        return mean[None], var[None]
+        return mean[None], var[None], (mean, var)
     data = data.reshape((-1,) + data.shape[lead:])
     axes = (1,) + tuple(range(3, data.ndim))
-    return data.mean(axis=axes), data.var(axis=axes)
+    return data.mean(axis=axes), data.var(axis=axes), None
 
 
 def _update_running(running, stats, momentum):
@@ -138,15 +140,16 @@ def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, 
         if count <= 1:
             raise ValueError(f"{name}: training needs more than one value per channel to take "
                              f"statistics, got input of shape {x.shape}")
+        statistics = None   # taken for the running statistics: the forward reuses them
         if running_mean is not None or running_var is not None:
-            mean, var = _batch_statistics(x)
+            mean, var, statistics = _batch_statistics(x)
             if running_mean is not None:
                 _update_running(running_mean, mean, float(momentum))
             if running_var is not None:
                 _update_running(running_var, var * (count / (count - 1)), float(momentum))
         inputs = [x] + [t for t in (weight, bias) if t is not None]
         return record(ops.batch_norm_relu_train if relu else ops.batch_norm_train, inputs,
-                      (weight is not None, bias is not None), float(eps))
+                      (weight is not None, bias is not None), float(eps), statistics)
     if running_mean is None or running_var is None:
         raise ValueError(f"{name}: evaluation mode (training=False) needs running_mean and "
                          "running_var")

@@ -1629,16 +1629,21 @@ def _bn_affine(xs, affine):
 
 
 @primitive("batch_norm_train", nin=None)
-def batch_norm_train(xs, affine, eps):
+def batch_norm_train(xs, affine, eps, statistics=None):
     """(x - mean) / sqrt(var + eps) [* weight] [+ bias] with the statistics of x (N, C, ...)
-    over every axis but C (biased variance)."""
-    return _norm_pool_kernel(backend_of(xs[0]), "batch_norm_train")(xs[0], *_bn_affine(xs, affine), eps)
+    over every axis but C (biased variance). ``statistics``: the backend's
+    ``batch_norm_statistics`` of x when the caller took them (for the running statistics),
+    so that the kernel need not take them again; never differentiated (the rule
+    recomputes them from x)."""
+    kernel = _norm_pool_kernel(backend_of(xs[0]), "batch_norm_train")
+    return kernel(xs[0], *_bn_affine(xs, affine), eps, statistics)
 
 
 @primitive("batch_norm_relu_train", nin=None)
-def batch_norm_relu_train(xs, affine, eps):
-    """relu(batch_norm_train(xs, affine, eps)) as one node."""
-    return _norm_pool_kernel(backend_of(xs[0]), "batch_norm_relu_train")(xs[0], *_bn_affine(xs, affine), eps)
+def batch_norm_relu_train(xs, affine, eps, statistics=None):
+    """relu(batch_norm_train(xs, affine, eps, statistics)) as one node."""
+    kernel = _norm_pool_kernel(backend_of(xs[0]), "batch_norm_relu_train")
+    return kernel(xs[0], *_bn_affine(xs, affine), eps, statistics)
 
 
 @batch_norm_train.defvjp
@@ -1657,7 +1662,7 @@ def _batch_norm_grads(o, g, relu_out, ins, params, needs):
     """batch_norm_train's rule for the gradient ``g`` of its output, or, with
     ``relu_out`` (the output of batch_norm_relu_train), for ``g * (relu_out > 0)``."""
     x = ins[0]
-    (has_weight, has_bias), eps = params
+    (has_weight, has_bias), eps = params[:2]
     axes = _bn_axes(x.ndim)
     inverse_count = 1.0 / math.prod(x.shape[a] for a in axes)
     shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
@@ -2056,7 +2061,7 @@ def _batch_norm_relu_train_batch(op, datas, batched, params):
 @batch_norm_train.defbatch
 def _batch_norm_train_batch(op, datas, batched, params):
     # each example's statistics over its own (N, *spatial): the batch axis leads
-    affine, eps = params
+    affine, eps = params[:2]
     (x, *rest), (bx, *brest) = datas, batched
     size = x.shape[0] if bx else next(d.shape[0] for d, b in zip(rest, brest) if b)
     if not bx:

@@ -123,17 +123,24 @@ cdef extern from *:
        relu.pyx's max(y, 0) (y < 0 ? 0 : y, a NaN kept) */                             \\
     static void tgm_bn_fwd_##SUF(const T *x, const T *weight, const T *bias, T *y,      \\
                                  ptrdiff_t n, ptrdiff_t c, ptrdiff_t len, double eps,   \\
-                                 int relu) {                                            \\
+                                 int relu, const double *mean, const double *var) {     \\
         double count = (double)n * (double)len, s[4];                                   \\
         for (ptrdiff_t ch = 0; ch < c; ch++) {                                          \\
             const T *xc = x + ch * len;                                                 \\
-            double k = (double)xc[0];                                                   \\
-            tgm_bn_sums_##SUF(xc, NULL, NULL, NULL, n, len, c * len, k, s);                   \\
-            double md = s[0] / count;                                                   \\
-            double var = fmax(s[1] / count - md * md, 0.0);                             \\
-            double scale = 1.0 / sqrt(var + eps);                                       \\
+            double mean_c, var_c;                                                       \\
+            if (mean) {  /* given: tgm_bn_stats' of this x, the same doubles */         \\
+                mean_c = mean[ch];                                                      \\
+                var_c = var[ch];                                                        \\
+            } else {                                                                    \\
+                double k = (double)xc[0];                                               \\
+                tgm_bn_sums_##SUF(xc, NULL, NULL, NULL, n, len, c * len, k, s);         \\
+                double md = s[0] / count;                                               \\
+                mean_c = k + md;                                                        \\
+                var_c = fmax(s[1] / count - md * md, 0.0);                              \\
+            }                                                                           \\
+            double scale = 1.0 / sqrt(var_c + eps);                                     \\
             if (weight) scale *= (double)weight[ch];                                    \\
-            T m = (T)(k + md), sc = (T)scale, b = bias ? bias[ch] : (T)0;               \\
+            T m = (T)mean_c, sc = (T)scale, b = bias ? bias[ch] : (T)0;                 \\
             for (ptrdiff_t r = 0; r < n; r++) {                                         \\
                 const T *xr = xc + r * c * len;                                         \\
                 T *yr = y + ch * len + r * c * len;                                     \\
@@ -269,9 +276,11 @@ cdef extern from *:
     void tgm_bn_stats_f64(const double *x, Py_ssize_t n, Py_ssize_t c, Py_ssize_t len,
                           double *mean, double *var) nogil
     void tgm_bn_fwd_f32(const float *x, const float *weight, const float *bias, float *y,
-                        Py_ssize_t n, Py_ssize_t c, Py_ssize_t len, double eps, int relu) nogil
+                        Py_ssize_t n, Py_ssize_t c, Py_ssize_t len, double eps, int relu,
+                        const double *mean, const double *var) nogil
     void tgm_bn_fwd_f64(const double *x, const double *weight, const double *bias, double *y,
-                        Py_ssize_t n, Py_ssize_t c, Py_ssize_t len, double eps, int relu) nogil
+                        Py_ssize_t n, Py_ssize_t c, Py_ssize_t len, double eps, int relu,
+                        const double *mean, const double *var) nogil
     void tgm_bn_bwd_f32(const float *x, const float *g, const float *mask, float *buf,
                         const float *weight, float *dx, float *dweight, float *dbias,
                         Py_ssize_t n, Py_ssize_t c, Py_ssize_t len, double eps) nogil
@@ -357,28 +366,45 @@ cdef inline bint _bn_eligible(object x, int t) noexcept:
             and cnp.PyArray_SIZE(<cnp.ndarray>x) > 0)
 
 
-def batch_norm_train(x, weight, bias, double eps):
+def batch_norm_train(x, weight, bias, double eps, statistics=None):
     """Per-channel batch norm of x (N, C, ...) with its own statistics (biased variance),
     then ``* weight + bias`` (each (C,) or None): the reference's ``batch_norm_train``.
 
-    Returns a new C-contiguous array like x. float32/float64 with weight and bias of
-    the same dtype run here; anything else goes to the reference.
+    ``statistics``: None, or :func:`batch_norm_statistics` of this same x (its float64
+    mean and variance), which then spares the statistics pass over x (the result is
+    the same: those are the sums this function would take). Returns a new
+    C-contiguous array like x. float32/float64 with weight and bias of the same dtype
+    run here; anything else goes to the reference.
     """
-    return _batch_norm_forward(x, weight, bias, eps, False)
+    return _batch_norm_forward(x, weight, bias, eps, False, statistics)
 
 
-def batch_norm_relu_train(x, weight, bias, double eps):
-    """``max(batch_norm_train(x, weight, bias, eps), 0)`` in the same pass: the
-    reference's ``batch_norm_relu_train``."""
-    return _batch_norm_forward(x, weight, bias, eps, True)
+def batch_norm_relu_train(x, weight, bias, double eps, statistics=None):
+    """``max(batch_norm_train(x, weight, bias, eps, statistics), 0)`` in the same pass:
+    the reference's ``batch_norm_relu_train``."""
+    return _batch_norm_forward(x, weight, bias, eps, True, statistics)
 
 
-cdef _batch_norm_forward(x, weight, bias, double eps, bint relu):
+cdef inline bint _given_statistics(object statistics, Py_ssize_t channels):
+    """Whether ``statistics`` is a (mean, var) pair of C-contiguous float64 (C,) arrays."""
+    if type(statistics) is not tuple or len(statistics) != 2:
+        return False
+    for v in statistics:
+        if (type(v) is not cnp.ndarray or cnp.PyArray_TYPE(<cnp.ndarray>v) != cnp.NPY_FLOAT64
+                or cnp.PyArray_NDIM(<cnp.ndarray>v) != 1 or cnp.PyArray_DIMS(<cnp.ndarray>v)[0] != channels
+                or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>v)):
+            return False
+    return True
+
+
+cdef _batch_norm_forward(x, weight, bias, double eps, bint relu, statistics):
     cdef int t = _float_type(x)
     cdef cnp.ndarray X, Y
     cdef Py_ssize_t n, c, s
     cdef const char *wp
     cdef const char *bp
+    cdef const double *mean = NULL
+    cdef const double *var = NULL
     fallback = _reference.batch_norm_relu_train if relu else _reference.batch_norm_train
     if not _bn_eligible(x, t):
         return fallback(x, weight, bias, eps)
@@ -386,6 +412,9 @@ cdef _batch_norm_forward(x, weight, bias, double eps, bint relu):
     c = cnp.PyArray_DIMS(X)[1]
     if not (_channel_vector(weight, t, c) and _channel_vector(bias, t, c)):
         return fallback(x, weight, bias, eps)
+    if statistics is not None and _given_statistics(statistics, c):
+        mean = <const double *>cnp.PyArray_DATA(<cnp.ndarray>statistics[0])
+        var = <const double *>cnp.PyArray_DATA(<cnp.ndarray>statistics[1])
     if weight is not None:
         weight = _np_ascontiguousarray(weight)
     if bias is not None:
@@ -397,10 +426,12 @@ cdef _batch_norm_forward(x, weight, bias, double eps, bint relu):
     wp, bp = _data_or_null(weight), _data_or_null(bias)
     if t == cnp.NPY_FLOAT32:
         tgm_bn_fwd_f32(<const float *>cnp.PyArray_DATA(X), <const float *>wp,
-                       <const float *>bp, <float *>cnp.PyArray_DATA(Y), n, c, s, eps, relu)
+                       <const float *>bp, <float *>cnp.PyArray_DATA(Y), n, c, s, eps, relu,
+                       mean, var)
     else:
         tgm_bn_fwd_f64(<const double *>cnp.PyArray_DATA(X), <const double *>wp,
-                       <const double *>bp, <double *>cnp.PyArray_DATA(Y), n, c, s, eps, relu)
+                       <const double *>bp, <double *>cnp.PyArray_DATA(Y), n, c, s, eps, relu,
+                       mean, var)
     return Y
 
 
@@ -465,8 +496,10 @@ def batch_norm_train_backward(x, g, weight, double eps, relu_out=None):
 
 
 def batch_norm_statistics(x):
-    """Per-channel (mean, biased variance) of x (N, C, ...), each (C,) of x's dtype: the
-    reference's ``batch_norm_statistics`` in one pass (the running statistics' input)."""
+    """Per-channel (mean, biased variance) of x (N, C, ...): the reference's
+    ``batch_norm_statistics`` in one pass (the running statistics' input), each (C,)
+    in float64 (the double-precision sums, which :func:`batch_norm_train` may reuse),
+    where the reference gives x's dtype."""
     cdef int t = _float_type(x)
     cdef cnp.ndarray X, M, V
     cdef Py_ssize_t n, s
@@ -485,7 +518,7 @@ def batch_norm_statistics(x):
     else:
         tgm_bn_stats_f64(<const double *>cnp.PyArray_DATA(X), n, c, s,
                          <double *>cnp.PyArray_DATA(M), <double *>cnp.PyArray_DATA(V))
-    return M.astype(X.dtype, copy=False), V.astype(X.dtype, copy=False)
+    return M, V
 
 
 cdef bint _planes_view(cnp.ndarray x, Py_ssize_t *planes, Py_ssize_t *plane_stride):

@@ -7,9 +7,10 @@ nothing is recorded). The rules themselves stay in ``ops.py``, written in differ
 ops; these functions only ever see raw arrays. Written over numpy's functions, which
 dispatch to CuPy and to ``tgm.compile``'s traced arrays, so every backend can run them.
 
-* ``batch_norm_train(x, weight, bias, eps)``: x (N, C, ...) normalised per channel with
-  its own mean and biased variance, then ``* weight + bias`` (each (C,) or None).
-* ``batch_norm_relu_train(x, weight, bias, eps)``: relu of that, in place.
+* ``batch_norm_train(x, weight, bias, eps, statistics=None)``: x (N, C, ...) normalised
+  per channel with its own mean and biased variance, then ``* weight + bias`` (each (C,)
+  or None); ``statistics``: those, when the caller has them (see the function).
+* ``batch_norm_relu_train(x, weight, bias, eps, statistics=None)``: relu of that.
 * ``batch_norm_train_backward(x, g, weight, eps, relu_out=None)``: (input, weight, bias)
   gradients, of ``g * (relu_out > 0)`` when given (the relu variant's backward).
 * ``batch_norm_statistics(x)``: the per-channel (mean, biased variance), each (C,).
@@ -33,10 +34,12 @@ def statistics_axes(ndim, lead=0):
     return (lead,) + tuple(range(lead + 2, ndim))
 
 
-def batch_norm_train(x, weight, bias, eps, lead=0):
+def batch_norm_train(x, weight, bias, eps, statistics=None, lead=0):
     """(x - mean) / sqrt(var + eps) [* weight] [+ bias] per channel of x (N, C, ...), the
     statistics over every axis but C (biased variance). ``lead`` batch axes in front
-    (vmap) each take their own statistics, with weight/bias (C,) or (B, C)."""
+    (vmap) each take their own statistics, with weight/bias (C,) or (B, C).
+    ``statistics``: x's own (mean, var) if the caller has them, which a kernel may use
+    to skip its statistics pass; this reference always takes them itself."""
     axes = statistics_axes(x.ndim, lead)
     count = math.prod(x.shape[a] for a in axes)
     centered = x - x.sum(axis=axes, keepdims=True) * (1.0 / count)
@@ -51,7 +54,7 @@ def batch_norm_train(x, weight, bias, eps, lead=0):
     return centered.astype(x.dtype, copy=False)
 
 
-def batch_norm_relu_train(x, weight, bias, eps):
+def batch_norm_relu_train(x, weight, bias, eps, statistics=None):
     """relu(batch_norm_train(x, weight, bias, eps)), the maximum taken in place."""
     out = batch_norm_train(x, weight, bias, eps)
     return np.maximum(out, 0, out=out)
