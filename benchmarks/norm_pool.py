@@ -7,8 +7,10 @@ Per layer of the 5-way 5-shot 15-query episode ((100, 64, S, S), S = 28, 14, 7, 
 array computation of one training step, milliseconds per call:
 
 * bn+relu    -- normalise with the batch statistics, weight and bias, then ReLU (ours:
-  ``batch_norm_relu_train``, one node; before: ``batch_norm_train`` then ``relu``);
-* stats      -- the per-channel mean and variance that feed the running statistics;
+  ``batch_norm_relu_train``, one node, given the statistics below; before:
+  ``batch_norm_train`` then ``relu``);
+* stats      -- the per-channel mean and variance that feed the running statistics (ours:
+  also the forward's);
 * relu+bn bwd -- ReLU's gradient mask and the input, weight and bias gradients;
 * pool       -- the 2x2 max pool (7 x 7 cropped to 6 x 6 as floor mode does);
 * pool bwd   -- its gradient.
@@ -36,11 +38,14 @@ PARTS = ("bn+relu", "stats", "relu+bn bwd", "pool", "pool bwd")
 
 def _ours(x, weight, bias, g, pooled_grad):
     kernels = cpu._cpu_norm_pool
+    # the statistics taken for the running statistics, reused by the forward (as
+    # normalization.batch_norm does)
+    statistics = kernels.batch_norm_statistics(x)
     activations = kernels.batch_norm_relu_train(x, weight, bias, 1e-5)
     crop = activations[:, :, :x.shape[2] // 2 * 2, :x.shape[3] // 2 * 2]
     out = kernels.max_pool_tiles(crop, (2, 2))
     return {
-        "bn+relu": lambda: kernels.batch_norm_relu_train(x, weight, bias, 1e-5),
+        "bn+relu": lambda: kernels.batch_norm_relu_train(x, weight, bias, 1e-5, statistics),
         "stats": lambda: kernels.batch_norm_statistics(x),
         "relu+bn bwd": lambda: kernels.batch_norm_train_backward(x, g, weight, 1e-5, activations),
         "pool": lambda: kernels.max_pool_tiles(crop, (2, 2)),
