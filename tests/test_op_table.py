@@ -49,6 +49,8 @@ FUNCTIONS = {
     "matmul_t": lambda x, w, b: (F.matmul_t(x, w, False, False) * F.matmul_t(w, x, True, True).T).sum(),
     "linear_relu": lambda x, w, b: (F.linear_relu(x, w.T, b) ** 2).sum(),  # weight (out, in)
     "linear": lambda x, w, b: F.linear(x, w.T, b).tanh().sum(),
+    "batch_norm(_relu)": lambda x, w, b: (F.batch_norm_relu(x, None, None, w[:, 0], w[:, 1], training=True)
+                                          * F.batch_norm(x * x, None, None, w[:, 1], training=True)).sum(),
     "mse": lambda x, w, b: F.mse_loss(x @ w, (x * x) @ w),
     "softmax family": lambda x, w, b: (F.softmax(x) * F.log_softmax(x)).sum() + F.logsumexp(x),
     "reductions": lambda x, w, b: (x.max(axis=1) * x.min(axis=0).sum()).sum() + x.mean(),

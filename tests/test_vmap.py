@@ -360,12 +360,13 @@ def _im2col_case(transpose):
     return case
 
 
-def _batch_norm_train_case(draw):
-    shape = (draw(st.integers(2, 3)), draw(st.integers(1, 2))) + draw(shapes(0, 2))
-    affine = (draw(st.booleans()), draw(st.booleans()))
-    channel = [((shape[1],), "positive")] * sum(affine)
-    return (lambda x, *wb: record(ops.batch_norm_train, [x, *wb], affine, 1e-3)), \
-        [(shape, "normal")] + channel
+def _batch_norm_train_case(op):
+    def case(draw):
+        shape = (draw(st.integers(2, 3)), draw(st.integers(1, 2))) + draw(shapes(0, 2))
+        affine = (draw(st.booleans()), draw(st.booleans()))
+        channel = [((shape[1],), "positive")] * sum(affine)
+        return (lambda x, *wb: record(op, [x, *wb], affine, 1e-3)), [(shape, "normal")] + channel
+    return case
 
 
 def _max_pool_tiles_case(draw):
@@ -382,7 +383,8 @@ CASES.update({
     "conv2d_weight_grad": _conv_weight_grad_case,
     "im2col": _im2col_case(False),
     "col2im": _im2col_case(True),
-    "batch_norm_train": _batch_norm_train_case,
+    "batch_norm_train": _batch_norm_train_case(ops.batch_norm_train),
+    "batch_norm_relu_train": _batch_norm_train_case(ops.batch_norm_relu_train),
 })
 NOT_BATCHABLE = {"to"}
 # ops batched by the generic loop (ops.batch_by_loop) rather than a rule of their own

@@ -217,7 +217,8 @@ _ACTIVE = contextvars.ContextVar("tinygrad_meta.compile.trace", default=None)
 _HOOK_LOCK = threading.RLock()
 _DATA_SLOT = Tensor.__dict__["_data"]
 _GRAD_SLOT = Tensor.__dict__["grad"]
-_KERNELS = ("matmul", "relu", "relu_backward", "im2col", "col2im", "index_add")
+_KERNELS = ("matmul", "relu", "relu_backward", "im2col", "col2im", "index_add",
+            *_cpu.NORM_POOL_KERNELS)
 
 
 class _Slot:
@@ -738,6 +739,9 @@ _KERNEL_FUNCTIONS = {f for f in (_cpu._relu, _cpu._relu_backward,
                                  getattr(_cpu._cpu_relu, "relu", None),
                                  getattr(_cpu._cpu_relu, "relu_backward", None),
                                  getattr(_cpu._cpu_matmul, "matmul", None)) if f is not None}
+# batch norm and max pooling, ours and the reference: pure, each returns new arrays
+_KERNEL_FUNCTIONS |= {getattr(module, name) for name in _cpu.NORM_POOL_KERNELS
+                      for module in (_cpu._norm_pool, _cpu._cpu_norm_pool) if module is not None}
 
 
 def _hashable(template):

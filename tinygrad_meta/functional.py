@@ -352,6 +352,6 @@ def accuracy(logits, labels):
 # convolution.py and normalization.py, one idea each; here they join the functional API
 
 from .convolution import avg_pool2d, conv2d, max_pool2d  # noqa: E402
-from .normalization import batch_norm, layer_norm  # noqa: E402
+from .normalization import batch_norm, batch_norm_relu, layer_norm  # noqa: E402
 
-__all__ += ["conv2d", "max_pool2d", "avg_pool2d", "batch_norm", "layer_norm"]
+__all__ += ["conv2d", "max_pool2d", "avg_pool2d", "batch_norm", "batch_norm_relu", "layer_norm"]

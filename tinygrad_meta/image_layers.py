@@ -174,6 +174,13 @@ class BatchNorm2d(Module):
             self.register_buffer("num_batches_tracked", None)
 
     def forward(self, x):
+        return self._normalize(x, F.batch_norm)
+
+    def forward_relu(self, x):
+        """``relu(self(x))``, in training mode as one fused node (``F.batch_norm_relu``)."""
+        return self._normalize(x, F.batch_norm_relu)
+
+    def _normalize(self, x, function):
         if isinstance(x, Tensor) and x.ndim != 4:
             raise ValueError(f"BatchNorm2d: expected a 4-D input (N, C, H, W), got shape {x.shape}")
         use_batch_stats = self.training or not self.track_running_stats
@@ -182,8 +189,8 @@ class BatchNorm2d(Module):
             examples = x._data.ndim - x.ndim
             count = int(np.prod(x._data.shape[:examples])) if examples else 1
             self.num_batches_tracked._data = self.num_batches_tracked._data + count
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            training=use_batch_stats, momentum=self.momentum, eps=self.eps)
+        return function(x, self.running_mean, self.running_var, self.weight, self.bias,
+                        training=use_batch_stats, momentum=self.momentum, eps=self.eps)
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
@@ -223,6 +230,25 @@ class LayerNorm(Module):
 
 
 VARIANTS = ("maml", "protonet")
+
+
+def _run_block(block, x):
+    """``block(x)`` for a Sequential block; a BatchNorm2d followed by a ReLU in it (exact
+    types: a subclass may override forward) runs as one fused node (``forward_relu``)."""
+    steps = block._steps if type(block) is Sequential else None
+    if steps is None:
+        return block(x)
+    index = 0
+    while index < len(steps):
+        step = steps[index]
+        if (type(step) is BatchNorm2d and index + 1 < len(steps)
+                and type(steps[index + 1]) is ReLU):
+            x = step.forward_relu(x)
+            index += 2
+        else:
+            x = step(x)
+            index += 1
+    return x
 
 
 class OmniglotConvNet(Module):
@@ -293,7 +319,7 @@ class OmniglotConvNet(Module):
         if isinstance(x, Tensor) and x.ndim != 4:
             raise ValueError(f"OmniglotConvNet: expected (N, C, H, W) images, got shape {x.shape}")
         for block in self.blocks:
-            x = block(x)
+            x = _run_block(block, x)
         x = x.mean(axis=(2, 3)) if self.variant == "maml" else x.reshape(x.shape[0], -1)
         return x if self.head is None else self.head(x)
 

@@ -18,9 +18,10 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from . import ops
+from .backends import norm_pool as _norm_pool
 from .tensor import Tensor, _floating, record
 
-__all__ = ["batch_norm", "layer_norm"]
+__all__ = ["batch_norm", "batch_norm_relu", "layer_norm"]
 
 
 def _same_place(x, other, name, what):
@@ -47,12 +48,18 @@ def _batch_statistics(x):
     """The raw per-channel mean and biased variance of ``x`` (N, C, ...), one row per
     example: (1, C) for a plain Tensor, (B, C) inside ``tgm.vmap`` (the batch axes lead
     the data, outer vmaps first, so the rows come in the order a loop over the examples
-    would visit them). Outside the graph: these only feed the running statistics."""
+    would visit them), and, for a plain Tensor, the backend's (mean, var) pair, which
+    the forward may reuse (else None). Outside the graph: these feed the running
+    statistics."""
     data = x._data
     lead = data.ndim - x.ndim
+    if lead == 0:  # one pass of the backend's kernel (ours on the CPU)
+        statistics = getattr(x._be, "batch_norm_statistics", None)
+        mean, var = (statistics or _norm_pool.batch_norm_statistics)(data)
+        return mean[None], var[None], (mean, var)
     data = data.reshape((-1,) + data.shape[lead:])
     axes = (1,) + tuple(range(3, data.ndim))
-    return data.mean(axis=axes), data.var(axis=axes)
+    return data.mean(axis=axes), data.var(axis=axes), None
 
 
 def _update_running(running, stats, momentum):
@@ -82,7 +89,29 @@ def batch_norm(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[
     >>> np.round(y.numpy()[:, 0], 3).tolist(), np.round(mean.numpy(), 6).tolist()
     ([-1.342, -0.447, 0.447, 1.342], [0.3, 0.4])
     """
-    name = "batch_norm"
+    return _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps,
+                       relu=False)
+
+
+def batch_norm_relu(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                    weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+                    training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """``relu(batch_norm(x, ...))``, the same arguments and running-statistics update as
+    :func:`batch_norm`; in training mode one fused node (``batch_norm_relu_train``: one
+    pass writes the activations, and the backward masks the gradient as it reads it).
+
+    >>> import numpy as np, tinygrad_meta as tgm
+    >>> x = tgm.Tensor(np.arange(8.0).reshape(4, 2), dtype="float64")
+    >>> y = batch_norm_relu(x, None, None, training=True)
+    >>> np.round(y.numpy()[:, 0], 3).tolist()
+    [0.0, 0.0, 0.447, 1.342]
+    """
+    return _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps,
+                       relu=True)
+
+
+def _batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, relu):
+    name = "batch_norm_relu" if relu else "batch_norm"
     if not isinstance(x, Tensor):
         raise TypeError(f"{name}: input must be a Tensor, got {type(x).__name__}")
     x = _floating(x)
@@ -111,14 +140,16 @@ def batch_norm(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[
         if count <= 1:
             raise ValueError(f"{name}: training needs more than one value per channel to take "
                              f"statistics, got input of shape {x.shape}")
+        statistics = None   # taken for the running statistics: the forward reuses them
         if running_mean is not None or running_var is not None:
-            mean, var = _batch_statistics(x)
+            mean, var, statistics = _batch_statistics(x)
             if running_mean is not None:
                 _update_running(running_mean, mean, float(momentum))
             if running_var is not None:
                 _update_running(running_var, var * (count / (count - 1)), float(momentum))
         inputs = [x] + [t for t in (weight, bias) if t is not None]
-        return record(ops.batch_norm_train, inputs, (weight is not None, bias is not None), float(eps))
+        return record(ops.batch_norm_relu_train if relu else ops.batch_norm_train, inputs,
+                      (weight is not None, bias is not None), float(eps), statistics)
     if running_mean is None or running_var is None:
         raise ValueError(f"{name}: evaluation mode (training=False) needs running_mean and "
                          "running_var")
@@ -129,7 +160,8 @@ def batch_norm(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[
     shift = -(running_mean.detach() * scale)
     if bias is not None:
         shift = shift + bias
-    return x * scale.reshape(shape) + shift.reshape(shape)
+    out = x * scale.reshape(shape) + shift.reshape(shape)
+    return out.relu() if relu else out
 
 
 def layer_norm(x: Tensor, normalized_shape: Union[int, Sequence[int]], weight: Optional[Tensor] = None,

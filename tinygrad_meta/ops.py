@@ -45,6 +45,7 @@ import string
 import numpy as np
 
 from .backends import cpu as _cpu, get_backend
+from .backends import norm_pool as _norm_pool
 
 __all__ = ["Op", "primitive", "TABLE", "RAW", "backend_of", "unbroadcast", "keepdims_shape",
            "BatchedParam", "batch_elementwise", "batch_reduction", "batch_by_loop", "not_batchable",
@@ -386,68 +387,41 @@ def _extremum_vjp(o, g, out, ins, params, needs):
     return (g * weights,)
 
 
-def _tile_shapes(shape, kernel):
-    """(tiled, spread) views of (..., OH * kh, OW * kw) images: (..., OH, kh, OW, kw), each
-    tile's taps on axes -3 and -1, and (..., OH, 1, OW, 1), a pooled value per tile."""
-    (kh, kw), lead = kernel, tuple(shape[:-2])
-    oh, ow = shape[-2] // kh, shape[-1] // kw
-    return lead + (oh, kh, ow, kw), lead + (oh, 1, ow, 1)
+def _norm_pool_kernel(be, name):
+    """Backend ``be``'s array kernel ``name`` (one of cpu.NORM_POOL_KERNELS: ours or the
+    reference, as set_kernels chose), or the reference where ``be`` has none (CUDA)."""
+    kernel = getattr(be, name, None)
+    return kernel if kernel is not None else getattr(_norm_pool, name)
 
 
 @primitive("max_pool_tiles")
 def max_pool_tiles(x, kernel):
     """The maximum over each kh x kw tile of (..., OH * kh, OW * kw) images: (..., OH, OW),
-    the pooling whose windows tile the image (stride = kernel, no padding). One
-    elementwise maximum per tap on strided views: no copy of x into window order."""
-    tiled, _ = _tile_shapes(x.shape, kernel)
-    taps = x.reshape(tiled)
-    out = taps[..., 0, :, 0].copy()
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            if i or j:
-                backend_of(x).xp.maximum(out, taps[..., i, :, j], out=out)  # NaNs propagate
-    return out
+    the pooling whose windows tile the image (stride = kernel, no padding)."""
+    return _norm_pool_kernel(backend_of(x), "max_pool_tiles")(x, kernel)
 
 
 @max_pool_tiles.defvjp
 def _max_pool_tiles_vjp(o, g, out, ins, params, needs):
     # as _extremum_vjp over each tile: tied maxima share the gradient evenly, a NaN (the
-    # maximum of its tile) takes it alone. The weights are built tap by tap on (..., OH, OW)
-    # strided views of x: numpy broadcasts against a (..., OH, 1, OW, 1) peak run inner
-    # loops of length kw, several times slower
+    # maximum of its tile) takes it alone
     (x,), (kernel,) = ins, params
-    tiled, spread = _tile_shapes(x.shape, kernel)
-    xr, peak = o.raw(x).reshape(tiled), o.raw(out)
-    xp = o.backend(x).xp
-    taps = [(i, j) for i in range(kernel[0]) for j in range(kernel[1])]
+    tiled, spread = _norm_pool.tile_shapes(x.shape, kernel)
+    xr, peak = o.raw(x), o.raw(out)
     if hasattr(peak, "_data") or xr.dtype.kind != "f":  # a batched peak (vmap), or integers
-        peak = peak.reshape(spread)
+        xr, peak = xr.reshape(tiled), peak.reshape(spread)
+        xp = o.backend(x).xp
         mask = xr == peak
         if peak.dtype.kind == "f":
             mask |= xp.isnan(xr) & xp.isnan(peak)
         weights = (mask / mask.sum(axis=(len(tiled) - 3, len(tiled) - 1), keepdims=True))
         weights = weights.astype(xr.dtype, copy=False)
     else:
-        nan_peak = bool(xp.isnan(peak).any())
-        hits = []
-        for i, j in taps:
-            tap = xr[..., i, :, j]
-            hit = tap == peak
-            if nan_peak:
-                hit |= xp.isnan(tap) & xp.isnan(peak)
-            hits.append(hit)
-        ties = hits[0].astype(xr.dtype)
-        for hit in hits[1:]:
-            ties += hit
-        first_order = not o.recording and g.dtype == xr.dtype
-        # at first order the weights are the gradient itself: g / ties on each hit
-        share = g / ties if first_order else 1.0 / ties
-        # empty_like of an input (not xp.empty): tgm.compile traces the buffer and its writes
-        weights = xp.empty_like(peak, shape=tiled)
-        for (i, j), hit in zip(taps, hits):
-            xp.multiply(share, hit, out=weights[..., i, :, j])
-        if first_order:
-            return (weights.reshape(x.shape),)
+        backward = _norm_pool_kernel(o.backend(x), "max_pool_tiles_backward")
+        if not o.recording and g.dtype == xr.dtype:
+            return (backward(g, xr, peak, kernel),)  # the weights times g, in one pass
+        # recording: the same weights (1 / ties at each maximum) as a constant factor
+        weights = backward(o.backend(x).xp.ones_like(peak), xr, peak, kernel).reshape(tiled)
     spread_g = o.broadcast_to(o.reshape(g, spread), tiled)
     return (o.reshape(spread_g * weights, tuple(x.shape)),)
 
@@ -1732,52 +1706,73 @@ def _conv2d_weight_grad_vjp(o, u, out, ins, params, needs):
 
 
 # ----------------------------------------------------------------------------------
-# Batch normalisation with the batch's statistics as one node: a forward of five passes
-# over x instead of the composition's nine, and a rule written in table ops that
-# recomputes the statistics from x, so that higher derivatives see them depend on x.
+# Batch normalisation with the batch's statistics as one node: a fused forward (our
+# kernel on the CPU, backends/norm_pool.py elsewhere), and a rule written in table ops
+# that recomputes the statistics from x, so that higher derivatives see them depend on x.
 # ``xs`` is (x,), (x, weight) or (x, weight, bias); ``affine`` says which are there.
+# ``batch_norm_relu_train`` is relu of it as one node (the conv blocks' batch norm ->
+# ReLU): one pass writes the activations, and its rule masks g and is batch norm's.
 # ----------------------------------------------------------------------------------
 
-def _bn_axes(ndim, lead=0):
-    """The statistics' axes of an (..., N, C, *spatial) array with ``lead`` batch axes."""
-    return (lead,) + tuple(range(lead + 2, ndim))
+_bn_axes = _norm_pool.statistics_axes
 
 
-def _bn_train(x, weight, bias, eps, lead):
-    axes = _bn_axes(x.ndim, lead)
-    count = math.prod(x.shape[a] for a in axes)
-    centered = x - x.sum(axis=axes, keepdims=True) * (1.0 / count)
-    var = (centered * centered).sum(axis=axes, keepdims=True) * (1.0 / count)
-    scale = (var + eps) ** -0.5
-    channel = (x.shape[lead + 1],) + (1,) * (x.ndim - lead - 2)
-    if weight is not None:  # (C,), or (B, C) batched: per-channel, right-aligned
-        scale = scale * weight.reshape(weight.shape[:-1] + (1,) * (weight.ndim > 1) + channel)
-    centered *= scale
-    if bias is not None:
-        centered += bias.reshape(bias.shape[:-1] + (1,) * (bias.ndim > 1) + channel)
-    return centered.astype(x.dtype, copy=False)
+def _bn_affine(xs, affine):
+    return xs[1] if affine[0] else None, xs[len(xs) - 1] if affine[1] else None
 
 
 @primitive("batch_norm_train", nin=None)
-def batch_norm_train(xs, affine, eps):
+def batch_norm_train(xs, affine, eps, statistics=None):
     """(x - mean) / sqrt(var + eps) [* weight] [+ bias] with the statistics of x (N, C, ...)
-    over every axis but C (biased variance)."""
-    weight = xs[1] if affine[0] else None
-    bias = xs[len(xs) - 1] if affine[1] else None
-    return _bn_train(xs[0], weight, bias, eps, 0)
+    over every axis but C (biased variance). ``statistics``: the backend's
+    ``batch_norm_statistics`` of x when the caller took them (for the running statistics),
+    so that the kernel need not take them again; never differentiated (the rule
+    recomputes them from x)."""
+    kernel = _norm_pool_kernel(backend_of(xs[0]), "batch_norm_train")
+    return kernel(xs[0], *_bn_affine(xs, affine), eps, statistics)
+
+
+@primitive("batch_norm_relu_train", nin=None)
+def batch_norm_relu_train(xs, affine, eps, statistics=None):
+    """relu(batch_norm_train(xs, affine, eps, statistics)) as one node."""
+    kernel = _norm_pool_kernel(backend_of(xs[0]), "batch_norm_relu_train")
+    return kernel(xs[0], *_bn_affine(xs, affine), eps, statistics)
 
 
 @batch_norm_train.defvjp
 def _batch_norm_train_vjp(o, g, out, ins, params, needs):
+    return _batch_norm_grads(o, g, None, ins, params, needs)
+
+
+@batch_norm_relu_train.defvjp
+def _batch_norm_relu_train_vjp(o, g, out, ins, params, needs):
+    # relu'(y) is a step: g masked by (out > 0) (the mask has no derivative), then batch
+    # norm's rule; at first order the kernel masks as it reads g
+    return _batch_norm_grads(o, g, out, ins, params, needs)
+
+
+def _batch_norm_grads(o, g, relu_out, ins, params, needs):
+    """batch_norm_train's rule for the gradient ``g`` of its output, or, with
+    ``relu_out`` (the output of batch_norm_relu_train), for ``g * (relu_out > 0)``."""
     x = ins[0]
-    (has_weight, has_bias), eps = params
+    (has_weight, has_bias), eps = params[:2]
     axes = _bn_axes(x.ndim)
     inverse_count = 1.0 / math.prod(x.shape[a] for a in axes)
     shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
-    # raw arrays of one float dtype (numpy, CuPy or tgm.compile's traced ones): in place
+    # raw arrays of one float dtype (numpy, CuPy or tgm.compile's traced ones): this rule's
+    # first-order arithmetic as one array kernel (all three gradients: each is a by-product
+    # of the input gradient's per-channel sums)
     if not o.recording and x.dtype.kind == "f" and all(a.dtype == x.dtype for a in (g,) + tuple(ins)):
-        return _batch_norm_train_vjp_raw(x, g, ins, has_weight, has_bias, eps, axes, inverse_count,
-                                         shape, needs)
+        backward = _norm_pool_kernel(o.backend(x), "batch_norm_train_backward")
+        grad_x, grad_weight, grad_bias = backward(x, g, ins[1] if has_weight else None, eps, relu_out)
+        grads = [grad_x if needs[0] else None] + [None] * (len(ins) - 1)
+        if has_weight and needs[1]:
+            grads[1] = grad_weight
+        if has_bias and needs[len(ins) - 1]:
+            grads[len(ins) - 1] = grad_bias
+        return tuple(grads)
+    if relu_out is not None:
+        g = o.relu_grad(g, relu_out, o.backend(x))
     centered = x - o.sum(x, axes, True) * inverse_count
     inv_std = (o.sum(centered * centered, axes, True) * inverse_count + eps) ** -0.5
     normalized = centered * inv_std
@@ -1795,36 +1790,6 @@ def _batch_norm_train_vjp(o, g, out, ins, params, needs):
         grads[1] = o.reshape(sum_gn, (x.shape[1],))
     if wants_bias:
         grads[len(ins) - 1] = o.reshape(sum_g, (x.shape[1],))
-    return tuple(grads)
-
-
-def _batch_norm_train_vjp_raw(x, g, ins, has_weight, has_bias, eps, axes, inverse_count, shape, needs):
-    """The rule above at first order on numpy arrays, the same maths in fewer passes: two
-    full-size buffers reused in place instead of a new array per step, and the input
-    gradient as g * s - centered * (s * inv_std * mean(g * normalized)) - s * mean(g)
-    with per-channel s = inv_std * weight (so ``normalized`` is never formed)."""
-    centered = x - x.sum(axis=axes, keepdims=True) * inverse_count
-    scratch = np.multiply(centered, centered)
-    inv_std = (scratch.sum(axis=axes, keepdims=True) * inverse_count + eps) ** -0.5
-    wants_bias = has_bias and needs[len(ins) - 1]
-    wants_weight = has_weight and needs[1]
-    sum_g = g.sum(axis=axes, keepdims=True) if needs[0] or wants_bias else None
-    sum_gn = None
-    if needs[0] or wants_weight:
-        np.multiply(g, centered, out=scratch)
-        sum_gn = scratch.sum(axis=axes, keepdims=True) * inv_std
-    grads = [None] * len(ins)
-    if needs[0]:
-        scale = inv_std * ins[1].reshape(shape) if has_weight else inv_std
-        grad = np.multiply(g, scale, out=scratch)
-        grad -= (sum_g * inverse_count) * scale
-        centered *= (sum_gn * inverse_count) * inv_std * scale
-        grad -= centered
-        grads[0] = grad
-    if wants_weight:
-        grads[1] = sum_gn.reshape(x.shape[1])
-    if wants_bias:
-        grads[len(ins) - 1] = sum_g.reshape(x.shape[1])
     return tuple(grads)
 
 
@@ -2180,14 +2145,20 @@ def _conv2d_weight_grad_batch(op, datas, batched, params):
     return _task_conv_weight_grad(*_with_task_axis(datas, batched), *params[:6])
 
 
+@batch_norm_relu_train.defbatch
+def _batch_norm_relu_train_batch(op, datas, batched, params):
+    out = _batch_norm_train_batch(op, datas, batched, params)
+    return backend_of(out).xp.maximum(out, 0, out=out)
+
+
 @batch_norm_train.defbatch
 def _batch_norm_train_batch(op, datas, batched, params):
     # each example's statistics over its own (N, *spatial): the batch axis leads
-    affine, eps = params
+    affine, eps = params[:2]
     (x, *rest), (bx, *brest) = datas, batched
     size = x.shape[0] if bx else next(d.shape[0] for d, b in zip(rest, brest) if b)
     if not bx:
         x = backend_of(x).xp.broadcast_to(x, (size,) + x.shape)
     weight = rest[0] if affine[0] else None
     bias = rest[-1] if affine[1] else None
-    return _bn_train(x, weight, bias, eps, 1)
+    return _norm_pool.batch_norm_train(x, weight, bias, eps, lead=1)

@@ -1,18 +1,24 @@
-"""The CPU backend: numpy arrays, with matmul, ReLU and convolution's im2col/col2im
-through our compiled kernels.
+"""The CPU backend: numpy arrays, with matmul, ReLU, convolution's im2col/col2im, and
+training-mode batch norm and tiled max pooling through our compiled kernels.
 
 Which implementation runs is chosen by ``TGM_CPU_KERNELS`` (read at import) or
 :func:`set_kernels`:
 
 * ``cython`` -- every float32/float64 2-D or 3-D matmul and every float ReLU runs on
   the kernels in ``kernels/cpu`` (other cases keep numpy semantics through numpy);
-  float32/float64 im2col/col2im run ``kernels/cpu/conv.pyx``;
-* ``numpy``  -- ``numpy.matmul`` / ``numpy.maximum`` and the numpy im2col/col2im
-  reference (``backends/im2col.py``) only;
+  float32/float64 im2col/col2im run ``kernels/cpu/conv.pyx``, batch norm (forward with
+  batch statistics, its backward, the running statistics' input) and tiled max pooling
+  (forward, backward) ``kernels/cpu/norm_pool.pyx``;
+* ``numpy``  -- ``numpy.matmul`` / ``numpy.maximum`` and the numpy references for
+  im2col/col2im (``backends/im2col.py``) and batch norm / max pooling
+  (``backends/norm_pool.py``) only;
 * ``auto`` (default) -- matmul and ReLU: ours up to a size measured on this machine at
   the first call (about 0.1 s, once per process), numpy above it where BLAS is faster;
   im2col/col2im: always ours (a gather/scatter in one C pass beat the reference's
-  per-tap numpy slicing at every shape measured, see ``benchmarks/conv.py --kernels``).
+  per-tap numpy slicing at every shape measured, see ``benchmarks/conv.py --kernels``);
+  batch norm and max pooling: always ours (batch norm faster at every Omniglot layer;
+  max pooling at the large ones, 2-4x, and slower by ~0.1 ms at the 7x7 and 3x3 ones,
+  where numpy's four strided maxima beat our per-row loop: see ``benchmarks/norm_pool.py``).
 
 If the extension is missing or fails its import-time self-check, importing warns once,
 :func:`kernel_info` reports why, and numpy runs. The routing itself lives inside the
@@ -29,8 +35,10 @@ import warnings
 import numpy as np
 
 from . import im2col as _im2col
+from . import norm_pool as _norm_pool
 
-__all__ = ["BACKEND", "CPUBackend", "kernel_info", "set_kernels", "get_kernels", "MODES"]
+__all__ = ["BACKEND", "CPUBackend", "kernel_info", "set_kernels", "get_kernels", "MODES",
+           "NORM_POOL_KERNELS"]
 
 MODES = ("cython", "numpy", "auto")
 
@@ -47,21 +55,24 @@ if "OMP_WAIT_POLICY" not in os.environ:
 
 # By full name: ``from .. import _cpu_matmul`` on a package still initialising turns
 # "no such module" into "cannot import name ... (most likely due to a circular import)".
-_EXTENSIONS = tuple(f"{__name__.rsplit('.', 2)[0]}.{name}" for name in ("_cpu_matmul", "_cpu_relu", "_cpu_conv"))
+_EXTENSIONS = tuple(f"{__name__.rsplit('.', 2)[0]}.{name}"
+                    for name in ("_cpu_matmul", "_cpu_relu", "_cpu_conv", "_cpu_norm_pool"))
 try:
-    _cpu_matmul, _cpu_relu, _cpu_conv = (importlib.import_module(name) for name in _EXTENSIONS)
+    _cpu_matmul, _cpu_relu, _cpu_conv, _cpu_norm_pool = (importlib.import_module(name)
+                                                         for name in _EXTENSIONS)
     _cpu_conv.set_reference(_im2col)  # its validation and the cases the kernels leave to it
+    _cpu_norm_pool.set_reference(_norm_pool)
     _IMPORT_ERROR = None
     _BUILT = True
 except ModuleNotFoundError as error:
     if error.name not in _EXTENSIONS:
         raise  # a missing dependency of ours, not the extension: let it say so
-    _cpu_matmul = _cpu_relu = _cpu_conv = None
+    _cpu_matmul = _cpu_relu = _cpu_conv = _cpu_norm_pool = None
     _IMPORT_ERROR = (f"not built: there is no compiled module {error.name}; build it with "
                      "`python setup.py build_ext --inplace` or `pip install -e . --no-build-isolation`")
     _BUILT = False
 except ImportError as error:  # built, but it does not load (e.g. an undefined symbol)
-    _cpu_matmul = _cpu_relu = _cpu_conv = None
+    _cpu_matmul = _cpu_relu = _cpu_conv = _cpu_norm_pool = None
     _IMPORT_ERROR = f"{type(error).__name__}: {error}"
     _BUILT = True
 
@@ -109,6 +120,42 @@ def _self_check():
             if not np.array_equal(_cpu_conv.col2im(cols, image.shape, *geometry, layout=layout),
                                   _im2col.col2im(cols, image.shape, *geometry, layout=layout)):
                 return f"col2im {np.dtype(dtype).name} {geometry} {layout} disagrees with the reference"
+        problem = _norm_pool_self_check(rng, dtype, rtol)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _norm_pool_self_check(rng, dtype, rtol):
+    """Batch norm (close: sums in another order) and max pooling (bit-exact, ties, a NaN
+    and a strided view included) against backends/norm_pool.py."""
+    name = np.dtype(dtype).name
+    x = rng.standard_normal((3, 4, 4, 6)).astype(dtype)
+    x[0, 0, 0, :2] = 1.5      # a tied tile
+    x[1, 2, 3, 3] = np.nan    # a NaN tile
+    for view in (x, x[:, :, :4, 1:5]):
+        out = _cpu_norm_pool.max_pool_tiles(view, (2, 2))
+        if not np.array_equal(out, _norm_pool.max_pool_tiles(view, (2, 2)), equal_nan=True):
+            return f"max_pool_tiles {name} disagrees with the reference"
+        g = rng.standard_normal(out.shape).astype(dtype)
+        if not np.array_equal(_cpu_norm_pool.max_pool_tiles_backward(g, view, out, (2, 2)),
+                              _norm_pool.max_pool_tiles_backward(g, view, out, (2, 2)),
+                              equal_nan=True):
+            return f"max_pool_tiles_backward {name} disagrees with the reference"
+    x = rng.standard_normal((3, 4, 5, 2)).astype(dtype) * 3 + 2
+    weight, bias = (rng.standard_normal(4).astype(dtype) for _ in range(2))
+    g = rng.standard_normal(x.shape).astype(dtype)
+    pairs = [(_cpu_norm_pool.batch_norm_train(x, weight, bias, 1e-5),
+              _norm_pool.batch_norm_train(x, weight, bias, 1e-5))]
+    pairs += zip(_cpu_norm_pool.batch_norm_train_backward(x, g, weight, 1e-5),
+                 _norm_pool.batch_norm_train_backward(x, g, weight, 1e-5))
+    pairs += zip(_cpu_norm_pool.batch_norm_statistics(x), _norm_pool.batch_norm_statistics(x))
+    # 10x the matmul check's tolerance: a guard against a broken kernel, not a rounding
+    # test (tests/test_norm_pool_kernels.py bounds those); the two sum in other orders and
+    # precisions, ~1e-6 apart in float32 here
+    for got, want in pairs:
+        if got.shape != want.shape or not np.allclose(got, want, rtol=rtol * 10, atol=rtol * 10):
+            return f"batch norm {name} disagrees with the reference"
     return None
 
 
@@ -116,19 +163,27 @@ if _cpu_matmul is not None:
     _problem = _self_check()
     if _problem is not None:
         _IMPORT_ERROR = f"self-check failed: {_problem}"
-        _cpu_matmul = _cpu_relu = _cpu_conv = None
+        _cpu_matmul = _cpu_relu = _cpu_conv = _cpu_norm_pool = None
 
 if _IMPORT_ERROR is not None:
     warnings.warn(
-        f"tinygrad_meta: compiled CPU kernels unavailable ({_IMPORT_ERROR}); matmul, relu "
-        "and im2col/col2im run on numpy." + ("" if not _BUILT else " Rebuild them with "
+        f"tinygrad_meta: compiled CPU kernels unavailable ({_IMPORT_ERROR}); matmul, relu, "
+        "im2col/col2im, batch norm and max pooling run on numpy."
+        + ("" if not _BUILT else " Rebuild them with "
                           "`pip install -e . --no-build-isolation`."),
         RuntimeWarning, stacklevel=2)
 
 
+# The first-order array work of training-mode batch norm and tiled max pooling
+# (backends/norm_pool.py: the reference; kernels/cpu/norm_pool.pyx: ours), by name.
+NORM_POOL_KERNELS = ("batch_norm_train", "batch_norm_relu_train", "batch_norm_train_backward",
+                     "batch_norm_statistics", "max_pool_tiles", "max_pool_tiles_backward")
+
+
 class CPUBackend:
     """numpy arrays on the host; ``matmul``/``relu``/``relu_backward``/``im2col``/``col2im``
-    are set by :func:`set_kernels` to our kernels or numpy's."""
+    and the batch norm / max pooling kernels (:data:`NORM_POOL_KERNELS`) are set by
+    :func:`set_kernels` to our kernels or numpy's."""
     name = "cpu"
     xp = np
 
@@ -139,6 +194,10 @@ class CPUBackend:
         # Convolution's gather/scatter: the numpy reference unless set_kernels picks ours.
         self.im2col = _im2col.im2col
         self.col2im = _im2col.col2im
+        # batch_norm_(relu_)train, batch_norm_train_backward, batch_norm_statistics,
+        # max_pool_tiles(_backward)
+        for name in NORM_POOL_KERNELS:
+            setattr(self, name, getattr(_norm_pool, name))
 
     @staticmethod
     def asarray(data, dtype=None):
@@ -339,10 +398,14 @@ def set_kernels(mode: str) -> str:
         BACKEND.relu_backward = _relu_backward
         BACKEND.im2col = _im2col.im2col
         BACKEND.col2im = _im2col.col2im
+        for name in NORM_POOL_KERNELS:
+            setattr(BACKEND, name, getattr(_norm_pool, name))
         return old
     # in both "cython" and "auto": ours was faster everywhere measured (module docstring)
     BACKEND.im2col = _cpu_conv.im2col
     BACKEND.col2im = _cpu_conv.col2im
+    for name in NORM_POOL_KERNELS:
+        setattr(BACKEND, name, getattr(_cpu_norm_pool, name))
     if mode == "cython":
         _cpu_matmul.set_auto(False)
         _cpu_relu.set_auto(False)
@@ -370,8 +433,10 @@ def _describe(kind):
         return "numpy"
     if _mode == "cython":
         return "cython"
-    if kind in ("im2col", "col2im"):
+    if kind in ("im2col", "col2im", "batch_norm"):
         return "auto: cython (faster than the numpy reference at every shape measured)"
+    if kind == "max_pool":
+        return "auto: cython (faster than the numpy reference over the Omniglot layers together)"
     if _crossover is None:
         return "auto (crossover measured at first call)"
     if kind == "matmul":
@@ -383,12 +448,15 @@ def _describe(kind):
 
 
 def kernel_info() -> dict:
-    """What was built and what runs matmul, ReLU and im2col/col2im on the CPU.
+    """What was built and what runs matmul, ReLU, im2col/col2im, batch norm and max
+    pooling on the CPU.
 
     Returns a dict: ``compiled`` (bool: loaded and self-checked), ``built`` (False only
     when the extension was never built: no compiled module at all), ``error`` (why not
     compiled, else None), ``mode``,
-    ``matmul``, ``relu``, ``im2col`` and ``col2im`` (the implementation that runs), ``cflags``, ``openmp``,
+    ``matmul``, ``relu``, ``im2col``, ``col2im``, ``batch_norm`` (training mode: forward,
+    backward, running statistics) and ``max_pool`` (tiled: forward, backward) (the
+    implementation that runs), ``cflags``, ``openmp``,
     ``vector_bits``, ``threads``, ``micro_tile_f32``/``_f64`` (MR, NR),
     ``gomp_spincount`` and ``crossover`` (auto mode's measurements, None until taken).
 
@@ -397,7 +465,8 @@ def kernel_info() -> dict:
     """
     info = {"compiled": _cpu_matmul is not None, "built": _BUILT, "error": _IMPORT_ERROR, "mode": _mode,
             "matmul": _describe("matmul"), "relu": _describe("relu"),
-            "im2col": _describe("im2col"), "col2im": _describe("col2im")}
+            "im2col": _describe("im2col"), "col2im": _describe("col2im"),
+            "batch_norm": _describe("batch_norm"), "max_pool": _describe("max_pool")}
     if _cpu_matmul is not None:
         build = _cpu_matmul.BUILD_INFO
         info.update(cflags=build["cflags"], openmp=build["openmp"],
