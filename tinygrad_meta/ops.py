@@ -1553,45 +1553,49 @@ def _chunk_rows(g):
 
 def _chunked_conv(x, w, geometry, length, chunks, be):
     """conv2d of (T, N, C, H, W) by (T, O, C, kh, kw) chunk by chunk: (T, N, O, L)."""
-    t, n = x.shape[:2]
     o = w.shape[1]
-    out = be.xp.empty((t, n, o, length), dtype=x.dtype)
-    for task in range(t):
+    tasks = []
+    for task in range(x.shape[0]):
         weights = w[task].reshape(o, -1)
+        pieces = []
         for chunk in chunks:
             cols = be.im2col(x[task, chunk], *geometry, 0.0, layout="batch")  # (K, m*L)
             m = chunk.stop - chunk.start
             # one product per chunk (its weights packed once), then (O, m, L) -> (m, O, L)
-            out[task, chunk] = be.matmul(weights, cols).reshape(o, m, length).swapaxes(0, 1)
-    return out
+            pieces.append(be.matmul(weights, cols).reshape(o, m, length).swapaxes(0, 1))
+        tasks.append(be.xp.concatenate(pieces))
+    # new arrays joined, not writes into a preallocated one: tgm.compile traces joins
+    return be.xp.stack(tasks)
 
 
 def _chunked_conv_input_grad(g, w, input_shape, geometry, chunks, be):
     """The input gradient of ``_chunked_conv``: (T, N, O, L) -> (T, N, C, H, W)."""
-    t, n, o = g.shape[:3]
-    image = be.xp.empty((t, n) + tuple(input_shape[1:]), dtype=g.dtype)
-    for task in range(t):
+    o = g.shape[2]
+    tasks = []
+    for task in range(g.shape[0]):
         weights_t = w[task].reshape(o, -1).T  # (K, O), a view
+        pieces = []
         for chunk in chunks:
             cols = be.matmul(weights_t, _chunk_rows(g[task, chunk]))  # (K, m*L)
             m = chunk.stop - chunk.start
-            image[task, chunk] = be.col2im(cols, (m,) + tuple(input_shape[1:]), *geometry,
-                                           layout="batch")
-    return image
+            pieces.append(be.col2im(cols, (m,) + tuple(input_shape[1:]), *geometry, layout="batch"))
+        tasks.append(be.xp.concatenate(pieces))
+    return be.xp.stack(tasks)
 
 
 def _chunked_conv_weight_grad(x, g, weight_shape, geometry, chunks, be):
     """The weight gradient of ``_chunked_conv``, each chunk's product added in turn:
     (T, N, C, H, W), (T, N, O, L) -> (T, O, C, kh, kw)."""
-    t = x.shape[0]
-    o = weight_shape[0]
-    grad = be.xp.zeros((t, o, int(np.prod(weight_shape[1:]))), dtype=x.dtype)
-    for task in range(t):
+    tasks = []
+    for task in range(x.shape[0]):
+        total = None
         for chunk in chunks:
             cols = be.im2col(x[task, chunk], *geometry, 0.0, layout="batch")  # (K, m*L)
             # (O, m*L) @ (m*L, K): cols.T is a view that the GEMM packs by register transposes
-            grad[task] += be.matmul(_chunk_rows(g[task, chunk]), cols.T)
-    return grad.reshape((t,) + tuple(weight_shape))
+            product = be.matmul(_chunk_rows(g[task, chunk]), cols.T)
+            total = product if total is None else total + product  # chunk order, as before
+        tasks.append(total)
+    return be.xp.stack(tasks).reshape((x.shape[0],) + tuple(weight_shape))
 
 
 def _task_conv(x, w, stride, padding, dilation, groups, be, keep=None):
