@@ -141,7 +141,6 @@ def test_chunked_conv_compiles_bit_for_bit(monkeypatch, kernels):
     a trace cannot follow), and the replay equals eager bit for bit."""
     _schedule(monkeypatch, _per_image_bytes(2, 3, 36, 4) * 2)  # 2 images a chunk of 5
     rng = np.random.default_rng(0)
-    x = tgm.Tensor(rng.standard_normal((5, 2, 6, 6)).astype(np.float32))
     w = tgm.Tensor(rng.standard_normal((3, 2, 3, 3)).astype(np.float32), requires_grad=True)
 
     def step(images):

@@ -400,7 +400,7 @@ def test_batch_norm_relu_under_vmap_equals_a_loop():
 
 
 def test_the_omniglot_network_fuses_batch_norm_and_relu_and_computes_the_same():
-    from tinygrad_meta import nn, ops
+    from tinygrad_meta import nn
     net = nn.omniglot_convnet(variant="protonet", filters=8, seed=12)
     x = tgm.Tensor(np.random.default_rng(13).standard_normal((6, 1, 28, 28)), dtype="float32")
     fused = net(x)
