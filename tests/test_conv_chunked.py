@@ -120,6 +120,13 @@ def test_small_batches_and_other_backends_run_whole():
     class OtherBackend:
         name = "cuda"
     assert ops._image_chunks(100, (64, 64, 3, 3), 196, 4, OtherBackend()) is None
+    # a weight per task (vmap): each task's images are one chunk on the CPU, never on
+    # other backends; a large task is still cut as one large batch would be
+    assert ops._image_chunks(25, (64, 64, 3, 3), 49, 4, BACKEND, tasks=32) == [slice(0, 25)]
+    assert ops._image_chunks(25, (64, 64, 3, 3), 49, 4, BACKEND) is None
+    assert ops._image_chunks(25, (64, 64, 3, 3), 49, 4, OtherBackend(), tasks=32) is None
+    assert ops._image_chunks(100, (64, 64, 3, 3), 196, 4, BACKEND, tasks=2) == \
+        ops._image_chunks(100, (64, 64, 3, 3), 196, 4, BACKEND)
 
 
 def test_chunked_convolution_keeps_first_and_second_derivatives(kernels, monkeypatch):

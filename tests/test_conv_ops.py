@@ -356,6 +356,39 @@ def test_batch_norm_under_vmap_takes_each_examples_statistics_and_loops_the_runn
     np.testing.assert_allclose(v1.numpy(), v2.numpy(), rtol=1e-13)
 
 
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("weight_batched", [False, True])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_batch_norm_under_vmap_equals_a_loop_in_first_and_second_gradients(relu, weight_batched, dtype):
+    # vmap runs the forward, and the backward at first order, example by example through
+    # the backend's kernel, and records the rule under create_graph: all three as a loop
+    rng = np.random.default_rng(11)
+    norm = F.batch_norm_relu if relu else F.batch_norm
+    xs = rng.standard_normal((3, 4, 2, 3, 3)) * np.arange(1, 4)[:, None, None, None, None]
+    ws = rng.standard_normal((3, 2) if weight_batched else (2,))
+    b, c = rng.standard_normal(2), rng.standard_normal((4, 2, 3, 3))
+    x1, w1, b1, c1 = (T(a.astype(dtype), grad=True) for a in (xs, ws, b, c))
+    x2, w2, b2 = (T(a.astype(dtype), grad=True) for a in (xs, ws, b))
+    f = lambda x, w: norm(x, None, None, w, b1, training=True)  # noqa: E731
+    batched = tgm.vmap(f, in_axes=(0, 0 if weight_batched else None))(x1, w1)
+    looped = tgm.stack([norm(x2[t], None, None, w2[t] if weight_batched else w2, b2, training=True)
+                        for t in range(3)])
+    # both run the same kernels on the same examples; only numpy's reductions over a
+    # batched array may add in another order (an ulp or so: float32's 1e-6)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == "float64" else dict(rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(batched.numpy(), looped.numpy(), **tol)
+    for create_graph in (False, True):
+        ga = tgm.grad((batched * c1).sum(), [x1, w1, b1], create_graph=create_graph)
+        gb = tgm.grad((looped * c1).sum(), [x2, w2, b2], create_graph=create_graph)
+        for name, u, v in zip("xwb", ga, gb):
+            np.testing.assert_allclose(u.numpy(), v.numpy(), err_msg=f"{name} {create_graph}", **tol)
+    # second order: through the recorded rule of the batched node
+    hx = tgm.grad((ga[0] * ga[0]).sum() + (ga[1] * ga[1]).sum(), [x1, w1])
+    hy = tgm.grad((gb[0] * gb[0]).sum() + (gb[1] * gb[1]).sum(), [x2, w2])
+    for name, u, v in zip("xw", hx, hy):
+        np.testing.assert_allclose(u.numpy(), v.numpy(), err_msg=f"second order {name}", **tol)
+
 @FEW
 @given(st.sampled_from([((3, 4), (4,)), ((2, 2, 3), (2, 3)), ((2, 5), 5)]), st.booleans(),
        st.integers(0, 2 ** 31))

@@ -139,6 +139,15 @@ class _RawOps:
         """Any op, also one outside the table (a custom op calling another)."""
         return op.forward(*args)
 
+    # ``first_order``: the rule's results need no graph, so it may compute them with
+    # ``per_example(kernel, *args)``, a raw-array function of one example's arrays (here
+    # the arrays themselves; vmap's batched namespace loops over the examples)
+    first_order = True
+
+    @staticmethod
+    def per_example(function, *args):
+        return function(*args)
+
 
 RAW = _RawOps()
 
@@ -1530,15 +1539,21 @@ _CHUNK_COLUMN_BYTES = 1 << 20
 _CHUNKS_FROM = 4
 
 
-def _image_chunks(n, weight_shape, length, itemsize, be):
+def _image_chunks(n, weight_shape, length, itemsize, be, tasks=1):
     """The slices of the image axis of one conv's chunked schedule, or None to run the
     batch in one piece (not on the CPU, or it fits in L3 anyway). A chunk holds about
     ``_CHUNK_COLUMN_BYTES`` of its working set, the (K, images * length) columns and the
     (O, images * length) output or gradient rows: at the 1-channel first layer (K = 9,
-    O = 64) the rows are the larger part. Chunks are evenly sized."""
+    O = 64) the rows are the larger part. Chunks are evenly sized. With several
+    ``tasks`` (vmap, a weight per task) a task's images are at least one chunk: the
+    whole batch's columns in one piece would leave the cache (90 MB for the query
+    images of 32 MAML tasks at the 64x14x14 layer) and need transposing copies between
+    the (K, T*N*L) columns and the per-task products."""
     per_image = (int(np.prod(weight_shape[1:])) + weight_shape[0]) * length * itemsize
-    if getattr(be, "name", None) != "cpu" or n * per_image <= _CHUNKS_FROM * _CHUNK_COLUMN_BYTES:
+    if getattr(be, "name", None) != "cpu":
         return None
+    if n * per_image <= _CHUNKS_FROM * _CHUNK_COLUMN_BYTES:
+        return [slice(0, n)] if tasks > 1 else None
     count = -(-n * per_image // _CHUNK_COLUMN_BYTES)  # ceil
     step = -(-n // count)
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
@@ -1601,7 +1616,7 @@ def _chunked_conv_weight_grad(x, g, weight_shape, geometry, chunks, be):
 def _task_conv(x, w, stride, padding, dilation, groups, be, keep=None):
     t, n = x.shape[:2]
     kernel, (oh, ow) = _conv_shapes(x.shape, w.shape, stride, padding, dilation)
-    chunks = (_image_chunks(n, w.shape[1:], oh * ow, x.dtype.itemsize, be)
+    chunks = (_image_chunks(n, w.shape[1:], oh * ow, x.dtype.itemsize, be, t)
               if groups == 1 else None)
     if chunks is not None:
         out = _chunked_conv(x, w, (kernel, stride, padding, dilation), oh * ow, chunks, be)
@@ -1624,7 +1639,7 @@ def _task_conv_input_grad(g, w, input_shape, stride, padding, dilation, groups, 
     t, n = g.shape[:2]
     kernel, _ = _conv_shapes(input_shape, w.shape, stride, padding, dilation)
     length = g.shape[3] * g.shape[4]
-    chunks = (_image_chunks(n, w.shape[1:], length, g.dtype.itemsize, be)
+    chunks = (_image_chunks(n, w.shape[1:], length, g.dtype.itemsize, be, t)
               if groups == 1 else None)
     if chunks is not None:
         rows = g.reshape(t, n, g.shape[2], length)
@@ -1643,7 +1658,7 @@ def _task_conv_weight_grad(x, g, weight_shape, stride, padding, dilation, groups
     t, n = x.shape[:2]
     kernel = tuple(weight_shape[-2:])
     length = g.shape[3] * g.shape[4]
-    chunks = (_image_chunks(n, weight_shape, length, x.dtype.itemsize, be)
+    chunks = (_image_chunks(n, weight_shape, length, x.dtype.itemsize, be, t)
               if groups == 1 and cols is None else None)
     if chunks is not None:
         rows = g.reshape(t, n, g.shape[2], length)
@@ -1763,12 +1778,13 @@ def _batch_norm_grads(o, g, relu_out, ins, params, needs):
     axes = _bn_axes(x.ndim)
     inverse_count = 1.0 / math.prod(x.shape[a] for a in axes)
     shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
-    # raw arrays of one float dtype (numpy, CuPy or tgm.compile's traced ones): this rule's
-    # first-order arithmetic as one array kernel (all three gradients: each is a by-product
-    # of the input gradient's per-channel sums)
-    if not o.recording and x.dtype.kind == "f" and all(a.dtype == x.dtype for a in (g,) + tuple(ins)):
+    # first order, one float dtype (numpy, CuPy or tgm.compile's traced arrays): this
+    # rule's arithmetic as one array kernel (all three gradients: each is a by-product of
+    # the input gradient's per-channel sums), under vmap once per example
+    if o.first_order and x.dtype.kind == "f" and all(a.dtype == x.dtype for a in (g,) + tuple(ins)):
         backward = _norm_pool_kernel(o.backend(x), "batch_norm_train_backward")
-        grad_x, grad_weight, grad_bias = backward(x, g, ins[1] if has_weight else None, eps, relu_out)
+        grad_x, grad_weight, grad_bias = o.per_example(
+            backward, x, g, ins[1] if has_weight else None, eps, relu_out)
         grads = [grad_x if needs[0] else None] + [None] * (len(ins) - 1)
         if has_weight and needs[1]:
             grads[1] = grad_weight
@@ -2149,15 +2165,29 @@ def _conv2d_weight_grad_batch(op, datas, batched, params):
     return _task_conv_weight_grad(*_with_task_axis(datas, batched), *params[:6])
 
 
+def _bn_by_example(datas):
+    """Whether vmap runs batch norm example by example, each through the backend's
+    kernel: on the CPU one example's arrays stay in cache through the kernel's passes,
+    where one lead=1 pass over the batch streams it through memory once per numpy step
+    (the first-layer query activations of 32 MAML tasks are 40 MB)."""
+    return getattr(backend_of(datas[0]), "name", None) == "cpu"
+
+
 @batch_norm_relu_train.defbatch
 def _batch_norm_relu_train_batch(op, datas, batched, params):
+    if _bn_by_example(datas):
+        return batch_by_loop(op, datas, batched, params[:2])  # the kernel fuses the relu
     out = _batch_norm_train_batch(op, datas, batched, params)
     return backend_of(out).xp.maximum(out, 0, out=out)
 
 
 @batch_norm_train.defbatch
 def _batch_norm_train_batch(op, datas, batched, params):
-    # each example's statistics over its own (N, *spatial): the batch axis leads
+    # each example's statistics over its own (N, *spatial): the batch axis leads. The
+    # ``statistics`` param (taken for the running statistics) is the whole batch's, so
+    # neither path passes it on
+    if _bn_by_example(datas):
+        return batch_by_loop(op, datas, batched, params[:2])
     affine, eps = params[:2]
     (x, *rest), (bx, *brest) = datas, batched
     size = x.shape[0] if bx else next(d.shape[0] for d, b in zip(rest, brest) if b)

@@ -131,6 +131,7 @@ class _GraphOps:
     ``name`` on Tensors (see ops.py)."""
 
     recording = True
+    first_order = False  # see ops._RawOps
 
     def __getattr__(self, name):
         try:

@@ -496,6 +496,36 @@ class _BatchedOps(_GraphOps):
     def backend(x):
         return _BatchedBackend(x._be) if type(x) is BatchedTensor else x._be
 
+    @property
+    def first_order(self):
+        # backward without create_graph runs the rules under no_grad: nothing records
+        return not autograd.is_grad_enabled()
+
+    @staticmethod
+    def per_example(function, *args):
+        """``function`` of one example's raw arrays (returning an array, or a tuple of
+        arrays and Nones) on each example of the batched tensors among ``args`` in turn
+        (unbatched tensors and other values passed as they are), its results stacked as
+        batched constants. A first-order rule's array kernel, run where a whole-batch call
+        would treat the batch axis as the kernel's own (batch norm's statistics)."""
+        carriers = [a for a in args if type(a) is BatchedTensor]
+        levels = tuple(sorted(set().union(*(c._levels for c in carriers))))
+        sizes = _level_sizes(carriers)
+        flat = [(_layout(a, levels, sizes), True) if type(a) is BatchedTensor else
+                (a._data if isinstance(a, Tensor) else a, False) for a in args]
+        count = math.prod(sizes[level] for level in levels)
+        results = [function(*[d[i] if b else d for d, b in flat]) for i in range(count)]
+        be, lead = carriers[0]._be, tuple(sizes[level] for level in levels)
+
+        def join(items):
+            if items[0] is None:
+                return None
+            data = be.xp.stack(items)
+            return _batched(data.reshape(lead + data.shape[1:]), be, levels)
+        if isinstance(results[0], tuple):
+            return tuple(join([r[k] for r in results]) for k in range(len(results[0])))
+        return join(results)
+
     @staticmethod
     def vmap_in(g, level, axis, size):
         return _move_in(g, level, axis, size)
