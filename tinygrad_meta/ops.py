@@ -1566,6 +1566,12 @@ def _chunk_rows(g):
     return g.transpose(1, 0, 2).reshape(o, m * length) if m > 1 else g[0]
 
 
+def _joined(pieces, be):
+    """One task's chunks along the image axis (one chunk as it is: the stack of the tasks
+    copies it anyway)."""
+    return pieces[0] if len(pieces) == 1 else be.xp.concatenate(pieces)
+
+
 def _chunked_conv(x, w, geometry, length, chunks, be):
     """conv2d of (T, N, C, H, W) by (T, O, C, kh, kw) chunk by chunk: (T, N, O, L)."""
     o = w.shape[1]
@@ -1578,7 +1584,7 @@ def _chunked_conv(x, w, geometry, length, chunks, be):
             m = chunk.stop - chunk.start
             # one product per chunk (its weights packed once), then (O, m, L) -> (m, O, L)
             pieces.append(be.matmul(weights, cols).reshape(o, m, length).swapaxes(0, 1))
-        tasks.append(be.xp.concatenate(pieces))
+        tasks.append(_joined(pieces, be))
     # new arrays joined, not writes into a preallocated one: tgm.compile traces joins
     return be.xp.stack(tasks)
 
@@ -1594,7 +1600,7 @@ def _chunked_conv_input_grad(g, w, input_shape, geometry, chunks, be):
             cols = be.matmul(weights_t, _chunk_rows(g[task, chunk]))  # (K, m*L)
             m = chunk.stop - chunk.start
             pieces.append(be.col2im(cols, (m,) + tuple(input_shape[1:]), *geometry, layout="batch"))
-        tasks.append(be.xp.concatenate(pieces))
+        tasks.append(_joined(pieces, be))
     return be.xp.stack(tasks)
 
 
