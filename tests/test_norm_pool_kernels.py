@@ -262,6 +262,53 @@ def test_batch_norm_other_dtypes_and_layouts_go_to_the_reference():
         _kernels.batch_norm_train(big[:, ::2].copy(), weight[::2].copy(), None, 1e-5))
 
 
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("weights", ["none", "shared", "per_example"])
+def test_batch_norm_with_a_leading_batch_axis_is_each_example_alone(relu, dtype, weights):
+    # lead=1 (vmap's call): each example through the same kernel as on its own, so bit
+    # for bit the loop; weights (C,) shared by the examples or (B, C), one row each
+    rng = np.random.default_rng(7)
+    forward = _kernels.batch_norm_relu_train if relu else _kernels.batch_norm_train
+    x = (rng.standard_normal((3, 4, 2, 5, 5)) * np.arange(1, 4)[:, None, None, None, None]).astype(dtype)
+    w, b = {"none": (None, None),
+            "shared": (rng.standard_normal(2).astype(dtype), rng.standard_normal(2).astype(dtype)),
+            "per_example": (rng.standard_normal((3, 2)).astype(dtype),
+                            rng.standard_normal((3, 2)).astype(dtype))}[weights]
+    row = (lambda v, i: v) if weights != "per_example" else (lambda v, i: v[i])
+    got = forward(x, w, b, 1e-5, None, lead=1)
+    assert got.shape == x.shape and got.dtype == x.dtype and got.flags.c_contiguous
+    want = np.stack([forward(x[i], row(w, i), row(b, i), 1e-5) for i in range(3)])
+    np.testing.assert_array_equal(got, want)
+    # a non-contiguous batch is copied first; the reference agrees within rounding
+    strided = np.repeat(x, 2, axis=0)[::2]
+    np.testing.assert_array_equal(forward(strided, w, b, 1e-5, None, lead=1), want)
+    ref = (reference.batch_norm_relu_train if relu else reference.batch_norm_train)(
+        x.astype(np.float64), *(None if v is None else v.astype(np.float64) for v in (w, b)),
+        1e-5, lead=1)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=200 * EPS[dtype])  # |values| < ~10
+    with pytest.raises(ValueError, match="lead must be 0 or 1"):
+        forward(x, w, b, 1e-5, None, lead=2)
+    # the backward likewise: each example's (dx, dweight, dbias), the latter two (B, C)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    relu_out = got if relu else None
+    grads = _kernels.batch_norm_train_backward(x, g, w, 1e-5, relu_out, lead=1)
+    loop = [_kernels.batch_norm_train_backward(x[i], g[i], row(w, i), 1e-5,
+                                               None if relu_out is None else relu_out[i])
+            for i in range(3)]
+    for got_grad, want_grad in zip(grads, zip(*loop)):
+        np.testing.assert_array_equal(got_grad, np.stack(want_grad))
+    ref_grads = reference.batch_norm_train_backward(
+        x.astype(np.float64), g.astype(np.float64), None if w is None else w.astype(np.float64),
+        1e-5, None if relu_out is None else relu_out.astype(np.float64), lead=1)
+    for got_grad, ref_grad in zip(grads, ref_grads):
+        # the per-channel sums run over 50 values of |g * x| < ~30: float32 rounds each
+        np.testing.assert_allclose(got_grad, ref_grad, rtol=0, atol=2000 * EPS[dtype])
+    # weights of another shape go to the reference, which names the mismatch
+    with pytest.raises(ValueError):
+        forward(x, np.ones((2, 2), dtype), None, 1e-5, None, lead=1)
+
+
 # ---------------------------------------------------------------------------------
 # Selection and the op table
 # ---------------------------------------------------------------------------------

@@ -140,13 +140,14 @@ class _RawOps:
         return op.forward(*args)
 
     # ``first_order``: the rule's results need no graph, so it may compute them with
-    # ``per_example(kernel, *args)``, a raw-array function of one example's arrays (here
-    # the arrays themselves; vmap's batched namespace loops over the examples)
+    # ``per_example(kernel, *args)``, a raw-array kernel of one example's arrays that
+    # also takes ``lead=1`` (a leading batch axis, examples independent): here the
+    # arrays themselves, in vmap's batched namespace the whole batch's
     first_order = True
 
     @staticmethod
-    def per_example(function, *args):
-        return function(*args)
+    def per_example(kernel, *args):
+        return kernel(*args)
 
 
 RAW = _RawOps()
@@ -2171,34 +2172,27 @@ def _conv2d_weight_grad_batch(op, datas, batched, params):
     return _task_conv_weight_grad(*_with_task_axis(datas, batched), *params[:6])
 
 
-def _bn_by_example(datas):
-    """Whether vmap runs batch norm example by example, each through the backend's
-    kernel: on the CPU one example's arrays stay in cache through the kernel's passes,
-    where one lead=1 pass over the batch streams it through memory once per numpy step
-    (the first-layer query activations of 32 MAML tasks are 40 MB)."""
-    return getattr(backend_of(datas[0]), "name", None) == "cpu"
-
-
 @batch_norm_relu_train.defbatch
 def _batch_norm_relu_train_batch(op, datas, batched, params):
-    if _bn_by_example(datas):
-        return batch_by_loop(op, datas, batched, params[:2])  # the kernel fuses the relu
-    out = _batch_norm_train_batch(op, datas, batched, params)
-    return backend_of(out).xp.maximum(out, 0, out=out)
+    return _batch_norm_batch(datas, batched, params, "batch_norm_relu_train")
 
 
 @batch_norm_train.defbatch
 def _batch_norm_train_batch(op, datas, batched, params):
-    # each example's statistics over its own (N, *spatial): the batch axis leads. The
-    # ``statistics`` param (taken for the running statistics) is the whole batch's, so
-    # neither path passes it on
-    if _bn_by_example(datas):
-        return batch_by_loop(op, datas, batched, params[:2])
+    return _batch_norm_batch(datas, batched, params, "batch_norm_train")
+
+
+def _batch_norm_batch(datas, batched, params, name):
+    # each example's statistics over its own (N, *spatial): the batch axis leads, one
+    # kernel call (ours on the CPU takes each example's channels while they are in
+    # cache). The ``statistics`` param (taken for the running statistics) is the whole
+    # batch's, so it is not passed on
     affine, eps = params[:2]
     (x, *rest), (bx, *brest) = datas, batched
-    size = x.shape[0] if bx else next(d.shape[0] for d, b in zip(rest, brest) if b)
+    be = backend_of(x)
     if not bx:
-        x = backend_of(x).xp.broadcast_to(x, (size,) + x.shape)
+        size = next(d.shape[0] for d, b in zip(rest, brest) if b)
+        x = be.xp.broadcast_to(x, (size,) + x.shape)
     weight = rest[0] if affine[0] else None
     bias = rest[-1] if affine[1] else None
-    return _norm_pool.batch_norm_train(x, weight, bias, eps, lead=1)
+    return _norm_pool_kernel(be, name)(x, weight, bias, eps, None, lead=1)

@@ -502,29 +502,25 @@ class _BatchedOps(_GraphOps):
         return not autograd.is_grad_enabled()
 
     @staticmethod
-    def per_example(function, *args):
-        """``function`` of one example's raw arrays (returning an array, or a tuple of
-        arrays and Nones) on each example of the batched tensors among ``args`` in turn
-        (unbatched tensors and other values passed as they are), its results stacked as
-        batched constants. A first-order rule's array kernel, run where a whole-batch call
-        would treat the batch axis as the kernel's own (batch norm's statistics)."""
+    def per_example(kernel, *args):
+        """A first-order rule's raw-array ``kernel`` on every example at once, where a
+        whole-batch call would take the batch axis for the kernel's own (batch norm's
+        statistics): ``kernel(*arrays, lead=1)``, every tensor's array carrying the
+        batch axis first (the unbatched ones broadcast), other values as they are; its
+        results (an array, or a tuple of arrays and Nones) as batched constants."""
         carriers = [a for a in args if type(a) is BatchedTensor]
         levels = tuple(sorted(set().union(*(c._levels for c in carriers))))
         sizes = _level_sizes(carriers)
-        flat = [(_layout(a, levels, sizes), True) if type(a) is BatchedTensor else
-                (a._data if isinstance(a, Tensor) else a, False) for a in args]
-        count = math.prod(sizes[level] for level in levels)
-        results = [function(*[d[i] if b else d for d, b in flat]) for i in range(count)]
         be, lead = carriers[0]._be, tuple(sizes[level] for level in levels)
+        count = math.prod(lead)
+        arrays = [_layout(a, levels, sizes) if type(a) is BatchedTensor else
+                  be.xp.broadcast_to(a._data, (count,) + a._data.shape) if isinstance(a, Tensor)
+                  else a for a in args]
 
-        def join(items):
-            if items[0] is None:
-                return None
-            data = be.xp.stack(items)
-            return _batched(data.reshape(lead + data.shape[1:]), be, levels)
-        if isinstance(results[0], tuple):
-            return tuple(join([r[k] for r in results]) for k in range(len(results[0])))
-        return join(results)
+        def wrap(data):
+            return None if data is None else _batched(data.reshape(lead + data.shape[1:]), be, levels)
+        result = kernel(*arrays, lead=1)
+        return tuple(map(wrap, result)) if isinstance(result, tuple) else wrap(result)
 
     @staticmethod
     def vmap_in(g, level, axis, size):

@@ -366,23 +366,25 @@ cdef inline bint _bn_eligible(object x, int t) noexcept:
             and cnp.PyArray_SIZE(<cnp.ndarray>x) > 0)
 
 
-def batch_norm_train(x, weight, bias, double eps, statistics=None):
+def batch_norm_train(x, weight, bias, double eps, statistics=None, int lead=0):
     """Per-channel batch norm of x (N, C, ...) with its own statistics (biased variance),
     then ``* weight + bias`` (each (C,) or None): the reference's ``batch_norm_train``.
 
     ``statistics``: None, or :func:`batch_norm_statistics` of this same x (its float64
     mean and variance), which then spares the statistics pass over x (the result is
-    the same: those are the sums this function would take). Returns a new
-    C-contiguous array like x. float32/float64 with weight and bias of the same dtype
-    run here; anything else goes to the reference.
+    the same: those are the sums this function would take). ``lead=1``: x is (B, N, C,
+    ...), B examples each normalised with its own statistics (vmap), weight and bias
+    (C,) or (B, C); ``statistics`` is then not used. Returns a new C-contiguous array
+    like x. float32/float64 with weight and bias of the same dtype run here; anything
+    else goes to the reference.
     """
-    return _batch_norm_forward(x, weight, bias, eps, False, statistics)
+    return _batch_norm_forward(x, weight, bias, eps, False, statistics, lead)
 
 
-def batch_norm_relu_train(x, weight, bias, double eps, statistics=None):
-    """``max(batch_norm_train(x, weight, bias, eps, statistics), 0)`` in the same pass:
-    the reference's ``batch_norm_relu_train``."""
-    return _batch_norm_forward(x, weight, bias, eps, True, statistics)
+def batch_norm_relu_train(x, weight, bias, double eps, statistics=None, int lead=0):
+    """``max(batch_norm_train(x, weight, bias, eps, statistics, lead), 0)`` in the same
+    pass: the reference's ``batch_norm_relu_train``."""
+    return _batch_norm_forward(x, weight, bias, eps, True, statistics, lead)
 
 
 cdef inline bint _given_statistics(object statistics, Py_ssize_t channels):
@@ -397,15 +399,63 @@ cdef inline bint _given_statistics(object statistics, Py_ssize_t channels):
     return True
 
 
-cdef _batch_norm_forward(x, weight, bias, double eps, bint relu, statistics):
+cdef inline Py_ssize_t _per_example_step(object v, int t, Py_ssize_t examples,
+                                         Py_ssize_t channels) noexcept:
+    """For lead=1: 0 if v is None or one (C,) vector shared by the examples, C if it is
+    (B, C), one row per example; -1 otherwise (the reference takes the call)."""
+    if v is None or _channel_vector(v, t, channels):
+        return 0
+    if (_float_type(v) == t and cnp.PyArray_NDIM(<cnp.ndarray>v) == 2
+            and cnp.PyArray_DIMS(<cnp.ndarray>v)[0] == examples
+            and cnp.PyArray_DIMS(<cnp.ndarray>v)[1] == channels):
+        return channels
+    return -1
+
+
+cdef _batch_norm_forward(x, weight, bias, double eps, bint relu, statistics, int lead):
     cdef int t = _float_type(x)
     cdef cnp.ndarray X, Y
-    cdef Py_ssize_t n, c, s
+    cdef Py_ssize_t n, c, s, examples = 1, b, w_step = 0, b_step = 0, size
     cdef const char *wp
     cdef const char *bp
     cdef const double *mean = NULL
     cdef const double *var = NULL
     fallback = _reference.batch_norm_relu_train if relu else _reference.batch_norm_train
+    if lead not in (0, 1):
+        raise ValueError(f"batch_norm_train: lead must be 0 or 1, got {lead}")
+    if lead:
+        if t < 0 or cnp.PyArray_NDIM(<cnp.ndarray>x) < 3 or cnp.PyArray_SIZE(<cnp.ndarray>x) == 0:
+            return fallback(x, weight, bias, eps, lead=1)
+        X = <cnp.ndarray>x
+        examples, c = cnp.PyArray_DIMS(X)[0], cnp.PyArray_DIMS(X)[2]
+        w_step = _per_example_step(weight, t, examples, c)
+        b_step = _per_example_step(bias, t, examples, c)
+        if w_step < 0 or b_step < 0:
+            return fallback(x, weight, bias, eps, lead=1)
+        if weight is not None:
+            weight = _np_ascontiguousarray(weight)
+        if bias is not None:
+            bias = _np_ascontiguousarray(bias)
+        if not cnp.PyArray_IS_C_CONTIGUOUS(X):
+            X = _np_ascontiguousarray(X)
+        n, s = cnp.PyArray_DIMS(X)[1], _spatial(X) // c
+        size = n * c * s  # one example's values
+        Y = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(X), cnp.PyArray_DIMS(X), t, 0)
+        wp, bp = _data_or_null(weight), _data_or_null(bias)
+        for b in range(examples):
+            if t == cnp.NPY_FLOAT32:
+                tgm_bn_fwd_f32(<const float *>cnp.PyArray_DATA(X) + b * size,
+                               <const float *>wp + b * w_step if wp else NULL,
+                               <const float *>bp + b * b_step if bp else NULL,
+                               <float *>cnp.PyArray_DATA(Y) + b * size, n, c, s, eps, relu,
+                               NULL, NULL)
+            else:
+                tgm_bn_fwd_f64(<const double *>cnp.PyArray_DATA(X) + b * size,
+                               <const double *>wp + b * w_step if wp else NULL,
+                               <const double *>bp + b * b_step if bp else NULL,
+                               <double *>cnp.PyArray_DATA(Y) + b * size, n, c, s, eps, relu,
+                               NULL, NULL)
+        return Y
     if not _bn_eligible(x, t):
         return fallback(x, weight, bias, eps)
     X = <cnp.ndarray>x
@@ -435,41 +485,50 @@ cdef _batch_norm_forward(x, weight, bias, double eps, bint relu, statistics):
     return Y
 
 
-def batch_norm_train_backward(x, g, weight, double eps, relu_out=None):
+def batch_norm_train_backward(x, g, weight, double eps, relu_out=None, int lead=0):
     """(input, weight, bias) gradients of <g, batch_norm_train(x, weight, ., eps)>, or
     with ``relu_out`` (batch_norm_relu_train's output) of <g, that relu'd>: the
     reference's ``batch_norm_train_backward``, two passes over each channel (the mask
     ``relu_out > 0`` applied as g is read).
 
     x, g (and relu_out) (N, C, ...) of one float dtype and shape, weight (C,) or None;
-    returns (dx like x, C-contiguous; dweight (C,); dbias (C,)). Other cases go to the
-    reference.
+    returns (dx like x, C-contiguous; dweight (C,); dbias (C,)). ``lead=1``: x, g and
+    relu_out are (B, N, C, ...), B examples each with its own statistics, weight (C,)
+    or (B, C); dweight and dbias are then (B, C). Other cases go to the reference.
     """
     cdef int t = _float_type(x)
     cdef cnp.ndarray X, G, M, B, DX, DW, DB
     cdef const char *mp = NULL
     cdef char *bp = NULL
     cdef cnp.npy_intp s_dims
-    cdef Py_ssize_t n, s
+    cdef cnp.npy_intp grad_dims[2]
+    cdef Py_ssize_t n, s, examples = 1, e, w_step = 0, size
     cdef cnp.npy_intp c
     cdef const char *wp
-    cdef int d
-    if (not _bn_eligible(x, t) or _float_type(g) != t
-            or not _same_shape(<cnp.ndarray>g, <cnp.ndarray>x)
+    if lead not in (0, 1):
+        raise ValueError(f"batch_norm_train_backward: lead must be 0 or 1, got {lead}")
+    if (not _bn_eligible(x, t) or cnp.PyArray_NDIM(<cnp.ndarray>x) < 2 + lead
+            or _float_type(g) != t or not _same_shape(<cnp.ndarray>g, <cnp.ndarray>x)
             or (relu_out is not None and (_float_type(relu_out) != t
                                           or not _same_shape(<cnp.ndarray>relu_out, <cnp.ndarray>x)))):
-        return _reference.batch_norm_train_backward(x, g, weight, eps, relu_out)
+        return _reference.batch_norm_train_backward(x, g, weight, eps, relu_out, lead=lead)
     X, G = <cnp.ndarray>x, <cnp.ndarray>g
-    c = cnp.PyArray_DIMS(X)[1]
-    if not _channel_vector(weight, t, c):
+    c = cnp.PyArray_DIMS(X)[1 + lead]
+    if lead:
+        examples = cnp.PyArray_DIMS(X)[0]
+        w_step = _per_example_step(weight, t, examples, c)
+        if w_step < 0:
+            return _reference.batch_norm_train_backward(x, g, weight, eps, relu_out, lead=lead)
+    elif not _channel_vector(weight, t, c):
         return _reference.batch_norm_train_backward(x, g, weight, eps, relu_out)
+    s = _spatial(X) // c if lead else _spatial(X)
     if relu_out is not None:
         M = <cnp.ndarray>relu_out
         if not cnp.PyArray_IS_C_CONTIGUOUS(M):
             M = _np_ascontiguousarray(M)
         mp = <const char *>cnp.PyArray_DATA(M)
         # the masked gradient is formed one run (H*W values) at a time, here
-        s_dims = _spatial(X)
+        s_dims = s
         B = cnp.PyArray_EMPTY(1, &s_dims, t, 0)
         bp = <char *>cnp.PyArray_DATA(B)
     if weight is not None:
@@ -478,20 +537,30 @@ def batch_norm_train_backward(x, g, weight, double eps, relu_out=None):
         X = _np_ascontiguousarray(X)
     if not cnp.PyArray_IS_C_CONTIGUOUS(G):
         G = _np_ascontiguousarray(G)
-    n, s = cnp.PyArray_DIMS(X)[0], _spatial(X)
+    n = cnp.PyArray_DIMS(X)[lead]
+    size = n * c * s  # one example's values
     DX = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(X), cnp.PyArray_DIMS(X), t, 0)
-    DW = cnp.PyArray_EMPTY(1, &c, t, 0)
-    DB = cnp.PyArray_EMPTY(1, &c, t, 0)
+    grad_dims[0], grad_dims[1] = examples, c
+    DW = cnp.PyArray_EMPTY(1 + lead, &grad_dims[1 - lead], t, 0)
+    DB = cnp.PyArray_EMPTY(1 + lead, &grad_dims[1 - lead], t, 0)
     wp = _data_or_null(weight)
-    if t == cnp.NPY_FLOAT32:
-        tgm_bn_bwd_f32(<const float *>cnp.PyArray_DATA(X), <const float *>cnp.PyArray_DATA(G),
-                       <const float *>mp, <float *>bp, <const float *>wp, <float *>cnp.PyArray_DATA(DX),
-                       <float *>cnp.PyArray_DATA(DW), <float *>cnp.PyArray_DATA(DB), n, c, s, eps)
-    else:
-        tgm_bn_bwd_f64(<const double *>cnp.PyArray_DATA(X), <const double *>cnp.PyArray_DATA(G),
-                       <const double *>mp, <double *>bp, <const double *>wp,
-                       <double *>cnp.PyArray_DATA(DX),
-                       <double *>cnp.PyArray_DATA(DW), <double *>cnp.PyArray_DATA(DB), n, c, s, eps)
+    for e in range(examples):
+        if t == cnp.NPY_FLOAT32:
+            tgm_bn_bwd_f32(<const float *>cnp.PyArray_DATA(X) + e * size,
+                           <const float *>cnp.PyArray_DATA(G) + e * size,
+                           <const float *>mp + e * size if mp else NULL, <float *>bp,
+                           <const float *>wp + e * w_step if wp else NULL,
+                           <float *>cnp.PyArray_DATA(DX) + e * size,
+                           <float *>cnp.PyArray_DATA(DW) + e * c,
+                           <float *>cnp.PyArray_DATA(DB) + e * c, n, c, s, eps)
+        else:
+            tgm_bn_bwd_f64(<const double *>cnp.PyArray_DATA(X) + e * size,
+                           <const double *>cnp.PyArray_DATA(G) + e * size,
+                           <const double *>mp + e * size if mp else NULL, <double *>bp,
+                           <const double *>wp + e * w_step if wp else NULL,
+                           <double *>cnp.PyArray_DATA(DX) + e * size,
+                           <double *>cnp.PyArray_DATA(DW) + e * c,
+                           <double *>cnp.PyArray_DATA(DB) + e * c, n, c, s, eps)
     return DX, DW, DB
 
 

@@ -13,6 +13,8 @@ dispatch to CuPy and to ``tgm.compile``'s traced arrays, so every backend can ru
 * ``batch_norm_relu_train(x, weight, bias, eps, statistics=None)``: relu of that.
 * ``batch_norm_train_backward(x, g, weight, eps, relu_out=None)``: (input, weight, bias)
   gradients, of ``g * (relu_out > 0)`` when given (the relu variant's backward).
+* each of the three takes ``lead=1``: a leading batch axis (vmap), each example with
+  its own statistics and weight (C,) or (B, C).
 * ``batch_norm_statistics(x)``: the per-channel (mean, biased variance), each (C,).
 * ``max_pool_tiles(x, kernel)``: the maximum of each kh x kw tile of (..., OH*kh, OW*kw).
 * ``max_pool_tiles_backward(g, x, out, kernel)``: g sent to each tile's maxima, tied
@@ -54,25 +56,27 @@ def batch_norm_train(x, weight, bias, eps, statistics=None, lead=0):
     return centered.astype(x.dtype, copy=False)
 
 
-def batch_norm_relu_train(x, weight, bias, eps, statistics=None):
-    """relu(batch_norm_train(x, weight, bias, eps)), the maximum taken in place."""
-    out = batch_norm_train(x, weight, bias, eps)
+def batch_norm_relu_train(x, weight, bias, eps, statistics=None, lead=0):
+    """relu(batch_norm_train(x, weight, bias, eps, lead=lead)), the maximum taken in place."""
+    out = batch_norm_train(x, weight, bias, eps, lead=lead)
     return np.maximum(out, 0, out=out)
 
 
-def batch_norm_train_backward(x, g, weight, eps, relu_out=None):
+def batch_norm_train_backward(x, g, weight, eps, relu_out=None, lead=0):
     """The gradients (input, weight, bias) of <g, batch_norm_train(x, weight, ., eps)>,
     x and g (N, C, ...) of one float dtype, weight (C,) or None (then the weight
     gradient is still returned: the per-channel sum of g * normalized). With
     ``relu_out`` (batch_norm_relu_train's output), of <g, relu(batch_norm_train(...))>:
-    g masked by ``relu_out > 0`` first, as ReLU's rule does.
+    g masked by ``relu_out > 0`` first, as ReLU's rule does. ``lead=1``: x, g, relu_out
+    (B, N, C, ...), each example with its own statistics, weight (C,) or (B, C); the
+    weight and bias gradients are then (B, C).
 
     The op table's rule at first order in fewer passes: two full-size buffers reused in
     place, and the input gradient as g * s - centered * (s * inv_std * mean(g * normalized))
     - s * mean(g) with per-channel s = inv_std * weight (``normalized`` is never formed)."""
-    axes = statistics_axes(x.ndim)
+    axes = statistics_axes(x.ndim, lead)
     inverse_count = 1.0 / math.prod(x.shape[a] for a in axes)
-    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    channel = (x.shape[lead + 1],) + (1,) * (x.ndim - lead - 2)
     if relu_out is not None:
         g = g * (relu_out > 0)
     centered = x - x.sum(axis=axes, keepdims=True) * inverse_count
@@ -81,12 +85,16 @@ def batch_norm_train_backward(x, g, weight, eps, relu_out=None):
     sum_g = g.sum(axis=axes, keepdims=True)
     np.multiply(g, centered, out=scratch)
     sum_gn = scratch.sum(axis=axes, keepdims=True) * inv_std
-    scale = inv_std * weight.reshape(shape) if weight is not None else inv_std
+    if weight is not None:  # (C,), or (B, C) batched: per-channel, right-aligned
+        scale = inv_std * weight.reshape(weight.shape[:-1] + (1,) * (weight.ndim > 1) + channel)
+    else:
+        scale = inv_std
     grad = np.multiply(g, scale, out=scratch)
     grad -= (sum_g * inverse_count) * scale
     centered *= (sum_gn * inverse_count) * inv_std * scale
     grad -= centered
-    return grad, sum_gn.reshape(x.shape[1]), sum_g.reshape(x.shape[1])
+    per_channel = x.shape[:lead] + x.shape[lead + 1:lead + 2]
+    return grad, sum_gn.reshape(per_channel), sum_g.reshape(per_channel)
 
 
 def batch_norm_statistics(x):
