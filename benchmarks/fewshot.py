@@ -150,8 +150,6 @@ def main(argv=None):
     for round_index in range(args.rounds):
         for name in names:
             for engine in (engines if round_index % 2 == 0 else engines[::-1]):
-                if engine == "compiled" and CASES[name]["algo"] == "protonet":
-                    continue  # ProtoNet reads its support labels' values (ways, class counts): not traceable
                 samples[name, engine].append(_child(name, engine, args))
                 print(f"round {round_index + 1}: {name} {engine} {1000 * samples[name, engine][-1]:.1f} ms",
                       flush=True)

@@ -80,6 +80,34 @@ def test_a_class_missing_from_a_support_set_is_named():
         class_counts(np.array([[0, 1, 2], [0, 2, 2]]))
 
 
+def test_compiled_meta_steps_equal_eager_ones_bit_for_bit_across_ways():
+    # the labels' values (ways, class sizes) are read outside the trace: a compiled step is
+    # the eager one, also after the number of ways changes (a new program) and back; the
+    # conv net's batch norm updates its running statistics inside the compiled step
+    nets = [tgm.nn.omniglot_convnet(None, variant="protonet", filters=4, seed=0) for _ in range(2)]
+    eager, compiled = ProtoNet(nets[0]), ProtoNet(nets[1], compile=True)
+    optimizers = [optim.Adam(n.meta_parameters(), lr=1e-2) for n in (eager, compiled)]
+    rng = np.random.default_rng(4)
+    for ways in (3, 2, 3, 3):
+        support_x, support_y, query_x, query_y = _batch(rng, tasks=1, ways=ways, shots=2, queries=2,
+                                                        features=28 * 28)
+        support_y = rng.permuted(support_y, axis=1)  # class sizes stay; the order changes
+        batch = (support_x.reshape(1, -1, 1, 28, 28).astype(np.float32), support_y,
+                 query_x.reshape(1, -1, 1, 28, 28).astype(np.float32), query_y)
+        results = [learner.meta_step(batch) for learner in (eager, compiled)]
+        assert results[0][0] == results[1][0]
+        for name in results[0][1]:
+            np.testing.assert_array_equal(results[0][1][name].numpy(), results[1][1][name].numpy(),
+                                          err_msg=name)
+        for optimizer, (_, grads) in zip(optimizers, results):
+            optimizer.step(grads)
+    for (name, a), (_, b) in zip(nets[0].named_buffers(), nets[1].named_buffers()):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=name)
+    info = compiled._compiled_step.cache_info()
+    assert info.misses == 2 and info.hits == 2
+    with pytest.raises(ValueError, match="task 0 has no support example of class 1"):
+        compiled.meta_step((batch[0], np.zeros_like(support_y) + 2 * (support_y > 0), *batch[2:]))
+
 def test_predictions_are_the_same_for_every_step_and_carry_no_graph():
     rng = np.random.default_rng(3)
     net = ProtoNet(tgm.nn.Linear(5, 3, rng=0))

@@ -400,7 +400,7 @@ def build_algorithm(config, model):
         return meta.MAML(model, inner_lr=config["inner_lr"], inner_steps=config["inner_steps"], loss_fn=loss,
                          adapt_only=head_prefix(model), compile=compiled)
     if algo == "protonet":
-        return meta.ProtoNet(model, loss_fn=loss)
+        return meta.ProtoNet(model, loss_fn=loss, compile=compiled)
     if algo == "metasgd":
         return meta.MetaSGD(model, init_lr=config["inner_lr"], inner_steps=config["inner_steps"],
                             loss_fn=loss, compile=compiled)

@@ -103,7 +103,14 @@ class ProtoNet(MetaLearner):
                 or support_x.shape[2:] != query_x.shape[2:] or support_y.shape != support_x.shape[:2]:
             raise ValueError(f"ProtoNet: support_x (T, S, ...) {support_x.shape}, support_y (T, S) "
                              f"{support_y.shape} and query_x (T, Q, ...) {query_x.shape} do not fit together")
-        ways, weights = class_counts(support_y)
+        return self._prototype_logits(support_x, class_counts(support_y)[1], query_x)
+
+    def _prototype_logits(self, support_x, weights, query_x):
+        """``logits`` from the (T, N, S) class weights of ``class_counts``: the part that is
+        one array program for given shapes (``compile=True`` traces it; the labels'
+        values, which decide N and the weights, are read before)."""
+        like = self._like()
+        ways = weights.shape[1]
         tasks, shots, queries = support_x.shape[0], support_x.shape[1], query_x.shape[1]
         item = support_x.shape[2:]
         images = concatenate([support_x.reshape((tasks * shots,) + item),
@@ -112,7 +119,9 @@ class ProtoNet(MetaLearner):
         dim = embedded.shape[1]
         support = embedded[:tasks * shots].reshape(tasks, shots, dim)
         query = embedded[tasks * shots:].reshape(tasks, queries, dim)
-        prototypes = _constant(like._be.asarray(weights.astype(like.dtype)), like._be) @ support  # (T, N, D)
+        weights = weights if isinstance(weights, Tensor) else \
+            _constant(like._be.asarray(weights.astype(like.dtype)), like._be)
+        prototypes = weights @ support  # (T, N, D)
         difference = query.reshape(tasks, queries, 1, dim) - prototypes.reshape(tasks, 1, ways, dim)
         return -(difference * difference).sum(axis=-1)
 
@@ -123,16 +132,41 @@ class ProtoNet(MetaLearner):
         with enable_grad():
             return self.loss_fn(self.logits(support_x, support_y, query_x), query_y)
 
+    def meta_step(self, task_batch):
+        """(episode loss as a float, OrderedDict name -> gradient) for ``meta_parameters()``;
+        with ``compile=True`` the step after the support labels is compiled (``tgm.compile``,
+        one program per batch shape and number of ways)."""
+        if not (self.compile and self._like().device == "cpu"):
+            return super().meta_step(task_batch)
+        support_x, support_y, query_x, query_y = self._task_batch(task_batch)
+        if support_x.ndim < 3 or support_y.shape != support_x.shape[:2]:
+            self.logits(support_x, support_y, query_x)  # raises the shape error
+        # the class structure is read from the labels' values, which a trace cannot follow
+        _, weights = class_counts(support_y.numpy())
+        if self._compiled_step is None:
+            from ..compile import compile as compile_function
+            self._compiled_step = compile_function(self._weighted_step, cache_size=4)
+        loss, grads = self._compiled_step(support_x, weights.astype(support_x.dtype), query_x, query_y)
+        return float(loss.item()), grads
+
+    def _weighted_step(self, support_x, weights, query_x, query_y):
+        with enable_grad():
+            loss = self.loss_fn(self._prototype_logits(support_x, weights, query_x), query_y)
+        return loss, self._gradients(loss)
+
     def _meta_step_tensors(self, task_batch):
         """(episode loss as a 0-d Tensor, OrderedDict name -> gradient) for ``meta_parameters()``;
         ``meta_step`` (meta/base.py) returns it with the loss as a float."""
         loss = self.meta_loss(task_batch)
+        return loss, self._gradients(loss)
+
+    def _gradients(self, loss):
         params = self.meta_parameters()
         grads = grad(loss, list(params.values()), allow_unused=True)
         out = OrderedDict()
         for (name, p), g in zip(params.items(), grads):
             out[name] = g if g is not None else Tensor(np.zeros(p.shape), dtype=p.dtype, device=p.device)
-        return loss, out
+        return out
 
     # ---- evaluation -----------------------------------------------------------------
     @contextlib.contextmanager
