@@ -12,6 +12,10 @@ column ``n*OH*OW + oy*OW + ox``; padding taps read ``pad_value``.
   once per tap, so the inner loop has no bounds test and the padding is two short
   fills; in the "same" geometry of unit strides (OW == W) a tap's valid rows are one
   contiguous run, copied in one loop. Exact: it only copies.
+* Small or strided outputs copy planes into zero-bordered (``pad_value``-bordered)
+  scratch planes first, several at a time, and gather from them through one table of
+  offsets, or, in float32 with column stride 2, 8 columns at a time with AVX2 shuffles
+  (the strided Omniglot layers): see ``tgm_conv_table`` and ``tgm_im2col_s2_f32``.
 * :func:`col2im` adds each tap's columns back in the reference's order (taps (i, j) in
   row-major order, each input element starting from 0), so the sums are the same
   floating-point operations in the same order: bitwise equal to the reference.
@@ -464,13 +468,16 @@ cdef struct Geometry:
 # few elements per row and tap: outputs of fewer than TABLE_MAX_SAME_COLUMNS positions
 # in the "same" geometry (unit strides, OW == W), fewer than TABLE_MAX_COLUMNS in every
 # other one, if the table has at most TABLE_MAX_ENTRIES entries. Measured with
-# benchmarks/conv.py --kernels (whole batches, per-image layout; loops/table time): the
-# table made im2col 6.6x / col2im 2.8x faster at 80x64x4x4 stride 2, 2.9x / 1.6x at 7x7
-# stride 2, 2.2x / 2.8x at 100x64x3x3 stride 1, 1.8x / 1.4x at 14x14 stride 2; the loops
-# were faster or even at 28x28 stride 2 (1.0x / 0.9x), 7x7 stride 1 (im2col 0.74x) and
-# the 14x14 and 28x28 "same" layers (0.2-0.85x), which copy whole tap rows.
+# benchmarks/conv.py --kernels (whole batches, per-image layout; loops/table time, one
+# run on the shared 2-core machine): the table made im2col 6.1x / col2im 2.7x faster at
+# 80x64x4x4 stride 2, 2.7x / 1.5x at 7x7 stride 2, 2.0x / 2.4x at 100x64x3x3 stride 1,
+# 1.3x / 0.9x at 14x14 stride 2; the loops were faster at 7x7 stride 1 (im2col 0.71x)
+# and the 14x14 and 28x28 "same" layers (0.24-0.71x), which copy whole tap rows.
 # Float32 with column stride 2 takes the stride-2 passes instead (STRIDE2, where AVX2
-# was compiled in), at any output size.
+# was compiled in) at outputs of STRIDE2_MIN_COLUMNS columns and wider: against the
+# loops, im2col 3.5x / col2im 1.5x at 80x1x28x28 stride 2, 1.8x / 0.9x at 14x14 (and
+# against the previous table, interleaved in one process at 25x64x14x14 in the batch
+# layout, 1.4x / 1.25x).
 cdef Py_ssize_t TABLE_MAX_SAME_COLUMNS = 32
 cdef Py_ssize_t TABLE_MAX_COLUMNS = 100
 cdef Py_ssize_t TABLE_MAX_ENTRIES = 1 << 16
