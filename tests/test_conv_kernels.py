@@ -191,6 +191,10 @@ def test_threaded_planes_give_the_same_result():
         for layout in ("image", "batch"):
             _check_equal(x, (3, 2), (2, 1), (1, 2), (2, 1), 0.0, layout)
             _check_equal(x.astype(np.float32), (3, 3), (1, 1), (1, 1), (1, 1), -np.inf, layout)
+            # each thread has its own scratch planes (stride-2 passes: 15 output columns)
+            wide = np.random.default_rng(8).standard_normal((3, 5, 9, 30)).astype(np.float32)
+            _check_equal(wide, (3, 3), (2, 2), (1, 1), (1, 1), 0.0, layout)
+            _check_equal(wide[:, :, :4, :8], (3, 3), (2, 2), (1, 1), (1, 1), 0.0, layout)   # table
     finally:
         _cpu_conv.set_thread_min_elements(old_min)
         _cpu_conv.set_num_threads(old_threads)
