@@ -482,8 +482,10 @@ cdef Py_ssize_t TABLE_MAX_SAME_COLUMNS = 32
 cdef Py_ssize_t TABLE_MAX_COLUMNS = 100
 cdef Py_ssize_t TABLE_MAX_ENTRIES = 1 << 16
 # Those passes take planes in groups of about this many columns per tap (at least one
-# plane), so that their inner loops are long even where one plane has 4 columns.
-cdef Py_ssize_t GROUP_COLUMNS = 128
+# plane), so that their inner loops are long even where one plane has 4 columns
+# (col2im at 800x64x4x4 stride 2: one plane per pass 2.5x slower than 128 columns;
+# 128, 256 and 512 alike within the noise, 256 keeps table and scratch in L1).
+cdef Py_ssize_t GROUP_COLUMNS = 256
 cdef bint STRIDE2 = TGM_CONV_STRIDE2
 # ... for outputs at least this wide: a store of 8 columns then carries 6 or more
 # (at 7x7 -> 4x4 it carried 4 and was no faster than the table, at 4x4 -> 2x2 slower)
