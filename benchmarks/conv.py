@@ -37,7 +37,8 @@ layer on the same arrays and we compare (max relative difference printed).
 
     python benchmarks/conv.py                  # per-layer and total ms, ratios ours / torch
     python benchmarks/conv.py --kernels        # also im2col/col2im: ours vs the numpy reference,
-                                               # and our row loops vs our offset table
+                                               # and our row loops vs our offset table vs
+                                               # our stride-2 passes
     python benchmarks/conv.py --no-torch       # ours only
 """
 from __future__ import annotations
@@ -258,7 +259,7 @@ def kernel_rows(seconds):
         print(f"im2col/col2im kernels unavailable: {cpu.kernel_info()['error']}")
         return
     print(f"\n{'im2col/col2im (float32)':<34} {'ours ms':>8} {'numpy ms':>9} {'numpy/ours':>10}"
-          f" {'loops ms':>9} {'table ms':>9} {'loops/table':>11}")
+          f" {'loops ms':>9} {'table ms':>9} {'loops/table':>11} {'stride-2 ms':>11} {'loops/s2':>8}")
     only_loops, only_table = (0, 0, 0), (1 << 30, 1 << 30, 1 << 30)
     geometry_of = {}
     for layer in LAYERS:
@@ -271,21 +272,29 @@ def kernel_rows(seconds):
                 ("im2col", lambda: ours.im2col(x, *geometry), lambda: reference.im2col(x, *geometry)),
                 ("col2im", lambda: ours.col2im(cols, x.shape, *geometry),
                  lambda: reference.col2im(cols, x.shape, *geometry))):
-            mine_s, theirs_s, loops_s, table_s = [], [], [], []
+            mine_s, theirs_s, loops_s, table_s, stride2_s = [], [], [], [], []
             for _ in range(3):  # alternate blocks
                 mine_s += time_calls(mine, seconds / 6)
                 theirs_s += time_calls(theirs, seconds / 6)
-                # our two paths forced (kernels/cpu/conv.pyx picks one per call)
-                for limits, into in ((only_loops, loops_s), (only_table, table_s)):
+                # our paths forced (kernels/cpu/conv.pyx picks one per call); the
+                # stride-2 passes only for column stride 2 (else the column is blank)
+                forced = [(only_loops, False, loops_s), (only_table, False, table_s)]
+                if s == 2:
+                    forced.append((only_loops, True, stride2_s))
+                for limits, stride2, into in forced:
                     old = ours.set_table_limits(*limits)
+                    old_stride2 = ours.set_stride2(stride2, 1)
                     try:
                         into += time_calls(mine, seconds / 6)
                     finally:
                         ours.set_table_limits(*old)
+                        ours.set_stride2(*old_stride2)
             a, b = statistics.median(mine_s), statistics.median(theirs_s)
             loops, table = statistics.median(loops_s), statistics.median(table_s)
+            s2 = (f" {statistics.median(stride2_s) * 1e3:11.3f} {loops / statistics.median(stride2_s):8.2f}"
+                  if stride2_s else "")
             print(f"{name + ' ' + layer_name(layer):<34} {a * 1e3:8.3f} {b * 1e3:9.3f} {b / a:10.2f}"
-                  f" {loops * 1e3:9.3f} {table * 1e3:9.3f} {loops / table:11.2f}")
+                  f" {loops * 1e3:9.3f} {table * 1e3:9.3f} {loops / table:11.2f}{s2}")
 
 
 # ----------------------------------------------------------------------------------

@@ -75,8 +75,9 @@ def test_same_geometry_fast_path_equals_the_reference(h, w, kernel, padding, dil
             _check_equal(x, kernel, (1, 1), padding, dilation, pad_value, layout)
 
 
-@pytest.mark.parametrize("limits", [(0, 0, 0), (1 << 30, 1 << 30, 1 << 30)],
-                         ids=["row-loops-only", "offset-table-only"])
+@pytest.mark.parametrize("limits", [(0, 0, 0, -1), (1 << 30, 1 << 30, 1 << 30, -1),
+                                    (1 << 30, 1 << 30, 1 << 30, 1)],
+                         ids=["row-loops-only", "offset-table-only", "offset-table-one-plane-per-pass"])
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(1, 3), c=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9),
        dtype=st.sampled_from(["float32", "float64"]), pad_value=st.sampled_from([0.0, -np.inf]),
@@ -89,18 +90,76 @@ def test_row_loops_and_offset_table_each_equal_the_reference(limits, n, c, h, w,
         return
     x = np.random.default_rng(n + 10 * c + 100 * h + 1000 * w).standard_normal((n, c, h, w)).astype(dtype)
     old = _cpu_conv.set_table_limits(*limits)
+    old_stride2 = _cpu_conv.set_stride2(False)
     try:
         _check_equal(x, kernel, stride, padding, dilation, pad_value, layout)
     finally:
         _cpu_conv.set_table_limits(*old)
+        _cpu_conv.set_stride2(*old_stride2)
+
+
+def _check_bitwise(x, geometry, pad_value, layout, cols):
+    # assert_array_equal takes -0.0 == 0.0: compare the bits (col2im's vector path
+    # rewrites elements it does not add to, which must come back unchanged)
+    want = reference.im2col(x, *geometry, pad_value=pad_value, layout=layout)
+    got = _cpu_conv.im2col(x, *geometry, pad_value=pad_value, layout=layout)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+    want_image = reference.col2im(cols, x.shape, *geometry, layout=layout)
+    got_image = _cpu_conv.col2im(cols, x.shape, *geometry, layout=layout)
+    assert got_image.shape == want_image.shape and got_image.dtype == want_image.dtype
+    np.testing.assert_array_equal(got_image.view(np.uint8), want_image.view(np.uint8))
+
+
+@pytest.mark.parametrize("group_columns", [1, 128, 1 << 20], ids=["one-plane", "default", "all-planes"])
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 3), h=st.integers(1, 12), w=st.integers(1, 40),
+       pad_value=st.sampled_from([0.0, -np.inf, 2.5]), layout=st.sampled_from(["image", "batch"]),
+       kernel=GEOMETRY["kernel"], row_stride=st.integers(1, 3), padding=GEOMETRY["padding"],
+       dilation=GEOMETRY["dilation"], negative_zeros=st.booleans())
+def test_stride2_passes_equal_the_reference_bit_for_bit(group_columns, n, c, h, w, pad_value, layout,
+                                                        kernel, row_stride, padding, dilation,
+                                                        negative_zeros):
+    # float32 with column stride 2 runs 8 columns at a time (AVX2), down to outputs one
+    # column wide here; rows of 8+ columns, run ends and odd widths are the edge cases
+    if not _fits(h, w, kernel, padding, dilation):
+        return
+    geometry = (kernel, (row_stride, 2), padding, dilation)
+    rng = np.random.default_rng(n + 10 * c + 100 * h + 1000 * w)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    shape = reference.im2col(x, *geometry, layout=layout).shape
+    cols = rng.standard_normal(shape).astype(np.float32)
+    if negative_zeros:   # sums of -0.0 alone stay -0.0; elements no tap reaches stay +0.0
+        x[..., ::3] = -0.0
+        cols[..., ::2] = -0.0
+    old_limits = _cpu_conv.set_table_limits(-1, -1, -1, group_columns)
+    old = _cpu_conv.set_stride2(True, 1)
+    try:
+        _check_bitwise(x, geometry, pad_value, layout, cols)
+        view = np.repeat(x, 2, axis=3)[..., ::2]   # non-contiguous, the same values
+        _check_bitwise(view, geometry, pad_value, layout, cols)
+    finally:
+        _cpu_conv.set_stride2(*old)
+        _cpu_conv.set_table_limits(*old_limits)
+
+
+@pytest.mark.parametrize("shape", [(25, 64, 14, 14), (5, 64, 28, 28), (25, 1, 28, 28), (7, 3, 15, 17)])
+@pytest.mark.parametrize("layout", ["image", "batch"])
+def test_stride2_passes_at_the_omniglot_shapes(shape, layout):
+    # the default choice (these take the stride-2 passes where AVX2 is built in)
+    x = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
+    _check_equal(x, (3, 3), (2, 2), (1, 1), (1, 1), 0.0, layout)
 
 
 def test_the_offset_table_serves_small_and_strided_outputs_by_default():
     # which path runs is not observable in the result, so check the choice's inputs:
     # the defaults send the 3x3/4x4 and strided Omniglot layers to the table and keep
     # the 14x14 and 28x28 "same" layers on the row loops (kernels/cpu/conv.pyx says why)
-    same_max, strided_max, entries = _cpu_conv.set_table_limits()
-    assert 9 < same_max <= 49 and 49 < strided_max <= 196 and entries >= 9 * 196
+    same_max, strided_max, entries, group_columns = _cpu_conv.set_table_limits()
+    assert 9 < same_max <= 49 and 49 < strided_max <= 196 and entries >= 9 * 196 and group_columns >= 1
+    enabled, min_columns = _cpu_conv.set_stride2(True)
+    _cpu_conv.set_stride2(enabled)
+    assert enabled == _cpu_conv.STRIDE2_BUILT and 4 < min_columns <= 7   # 14x14 -> 7x7 takes them
 
 
 def test_batch_layout_is_the_image_layout_with_images_side_by_side():
@@ -132,6 +191,10 @@ def test_threaded_planes_give_the_same_result():
         for layout in ("image", "batch"):
             _check_equal(x, (3, 2), (2, 1), (1, 2), (2, 1), 0.0, layout)
             _check_equal(x.astype(np.float32), (3, 3), (1, 1), (1, 1), (1, 1), -np.inf, layout)
+            # each thread has its own scratch planes (stride-2 passes: 15 output columns)
+            wide = np.random.default_rng(8).standard_normal((3, 5, 9, 30)).astype(np.float32)
+            _check_equal(wide, (3, 3), (2, 2), (1, 1), (1, 1), 0.0, layout)
+            _check_equal(wide[:, :, :4, :8], (3, 3), (2, 2), (1, 1), (1, 1), 0.0, layout)   # table
     finally:
         _cpu_conv.set_thread_min_elements(old_min)
         _cpu_conv.set_num_threads(old_threads)

@@ -12,6 +12,10 @@ column ``n*OH*OW + oy*OW + ox``; padding taps read ``pad_value``.
   once per tap, so the inner loop has no bounds test and the padding is two short
   fills; in the "same" geometry of unit strides (OW == W) a tap's valid rows are one
   contiguous run, copied in one loop. Exact: it only copies.
+* Small or strided outputs copy planes into zero-bordered (``pad_value``-bordered)
+  scratch planes first, several at a time, and gather from them through one table of
+  offsets, or, in float32 with column stride 2, 8 columns at a time with AVX2 shuffles
+  (the strided Omniglot layers): see ``tgm_conv_table`` and ``tgm_im2col_s2_f32``.
 * :func:`col2im` adds each tap's columns back in the reference's order (taps (i, j) in
   row-major order, each input element starting from 0), so the sums are the same
   floating-point operations in the same order: bitwise equal to the reference.
@@ -26,6 +30,7 @@ messages for every implementation), installed with :func:`set_reference`.
 import numpy as np
 cimport numpy as cnp
 from libc.stdlib cimport free, malloc
+from libc.string cimport memset
 from cython.parallel cimport prange
 
 cnp.import_array()
@@ -152,48 +157,192 @@ cdef extern from *:
     TGM_DEFINE_CONV(double, f64)
 
     /* Small outputs and strided geometries: the loops above run a few elements per
-       row and tap, and their loop overhead costs more than the copy. Every plane of
-       one call reads the same input offsets, so those are tabulated once per call:
-       table[t * oh*ow + l] is the offset inside the plane that tap t of output
-       position l reads, or -1 for a padding tap. Then a plane is one pass of
-       taps * oh*ow table reads; col2im adds tap by tap in the same row-major tap order
-       as the reference (one tap never hits an element twice), so it stays exact. */
-    static void tgm_conv_table(int *restrict table, ptrdiff_t h, ptrdiff_t w, ptrdiff_t kh,
-            ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw,
-            ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t oh, ptrdiff_t ow) {
+       row and tap, and their loop overhead costs more than the copy. Instead planes are
+       first copied into scratch planes with a border of padding ((h + 2ph) x (w + 2pw),
+       in L1), where every tap of every output position is a valid element, so a
+       gather is one read per column with no bounds test; and several planes go
+       through one pass, so each inner loop runs over the columns of all of them (a
+       4x4 stride-2 output has 4 columns per plane and tap).
+       The offsets are tabulated once per call (every group of planes reads the same
+       ones): "runs" of run_len contiguous columns, table_run entries apart in the
+       table. col2im adds run by run into zeroed scratch planes, then copies their
+       interiors out; each element gets its taps in row-major order from 0, as in the
+       reference, so it stays exact. */
+    static void tgm_conv_table(int *restrict table, ptrdiff_t planes, ptrdiff_t plane_stride,
+            ptrdiff_t row_width, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw,
+            ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t oh, ptrdiff_t ow, int taps_outer) {
+        /* taps_outer: tap-major (a run per tap holding every plane's columns: the
+           batch layout) or plane-major (one run: the per-image layout) */
+        ptrdiff_t length = oh * ow, taps = kh * kw;
+        for (ptrdiff_t p = 0; p < planes; p++)
         for (ptrdiff_t i = 0; i < kh; i++)
-        for (ptrdiff_t j = 0; j < kw; j++)
-        for (ptrdiff_t oy = 0; oy < oh; oy++)
-        for (ptrdiff_t ox = 0; ox < ow; ox++) {
-            ptrdiff_t iy = oy * sh - ph + i * dh, ix = ox * sw - pw + j * dw;
-            *table++ = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? (int)(iy * w + ix) : -1;
+        for (ptrdiff_t j = 0; j < kw; j++) {
+            ptrdiff_t t = i * kw + j;
+            int *restrict at = table + (taps_outer ? (t * planes + p) * length : (p * taps + t) * length);
+            for (ptrdiff_t oy = 0; oy < oh; oy++)
+            for (ptrdiff_t ox = 0; ox < ow; ox++)
+                at[oy * ow + ox] = (int)(p * plane_stride + (oy * sh + i * dh) * row_width + ox * sw + j * dw);
         }
     }
     #define TGM_DEFINE_TABLE(T, SFX)                                                     \\
-    static void tgm_im2col_table_##SFX(const T *restrict plane, T *restrict rows,         \\
-            const int *restrict table, ptrdiff_t taps, ptrdiff_t length,                  \\
-            ptrdiff_t tap_stride, T pad) {                                                \\
-        for (ptrdiff_t t = 0; t < taps; t++) {                                            \\
-            T *restrict row = rows + t * tap_stride;                                      \\
-            const int *restrict at = table + t * length;                                  \\
-            for (ptrdiff_t l = 0; l < length; l++) row[l] = at[l] >= 0 ? plane[at[l]] : pad; \\
+    /* count planes (src_stride apart) -> the interiors of scratch planes of      \\
+       (h + 2ph) x (w + 2pw), scratch_stride apart; the borders stay as they are */ \\
+    static TGM_CONV_NO_MEMCPY void tgm_pad_planes_##SFX(const T *restrict src,            \\
+            ptrdiff_t src_stride, T *restrict scratch, ptrdiff_t scratch_stride,           \\
+            ptrdiff_t count, ptrdiff_t h, ptrdiff_t w, ptrdiff_t ph, ptrdiff_t pw) {       \\
+        ptrdiff_t row_width = w + 2 * pw;                                                 \\
+        for (ptrdiff_t p = 0; p < count; p++)                                             \\
+        for (ptrdiff_t y = 0; y < h; y++) {                                               \\
+            const T *restrict from = src + p * src_stride + y * w;                        \\
+            T *restrict to = scratch + p * scratch_stride + (y + ph) * row_width + pw;    \\
+            for (ptrdiff_t x = 0; x < w; x++) to[x] = from[x];                            \\
         }                                                                                 \\
     }                                                                                     \\
-    static void tgm_col2im_table_##SFX(const T *restrict rows, T *restrict plane,         \\
-            const int *restrict table, ptrdiff_t taps, ptrdiff_t length,                  \\
-            ptrdiff_t tap_stride, ptrdiff_t plane_size) {                                 \\
-        memset(plane, 0, (size_t)plane_size * sizeof(T));                                 \\
-        for (ptrdiff_t t = 0; t < taps; t++) {                                            \\
-            const T *restrict row = rows + t * tap_stride;                                \\
-            const int *restrict at = table + t * length;                                  \\
-            for (ptrdiff_t l = 0; l < length; l++)                                        \\
-                if (at[l] >= 0) plane[at[l]] += row[l];                                   \\
+    /* the reverse: the interiors of count scratch planes -> planes dst_stride apart */  \\
+    static TGM_CONV_NO_MEMCPY void tgm_unpad_planes_##SFX(const T *restrict scratch,      \\
+            ptrdiff_t scratch_stride, T *restrict dst, ptrdiff_t dst_stride,               \\
+            ptrdiff_t count, ptrdiff_t h, ptrdiff_t w, ptrdiff_t ph, ptrdiff_t pw) {       \\
+        ptrdiff_t row_width = w + 2 * pw;                                                 \\
+        for (ptrdiff_t p = 0; p < count; p++)                                             \\
+        for (ptrdiff_t y = 0; y < h; y++) {                                               \\
+            const T *restrict from = scratch + p * scratch_stride + (y + ph) * row_width + pw; \\
+            T *restrict to = dst + p * dst_stride + y * w;                                \\
+            for (ptrdiff_t x = 0; x < w; x++) to[x] = from[x];                            \\
+        }                                                                                 \\
+    }                                                                                     \\
+    static void tgm_gather_runs_##SFX(const T *restrict src, T *restrict out,             \\
+            const int *restrict table, ptrdiff_t runs, ptrdiff_t run_len,                 \\
+            ptrdiff_t table_run, ptrdiff_t out_run) {                                     \\
+        for (ptrdiff_t r = 0; r < runs; r++) {                                            \\
+            T *restrict o = out + r * out_run;                                            \\
+            const int *restrict at = table + r * table_run;                               \\
+            for (ptrdiff_t l = 0; l < run_len; l++) o[l] = src[at[l]];                    \\
+        }                                                                                 \\
+    }                                                                                     \\
+    /* runs in order; inside a run in order too (a plane-major run holds several taps  \\
+       of one element, added in row-major tap order) */                               \\
+    static void tgm_scatter_add_runs_##SFX(const T *restrict in, T *restrict dst,         \\
+            const int *restrict table, ptrdiff_t runs, ptrdiff_t run_len,                 \\
+            ptrdiff_t table_run, ptrdiff_t in_run) {                                      \\
+        for (ptrdiff_t r = 0; r < runs; r++) {                                            \\
+            const T *restrict i = in + r * in_run;                                        \\
+            const int *restrict at = table + r * table_run;                               \\
+            for (ptrdiff_t l = 0; l < run_len; l++) dst[at[l]] += i[l];                   \\
         }                                                                                 \\
     }
     TGM_DEFINE_TABLE(float, f32)
     TGM_DEFINE_TABLE(double, f64)
+
+    /* Column stride 2 in float32 (the strided Omniglot layers), on padded scratch
+       planes as above but with no table: a tap's output row is the even elements of
+       2*ow padded floats, with AVX2 8 at a time from two loads and two shuffles (an
+       L1 gather costs ~0.6 ns per element here, this ~0.06). A store writes 8
+       columns; those past the row belong to later rows of the same run, written after
+       it (stores go in increasing order), so only a run's last columns go one by one.
+       Reads (and col2im's rewrites of unchanged values) reach up to 15 floats past a
+       padded row: scratch blocks end with TGM_CONV_MARGIN spare floats.
+       Segments (plane p, tap t) of ow*oh columns: in the batch layout a run per tap
+       holding the count planes' columns side by side, else one run, planes then taps. */
+    #define TGM_CONV_MARGIN 32
+    #if defined(__AVX2__)
+    #include <immintrin.h>
+    #define TGM_CONV_STRIDE2 1
+    #else
+    #define TGM_CONV_STRIDE2 0
+    #endif
+    /* one segment: oh rows of ow columns at o[at], from padded rows sh*row_width apart;
+       at + 8 <= limit: a store of 8 there stays inside what is written after it */
+    static inline void tgm_im2col_s2_segment(const float *restrict from, float *restrict o,
+            ptrdiff_t at, ptrdiff_t limit, ptrdiff_t row_step, ptrdiff_t oh, ptrdiff_t ow) {
+        for (ptrdiff_t oy = 0; oy < oh; oy++, from += row_step, at += ow) {
+            ptrdiff_t ox = 0;
+    #if TGM_CONV_STRIDE2
+            for (; ox < ow && at + ox + 8 <= limit; ox += 8) {
+                __m256 a = _mm256_loadu_ps(from + 2 * ox), b = _mm256_loadu_ps(from + 2 * ox + 8);
+                /* the evens come in lane order 0 1 4 5 | 2 3 6 7: put them back in order */
+                __m256 even = _mm256_shuffle_ps(a, b, 0x88);
+                _mm256_storeu_ps(o + at + ox, _mm256_castpd_ps(
+                    _mm256_permute4x64_pd(_mm256_castps_pd(even), 0xD8)));
+            }
+    #endif
+            for (; ox < ow; ox++) o[at + ox] = from[2 * ox];
+        }
+    }
+    static void tgm_im2col_s2_f32(const float *restrict scratch, ptrdiff_t scratch_stride,
+            ptrdiff_t row_width, ptrdiff_t count, float *restrict out, ptrdiff_t out_run,
+            int batch_layout, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t dh,
+            ptrdiff_t dw, ptrdiff_t oh, ptrdiff_t ow) {
+        ptrdiff_t length = oh * ow, row_step = sh * row_width;
+        if (batch_layout) {
+            for (ptrdiff_t i = 0; i < kh; i++)
+            for (ptrdiff_t j = 0; j < kw; j++) {
+                float *restrict o = out + (i * kw + j) * out_run;
+                const float *from = scratch + i * dh * row_width + j * dw;
+                for (ptrdiff_t p = 0; p < count; p++)
+                    tgm_im2col_s2_segment(from + p * scratch_stride, o, p * length, count * length,
+                                          row_step, oh, ow);
+            }
+            return;
+        }
+        for (ptrdiff_t p = 0, at = 0; p < count; p++)
+        for (ptrdiff_t i = 0; i < kh; i++)
+        for (ptrdiff_t j = 0; j < kw; j++, at += length)
+            tgm_im2col_s2_segment(scratch + p * scratch_stride + i * dh * row_width + j * dw, out,
+                                  at, count * kh * kw * length, row_step, oh, ow);
+    }
+    /* The adjoint of a segment, into zeroed scratch: each column added to its even
+       element (a blend keeps the odd ones and the lanes past the row untouched, bit for
+       bit); reads of the columns stay below limit. */
+    static inline void tgm_col2im_s2_segment(const float *restrict in, float *restrict to,
+            ptrdiff_t at, ptrdiff_t limit, ptrdiff_t row_step, ptrdiff_t oh, ptrdiff_t ow) {
+    #if TGM_CONV_STRIDE2
+        /* lane k of the shuffled evens holds element order[k] of the 8 */
+        const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+    #endif
+        for (ptrdiff_t oy = 0; oy < oh; oy++, to += row_step, at += ow) {
+            ptrdiff_t ox = 0;
+    #if TGM_CONV_STRIDE2
+            for (; ox < ow && at + ox + 8 <= limit; ox += 8) {
+                __m256 a = _mm256_loadu_ps(to + 2 * ox), b = _mm256_loadu_ps(to + 2 * ox + 8);
+                __m256 even = _mm256_shuffle_ps(a, b, 0x88), odd = _mm256_shuffle_ps(a, b, 0xDD);
+                __m256 add = _mm256_castpd_ps(_mm256_permute4x64_pd(
+                    _mm256_castps_pd(_mm256_loadu_ps(in + at + ox)), 0xD8));
+                __m256 inside = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+                    _mm256_set1_epi32((int)(ow - ox)), order));
+                even = _mm256_blendv_ps(even, _mm256_add_ps(even, add), inside);
+                _mm256_storeu_ps(to + 2 * ox, _mm256_unpacklo_ps(even, odd));
+                _mm256_storeu_ps(to + 2 * ox + 8, _mm256_unpackhi_ps(even, odd));
+            }
+    #endif
+            for (; ox < ow; ox++) to[2 * ox] += in[at + ox];
+        }
+    }
+    /* taps in row-major order for every plane, as the reference adds them */
+    static void tgm_col2im_s2_f32(const float *restrict in, ptrdiff_t in_run,
+            float *restrict scratch, ptrdiff_t scratch_stride, ptrdiff_t row_width,
+            ptrdiff_t count, int batch_layout, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh,
+            ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t oh, ptrdiff_t ow) {
+        ptrdiff_t length = oh * ow, row_step = sh * row_width;
+        if (batch_layout) {
+            for (ptrdiff_t i = 0; i < kh; i++)
+            for (ptrdiff_t j = 0; j < kw; j++) {
+                const float *restrict run = in + (i * kw + j) * in_run;
+                float *to = scratch + i * dh * row_width + j * dw;
+                for (ptrdiff_t p = 0; p < count; p++)
+                    tgm_col2im_s2_segment(run, to + p * scratch_stride, p * length, count * length,
+                                          row_step, oh, ow);
+            }
+            return;
+        }
+        for (ptrdiff_t p = 0, at = 0; p < count; p++)
+        for (ptrdiff_t i = 0; i < kh; i++)
+        for (ptrdiff_t j = 0; j < kw; j++, at += length)
+            tgm_col2im_s2_segment(in, scratch + p * scratch_stride + i * dh * row_width + j * dw,
+                                  at, count * kh * kw * length, row_step, oh, ow);
+    }
     """
     int TGM_CONV_OPENMP
+    int TGM_CONV_MARGIN
     const char *TGM_CFLAGS
     int tgm_conv_max_threads() nogil
     void tgm_im2col_plane_f32(const float *plane, float *rows, Py_ssize_t h, Py_ssize_t w,
@@ -212,17 +361,39 @@ cdef extern from *:
                               Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                               Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
                               Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t tap_stride) nogil
-    void tgm_conv_table(int *table, Py_ssize_t h, Py_ssize_t w, Py_ssize_t kh, Py_ssize_t kw,
-                        Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                        Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t oh, Py_ssize_t ow) nogil
-    void tgm_im2col_table_f32(const float *plane, float *rows, const int *table, Py_ssize_t taps,
-                              Py_ssize_t length, Py_ssize_t tap_stride, float pad) nogil
-    void tgm_im2col_table_f64(const double *plane, double *rows, const int *table, Py_ssize_t taps,
-                              Py_ssize_t length, Py_ssize_t tap_stride, double pad) nogil
-    void tgm_col2im_table_f32(const float *rows, float *plane, const int *table, Py_ssize_t taps,
-                              Py_ssize_t length, Py_ssize_t tap_stride, Py_ssize_t plane_size) nogil
-    void tgm_col2im_table_f64(const double *rows, double *plane, const int *table, Py_ssize_t taps,
-                              Py_ssize_t length, Py_ssize_t tap_stride, Py_ssize_t plane_size) nogil
+    void tgm_conv_table(int *table, Py_ssize_t planes, Py_ssize_t plane_stride,
+                        Py_ssize_t row_width, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                        Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t oh,
+                        Py_ssize_t ow, int taps_outer) nogil
+    int TGM_CONV_STRIDE2
+    void tgm_im2col_s2_f32(const float *scratch, Py_ssize_t scratch_stride, Py_ssize_t row_width,
+                           Py_ssize_t count, float *out, Py_ssize_t out_run, int batch_layout,
+                           Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t dh,
+                           Py_ssize_t dw, Py_ssize_t oh, Py_ssize_t ow) nogil
+    void tgm_col2im_s2_f32(const float *inp, Py_ssize_t in_run, float *scratch,
+                           Py_ssize_t scratch_stride, Py_ssize_t row_width, Py_ssize_t count,
+                           int batch_layout, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                           Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t oh, Py_ssize_t ow) nogil
+    void tgm_pad_planes_f32(const float *src, Py_ssize_t src_stride, float *scratch,
+                            Py_ssize_t scratch_stride, Py_ssize_t count, Py_ssize_t h,
+                            Py_ssize_t w, Py_ssize_t ph, Py_ssize_t pw) nogil
+    void tgm_unpad_planes_f32(const float *scratch, Py_ssize_t scratch_stride, float *dst,
+                              Py_ssize_t dst_stride, Py_ssize_t count, Py_ssize_t h,
+                              Py_ssize_t w, Py_ssize_t ph, Py_ssize_t pw) nogil
+    void tgm_gather_runs_f32(const float *src, float *out, const int *table, Py_ssize_t runs,
+                             Py_ssize_t run_len, Py_ssize_t table_run, Py_ssize_t out_run) nogil
+    void tgm_scatter_add_runs_f32(const float *inp, float *dst, const int *table, Py_ssize_t runs,
+                                  Py_ssize_t run_len, Py_ssize_t table_run, Py_ssize_t in_run) nogil
+    void tgm_pad_planes_f64(const double *src, Py_ssize_t src_stride, double *scratch,
+                            Py_ssize_t scratch_stride, Py_ssize_t count, Py_ssize_t h,
+                            Py_ssize_t w, Py_ssize_t ph, Py_ssize_t pw) nogil
+    void tgm_unpad_planes_f64(const double *scratch, Py_ssize_t scratch_stride, double *dst,
+                              Py_ssize_t dst_stride, Py_ssize_t count, Py_ssize_t h,
+                              Py_ssize_t w, Py_ssize_t ph, Py_ssize_t pw) nogil
+    void tgm_gather_runs_f64(const double *src, double *out, const int *table, Py_ssize_t runs,
+                             Py_ssize_t run_len, Py_ssize_t table_run, Py_ssize_t out_run) nogil
+    void tgm_scatter_add_runs_f64(const double *inp, double *dst, const int *table, Py_ssize_t runs,
+                                  Py_ssize_t run_len, Py_ssize_t table_run, Py_ssize_t in_run) nogil
 
 # Threads only above this many column elements: by default never. Both passes are
 # memory-bound (im2col at the largest Omniglot layer, 11.3M columns, took 27 ms against
@@ -287,53 +458,117 @@ cdef struct Geometry:
     Py_ssize_t n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow
     bint batch_layout      # columns (C*kh*kw, N*OH*OW) instead of (N, C*kh*kw, OH*OW)
     int *table             # the tabulated offsets (tgm_conv_table) or NULL: see _table_for
+    bint stride2           # the column-stride-2 float32 passes (tgm_im2col_s2_f32), no table
+    Py_ssize_t group       # planes per pass of those two
+    Py_ssize_t scratch_plane   # elements of one padded scratch plane; 0 without padding,
+                               # where the tabulated passes read or write the planes in place
 
 
 # The tabulated passes (tgm_conv_table) run where the loops over rows would run only a
 # few elements per row and tap: outputs of fewer than TABLE_MAX_SAME_COLUMNS positions
 # in the "same" geometry (unit strides, OW == W), fewer than TABLE_MAX_COLUMNS in every
 # other one, if the table has at most TABLE_MAX_ENTRIES entries. Measured with
-# benchmarks/conv.py --kernels (whole batches, per-image layout; loops/table time): the
-# table made im2col 6.6x / col2im 2.8x faster at 80x64x4x4 stride 2, 2.9x / 1.6x at 7x7
-# stride 2, 2.2x / 2.8x at 100x64x3x3 stride 1, 1.8x / 1.4x at 14x14 stride 2; the loops
-# were faster or even at 28x28 stride 2 (1.0x / 0.9x), 7x7 stride 1 (im2col 0.74x) and
-# the 14x14 and 28x28 "same" layers (0.2-0.85x), which copy whole tap rows.
+# benchmarks/conv.py --kernels (whole batches, per-image layout; loops/table time, one
+# run on the shared 2-core machine): the table made im2col 6.1x / col2im 2.7x faster at
+# 80x64x4x4 stride 2, 2.7x / 1.5x at 7x7 stride 2, 2.0x / 2.4x at 100x64x3x3 stride 1,
+# 1.3x / 0.9x at 14x14 stride 2; the loops were faster at 7x7 stride 1 (im2col 0.71x)
+# and the 14x14 and 28x28 "same" layers (0.24-0.71x), which copy whole tap rows.
+# Float32 with column stride 2 takes the stride-2 passes instead (STRIDE2, where AVX2
+# was compiled in) at outputs of STRIDE2_MIN_COLUMNS columns and wider: against the
+# loops, im2col 3.5x / col2im 1.5x at 80x1x28x28 stride 2, 1.8x / 0.9x at 14x14 (and
+# against the previous table, interleaved in one process at 25x64x14x14 in the batch
+# layout, 1.4x / 1.25x).
 cdef Py_ssize_t TABLE_MAX_SAME_COLUMNS = 32
 cdef Py_ssize_t TABLE_MAX_COLUMNS = 100
 cdef Py_ssize_t TABLE_MAX_ENTRIES = 1 << 16
+# Those passes take planes in groups of about this many columns per tap (at least one
+# plane), so that their inner loops are long even where one plane has 4 columns
+# (col2im at 800x64x4x4 stride 2: one plane per pass 2.5x slower than 128 columns;
+# 128, 256 and 512 alike within the noise, 256 keeps table and scratch in L1).
+cdef Py_ssize_t GROUP_COLUMNS = 256
+cdef bint STRIDE2 = TGM_CONV_STRIDE2
+# ... for outputs at least this wide: a store of 8 columns then carries 6 or more
+# (at 7x7 -> 4x4 it carried 4 and was no faster than the table, at 4x4 -> 2x2 slower)
+cdef Py_ssize_t STRIDE2_MIN_COLUMNS = 6
+STRIDE2_BUILT = bool(TGM_CONV_STRIDE2)
 
 
 def set_table_limits(Py_ssize_t max_same_columns=-1, Py_ssize_t max_columns=-1,
-                     Py_ssize_t max_entries=-1):
+                     Py_ssize_t max_entries=-1, Py_ssize_t group_columns=-1):
     """Set when the tabulated passes run (-1 keeps a value; max_entries=0 turns them
-    off); returns the old (max_same_columns, max_columns, max_entries), so
-    ``set_table_limits(*old)`` restores them. For tuning and for tests that force each
-    path."""
-    global TABLE_MAX_SAME_COLUMNS, TABLE_MAX_COLUMNS, TABLE_MAX_ENTRIES
-    old = (TABLE_MAX_SAME_COLUMNS, TABLE_MAX_COLUMNS, TABLE_MAX_ENTRIES)
+    off) and how many columns per tap one pass takes (``group_columns``; 1: one plane
+    at a time); returns the old (max_same_columns, max_columns, max_entries,
+    group_columns), so ``set_table_limits(*old)`` restores them. For tuning and for
+    tests that force each path."""
+    global TABLE_MAX_SAME_COLUMNS, TABLE_MAX_COLUMNS, TABLE_MAX_ENTRIES, GROUP_COLUMNS
+    old = (TABLE_MAX_SAME_COLUMNS, TABLE_MAX_COLUMNS, TABLE_MAX_ENTRIES, GROUP_COLUMNS)
     if max_same_columns >= 0:
         TABLE_MAX_SAME_COLUMNS = max_same_columns
     if max_columns >= 0:
         TABLE_MAX_COLUMNS = max_columns
     if max_entries >= 0:
         TABLE_MAX_ENTRIES = max_entries
+    if group_columns >= 0:
+        GROUP_COLUMNS = group_columns
     return old
 
 
-cdef int _table_for(Geometry *g) except -1:
-    """Fill g.table when the tabulated passes apply (the caller frees it)."""
-    cdef Py_ssize_t columns = g.oh * g.ow, entries = g.kh * g.kw * g.oh * g.ow
+def set_stride2(bint enabled, Py_ssize_t min_columns=-1):
+    """Turn the column-stride-2 float32 passes on or off (on by default where
+    ``STRIDE2_BUILT``; off, those calls take the table or the row loops) and set the
+    narrowest output they take (``min_columns``, -1 keeps it); returns the old
+    (enabled, min_columns). Where AVX2 was not compiled in they run scalar loops."""
+    global STRIDE2, STRIDE2_MIN_COLUMNS
+    old = (STRIDE2, STRIDE2_MIN_COLUMNS)
+    STRIDE2 = enabled
+    if min_columns >= 0:
+        STRIDE2_MIN_COLUMNS = min_columns
+    return old
+
+
+cdef Py_ssize_t _group_size(Geometry *g, Py_ssize_t columns) noexcept:
+    cdef Py_ssize_t planes = g.n if g.batch_layout else g.n * g.c
+    return max(1, min((GROUP_COLUMNS + columns - 1) // columns, planes))
+
+
+cdef int _table_for(Geometry *g, bint f32) except -1:
+    """Choose the passes of one call: fill g.table (the caller frees it) or set
+    g.stride2, with g.group and g.scratch_plane; neither: the row loops."""
+    cdef Py_ssize_t columns = g.oh * g.ow, taps = g.kh * g.kw
+    cdef Py_ssize_t row_width = g.w + 2 * g.pw, padded = (g.h + 2 * g.ph) * row_width
+    cdef Py_ssize_t plane_stride, group
     cdef bint same = g.sh == 1 and g.sw == 1 and g.ow == g.w
     g.table = NULL
-    if entries == 0 or entries > TABLE_MAX_ENTRIES or g.h * g.w >= (1 << 30):
+    g.stride2 = False
+    g.group = 1
+    g.scratch_plane = 0
+    if columns * taps == 0 or padded > 4 * taps * columns:
+        return 0   # (large strides: copying a plane into scratch would cost more than its gather)
+    if STRIDE2 and f32 and g.sw == 2 and g.ow >= STRIDE2_MIN_COLUMNS and padded < (1 << 24):
+        g.stride2 = True
+        g.group = _group_size(g, columns)
+        g.scratch_plane = padded
+        return 0
+    if columns * taps > TABLE_MAX_ENTRIES:
         return 0
     if columns >= (TABLE_MAX_SAME_COLUMNS if same else TABLE_MAX_COLUMNS):
         return 0
-    g.table = <int *>malloc(entries * sizeof(int))
+    group = min(_group_size(g, columns), max(1, TABLE_MAX_ENTRIES // (taps * columns)))
+    if g.ph or g.pw:
+        g.scratch_plane = padded
+        plane_stride = padded
+    else:   # the planes themselves, as they lie in the input (or the image) array
+        row_width = g.w
+        plane_stride = g.c * g.h * g.w if g.batch_layout else g.h * g.w
+    if group * plane_stride + padded >= (1 << 31):
+        g.scratch_plane = 0
+        return 0   # int offsets
+    g.group = group
+    g.table = <int *>malloc(group * taps * columns * sizeof(int))
     if g.table == NULL:
         raise MemoryError("im2col/col2im: could not allocate the offset table")
-    tgm_conv_table(g.table, g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw,
-                   g.oh, g.ow)
+    tgm_conv_table(g.table, group, plane_stride, row_width, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw,
+                   g.oh, g.ow, g.batch_layout)
     return 0
 
 
@@ -353,14 +588,6 @@ cdef inline Py_ssize_t _rows_offset(Py_ssize_t p, Geometry *g) noexcept nogil:
 cdef inline void _im2col_plane(const char *src, char *dst, Py_ssize_t p, Geometry *g,
                                bint f32, double pad) noexcept nogil:
     cdef Py_ssize_t plane_in = g.h * g.w, rows = _rows_offset(p, g), tap_stride = _tap_stride(g)
-    if g.table != NULL:
-        if f32:
-            tgm_im2col_table_f32(<const float *>src + p * plane_in, <float *>dst + rows, g.table,
-                                 g.kh * g.kw, g.oh * g.ow, tap_stride, <float>pad)
-        else:
-            tgm_im2col_table_f64(<const double *>src + p * plane_in, <double *>dst + rows, g.table,
-                                 g.kh * g.kw, g.oh * g.ow, tap_stride, pad)
-        return
     if f32:
         tgm_im2col_plane_f32(<const float *>src + p * plane_in, <float *>dst + rows,
                              g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw,
@@ -374,14 +601,6 @@ cdef inline void _im2col_plane(const char *src, char *dst, Py_ssize_t p, Geometr
 cdef inline void _col2im_plane(const char *src, char *dst, Py_ssize_t p, Geometry *g,
                                bint f32) noexcept nogil:
     cdef Py_ssize_t plane_in = g.h * g.w, rows = _rows_offset(p, g), tap_stride = _tap_stride(g)
-    if g.table != NULL:
-        if f32:
-            tgm_col2im_table_f32(<const float *>src + rows, <float *>dst + p * plane_in, g.table,
-                                 g.kh * g.kw, g.oh * g.ow, tap_stride, plane_in)
-        else:
-            tgm_col2im_table_f64(<const double *>src + rows, <double *>dst + p * plane_in, g.table,
-                                 g.kh * g.kw, g.oh * g.ow, tap_stride, plane_in)
-        return
     if f32:
         tgm_col2im_plane_f32(<const float *>src + rows, <float *>dst + p * plane_in,
                              g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw,
@@ -402,24 +621,146 @@ cdef inline Py_ssize_t _plane(Py_ssize_t q, Geometry *g) noexcept nogil:
     return q
 
 
-cdef void _run(const char *src, char *dst, Py_ssize_t planes, Geometry *g, bint f32,
-               double pad, bint adjoint) noexcept nogil:
-    """Every (image, channel) plane, threaded when large enough (no parallel region at
-    all otherwise: opening one costs microseconds even for one thread)."""
-    cdef Py_ssize_t q
-    cdef int nt = _threads_for(planes * g.kh * g.kw * g.oh * g.ow)
-    if nt <= 1 or planes < 2:
-        for q in range(planes):
-            if adjoint:
-                _col2im_plane(src, dst, _plane(q, g), g, f32)
+cdef void _group_pass(const char *src, char *dst, Py_ssize_t q, Geometry *g, bint f32,
+                      bint adjoint, char *scratch) noexcept nogil:
+    """The q-th group of g.group planes through the table or the stride-2 passes: in
+    the batch layout images of one channel (whose columns lie side by side in each tap
+    row), in the per-image layout consecutive planes (one contiguous stretch of columns)."""
+    cdef Py_ssize_t taps = g.kh * g.kw, columns = g.oh * g.ow, per_channel, channel, first
+    cdef Py_ssize_t count, plane_offset, plane_stride, cols_offset, runs, run_len
+    cdef Py_ssize_t table_run, cols_run, p, item = 4 if f32 else 8
+    cdef Py_ssize_t row_width = g.w + 2 * g.pw
+    cdef char *planes
+    cdef char *target
+    if g.batch_layout:
+        per_channel = (g.n + g.group - 1) // g.group
+        channel = q // per_channel
+        first = (q % per_channel) * g.group
+        count = min(g.group, g.n - first)
+        plane_offset = (first * g.c + channel) * g.h * g.w
+        plane_stride = g.c * g.h * g.w
+        cols_offset = channel * taps * g.n * columns + first * columns
+        runs, run_len, table_run, cols_run = taps, count * columns, g.group * columns, g.n * columns
+    else:
+        first = q * g.group
+        count = min(g.group, g.n * g.c - first)
+        plane_offset = first * g.h * g.w
+        plane_stride = g.h * g.w
+        cols_offset = first * taps * columns
+        runs, run_len, table_run, cols_run = 1, count * taps * columns, 0, 0
+    if not adjoint:
+        if g.scratch_plane:
+            if f32:
+                tgm_pad_planes_f32(<const float *>src + plane_offset, plane_stride, <float *>scratch,
+                                   g.scratch_plane, count, g.h, g.w, g.ph, g.pw)
             else:
-                _im2col_plane(src, dst, _plane(q, g), g, f32, pad)
+                tgm_pad_planes_f64(<const double *>src + plane_offset, plane_stride,
+                                   <double *>scratch, g.scratch_plane, count, g.h, g.w, g.ph, g.pw)
+            src = scratch
+        else:
+            src = src + plane_offset * item
+        if g.stride2:
+            tgm_im2col_s2_f32(<const float *>src, g.scratch_plane, row_width, count,
+                              <float *>dst + cols_offset, cols_run, g.batch_layout,
+                              g.kh, g.kw, g.sh, g.dh, g.dw, g.oh, g.ow)
+        elif f32:
+            tgm_gather_runs_f32(<const float *>src, <float *>dst + cols_offset, g.table, runs,
+                                run_len, table_run, cols_run)
+        else:
+            tgm_gather_runs_f64(<const double *>src, <double *>dst + cols_offset, g.table, runs,
+                                run_len, table_run, cols_run)
         return
-    for q in prange(planes, num_threads=nt, schedule="static"):
+    planes = dst + plane_offset * item
+    if g.scratch_plane:
+        memset(scratch, 0, count * g.scratch_plane * item)
+        target = scratch
+    else:
+        for p in range(count):
+            memset(planes + p * plane_stride * item, 0, g.h * g.w * item)
+        target = planes
+    if g.stride2:
+        tgm_col2im_s2_f32(<const float *>src + cols_offset, cols_run, <float *>target,
+                          g.scratch_plane, row_width, count, g.batch_layout,
+                          g.kh, g.kw, g.sh, g.dh, g.dw, g.oh, g.ow)
+    elif f32:
+        tgm_scatter_add_runs_f32(<const float *>src + cols_offset, <float *>target, g.table, runs,
+                                 run_len, table_run, cols_run)
+    else:
+        tgm_scatter_add_runs_f64(<const double *>src + cols_offset, <double *>target, g.table,
+                                 runs, run_len, table_run, cols_run)
+    if g.scratch_plane:
+        if f32:
+            tgm_unpad_planes_f32(<const float *>scratch, g.scratch_plane, <float *>planes,
+                                 plane_stride, count, g.h, g.w, g.ph, g.pw)
+        else:
+            tgm_unpad_planes_f64(<const double *>scratch, g.scratch_plane, <double *>planes,
+                                 plane_stride, count, g.h, g.w, g.ph, g.pw)
+
+
+cdef inline Py_ssize_t _units(Geometry *g) noexcept nogil:
+    """How many passes a call makes: groups of planes (table, stride 2), else planes."""
+    if g.table == NULL and not g.stride2:
+        return g.n * g.c
+    if g.batch_layout:
+        return g.c * ((g.n + g.group - 1) // g.group)
+    return (g.n * g.c + g.group - 1) // g.group
+
+
+cdef inline Py_ssize_t _scratch_elements(Geometry *g) noexcept nogil:
+    if g.scratch_plane == 0:
+        return 0
+    return g.group * g.scratch_plane + TGM_CONV_MARGIN
+
+
+cdef void _run_units(const char *src, char *dst, Py_ssize_t begin, Py_ssize_t end, Geometry *g,
+                     bint f32, double pad, bint adjoint, char *scratch) noexcept nogil:
+    """Passes begin..end-1 of one call, with this thread's scratch planes."""
+    cdef Py_ssize_t q, e, scratch_elements = _scratch_elements(g)
+    if g.table != NULL or g.stride2:
+        if scratch != NULL:
+            # im2col overwrites only the interiors: the padding border is filled once
+            # (col2im zeroes its planes per pass; the margin only needs to be defined)
+            for e in range(scratch_elements):
+                if f32:
+                    (<float *>scratch)[e] = 0.0 if adjoint else <float>pad
+                else:
+                    (<double *>scratch)[e] = 0.0 if adjoint else pad
+        for q in range(begin, end):
+            _group_pass(src, dst, q, g, f32, adjoint, scratch)
+        return
+    for q in range(begin, end):
         if adjoint:
             _col2im_plane(src, dst, _plane(q, g), g, f32)
         else:
             _im2col_plane(src, dst, _plane(q, g), g, f32, pad)
+
+
+cdef int _run(const char *src, char *dst, Geometry *g, bint f32, double pad,
+              bint adjoint) except -1:
+    """Every pass of one call, threaded when large enough (no parallel region at all
+    otherwise: opening one costs microseconds even for one thread); each thread takes
+    one contiguous share of the passes and its own scratch planes."""
+    cdef Py_ssize_t units = _units(g), part, item = 4 if f32 else 8
+    cdef Py_ssize_t scratch_bytes = _scratch_elements(g) * item
+    cdef int nt = _threads_for(g.n * g.c * g.kh * g.kw * g.oh * g.ow)
+    cdef char *scratch = NULL
+    if nt > units:
+        nt = <int>units
+    if nt < 1:
+        nt = 1
+    if scratch_bytes:
+        scratch = <char *>malloc(nt * scratch_bytes)
+        if scratch == NULL:
+            raise MemoryError("im2col/col2im: could not allocate the scratch planes")
+    with nogil:
+        if nt == 1:
+            _run_units(src, dst, 0, units, g, f32, pad, adjoint, scratch)
+        else:
+            for part in prange(nt, num_threads=nt, schedule="static"):
+                _run_units(src, dst, part * units // nt, (part + 1) * units // nt, g, f32, pad,
+                           adjoint, scratch + part * scratch_bytes if scratch != NULL else NULL)
+    free(scratch)
+    return 0
 
 
 cdef Geometry _unpack(tuple geo, str layout, str op):
@@ -427,6 +768,9 @@ cdef Geometry _unpack(tuple geo, str layout, str op):
     g.n, g.c, g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.oh, g.ow = geo
     g.batch_layout = _reference.check_layout(op, layout) == "batch"
     g.table = NULL
+    g.group = 1
+    g.scratch_plane = 0
+    g.stride2 = False
     return g
 
 
@@ -461,10 +805,12 @@ def im2col(x, kernel, stride, padding, dilation, pad_value=0.0, layout="image"):
         dims[1] = g.c * g.kh * g.kw
         dims[2] = g.oh * g.ow
         cols = cnp.PyArray_EMPTY(3, dims, t, 0)
-    _table_for(&g)
-    _run(<const char *>cnp.PyArray_DATA(X), <char *>cnp.PyArray_DATA(cols), g.n * g.c, &g,
-         t == cnp.NPY_FLOAT32, <double>pad_value, False)
-    free(g.table)
+    _table_for(&g, t == cnp.NPY_FLOAT32)
+    try:
+        _run(<const char *>cnp.PyArray_DATA(X), <char *>cnp.PyArray_DATA(cols), &g,
+             t == cnp.NPY_FLOAT32, <double>pad_value, False)
+    finally:
+        free(g.table)
     return cols
 
 
@@ -496,8 +842,10 @@ def col2im(cols, input_shape, kernel, stride, padding, dilation, layout="image")
     dims[3] = g.w
     # every plane is zeroed by its own thread, so no zero-fill pass here
     image = cnp.PyArray_EMPTY(4, dims, t, 0)
-    _table_for(&g)
-    _run(<const char *>cnp.PyArray_DATA(C), <char *>cnp.PyArray_DATA(image), g.n * g.c, &g,
-         t == cnp.NPY_FLOAT32, 0.0, True)
-    free(g.table)
+    _table_for(&g, t == cnp.NPY_FLOAT32)
+    try:
+        _run(<const char *>cnp.PyArray_DATA(C), <char *>cnp.PyArray_DATA(image), &g,
+             t == cnp.NPY_FLOAT32, 0.0, True)
+    finally:
+        free(g.table)
     return image
