@@ -1573,6 +1573,15 @@ def _joined(pieces, be):
     return pieces[0] if len(pieces) == 1 else be.xp.concatenate(pieces)
 
 
+def _stacked(tasks, be):
+    """The tasks' results along a new leading axis; one task's as a view (outside vmap,
+    T = 1: its chunks were joined into a new array already). A single unjoined chunk
+    (a transposed view) is copied, so the result is C-contiguous either way."""
+    if len(tasks) == 1 and tasks[0].flags.c_contiguous:
+        return tasks[0][None]
+    return be.xp.stack(tasks)
+
+
 def _chunked_conv(x, w, geometry, length, chunks, be):
     """conv2d of (T, N, C, H, W) by (T, O, C, kh, kw) chunk by chunk: (T, N, O, L)."""
     o = w.shape[1]
@@ -1587,7 +1596,7 @@ def _chunked_conv(x, w, geometry, length, chunks, be):
             pieces.append(be.matmul(weights, cols).reshape(o, m, length).swapaxes(0, 1))
         tasks.append(_joined(pieces, be))
     # new arrays joined, not writes into a preallocated one: tgm.compile traces joins
-    return be.xp.stack(tasks)
+    return _stacked(tasks, be)
 
 
 def _chunked_conv_input_grad(g, w, input_shape, geometry, chunks, be):
@@ -1602,7 +1611,7 @@ def _chunked_conv_input_grad(g, w, input_shape, geometry, chunks, be):
             m = chunk.stop - chunk.start
             pieces.append(be.col2im(cols, (m,) + tuple(input_shape[1:]), *geometry, layout="batch"))
         tasks.append(_joined(pieces, be))
-    return be.xp.stack(tasks)
+    return _stacked(tasks, be)
 
 
 def _chunked_conv_weight_grad(x, g, weight_shape, geometry, chunks, be):

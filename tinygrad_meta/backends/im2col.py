@@ -38,13 +38,34 @@ def _pair_ok(pair, low):
             and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low for v in pair))
 
 
+_CHECKED = {}  # (op, shape, kernel, stride, padding, dilation) -> the sizes of a valid call
+
+
 def geometry(op, input_shape, kernel, stride, padding, dilation):
     """Check one im2col/col2im call and return its sizes
     ``(n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)`` as Python ints.
 
     Every implementation (this reference, the Cython and CUDA kernels) validates here,
-    so a bad call raises the same ValueError, naming ``op``, whichever one runs.
+    so a bad call raises the same ValueError, naming ``op``, whichever one runs. Valid
+    calls given as tuples are remembered: a conv net repeats a few geometries thousands
+    of times (a chunked convolution checks each chunk), and the checks cost more than
+    the lookup.
     """
+    try:
+        key = (op, tuple(input_shape), kernel, stride, padding, dilation)
+        return _CHECKED[key]
+    except (KeyError, TypeError):  # new, or a list among the pairs (unhashable)
+        pass
+    sizes = _checked_geometry(op, input_shape, kernel, stride, padding, dilation)
+    if type(kernel) is tuple and type(stride) is tuple and type(padding) is tuple \
+            and type(dilation) is tuple:
+        if len(_CHECKED) > 4096:
+            _CHECKED.clear()
+        _CHECKED[(op, tuple(input_shape), kernel, stride, padding, dilation)] = sizes
+    return sizes
+
+
+def _checked_geometry(op, input_shape, kernel, stride, padding, dilation):
     if len(input_shape) != 4:
         raise ValueError(f"{op}: input must be 4-D (N, C, H, W), got shape {tuple(input_shape)}")
     for name, pair, low in (("kernel", kernel, 1), ("stride", stride, 1),
