@@ -56,9 +56,9 @@ cdef extern from *:
 
     /* Shifted sums over one channel: n runs of len values, run r at x + r * stride.
        s1 = sum(x - k), s2 = sum((x - k)^2), and with g (same layout): sg = sum(g),
-       sgd = sum(g * (x - k)), g read as g * (mask > 0) where mask is given (formed a
-       run at a time in buf, len values). Eight partial sums each, combined pairwise at
-       the end. */
+       sgd = sum(g * (x - k)), g read as g * (mask > 0) where mask is given (formed
+       into buf, n * len values, run r at buf + r * len, where the caller's second pass
+       reads it). Eight partial sums each, combined pairwise at the end. */
     #define TGM_LANES 8
     #define TGM_DEFINE_SUMS(T, SUF)                                                     \\
     static void tgm_bn_sums_##SUF(const T *x, const T *g, const T *mask, T *buf,        \\
@@ -71,9 +71,9 @@ cdef extern from *:
             ptrdiff_t i = 0;                                                            \\
             if (g) {                                                                    \\
                 const T *gr = g + r * stride;                                           \\
-                if (mask) {                                                             \\
-                    tgm_relu_mask_##SUF(gr, mask + r * stride, buf, len);               \\
-                    gr = buf;                                                           \\
+                if (mask) {  /* kept, run by run, for the caller's second pass */       \\
+                    tgm_relu_mask_##SUF(gr, mask + r * stride, buf + r * len, len);     \\
+                    gr = buf + r * len;                                                 \\
                 }                                                                       \\
                 for (; i + TGM_LANES <= len; i += TGM_LANES)                            \\
                     for (int l = 0; l < TGM_LANES; l++) {                               \\
@@ -179,10 +179,7 @@ cdef extern from *:
             for (ptrdiff_t r = 0; r < n; r++) {                                         \\
                 const T *xr = xc + r * c * len, *gr = gc + r * c * len;                 \\
                 T *dr = dx + ch * len + r * c * len;                                    \\
-                if (mc) {                                                               \\
-                    tgm_relu_mask_##SUF(gr, mc + r * c * len, buf, len);                \\
-                    gr = buf;                                                           \\
-                }                                                                       \\
+                if (mc) gr = buf + r * len;  /* masked by the sums pass */              \\
                 for (ptrdiff_t i = 0; i < len; i++)                                     \\
                     dr[i] = (gr[i] * a - c0) - (xr[i] - m) * bx;                        \\
             }                                                                           \\
@@ -527,8 +524,9 @@ def batch_norm_train_backward(x, g, weight, double eps, relu_out=None, int lead=
         if not cnp.PyArray_IS_C_CONTIGUOUS(M):
             M = _np_ascontiguousarray(M)
         mp = <const char *>cnp.PyArray_DATA(M)
-        # the masked gradient is formed one run (H*W values) at a time, here
-        s_dims = s
+        # the masked gradient of one channel (N runs of H*W values), formed by the sums
+        # pass and read again by the second (still in cache: not masked twice)
+        s_dims = cnp.PyArray_DIMS(X)[lead] * s
         B = cnp.PyArray_EMPTY(1, &s_dims, t, 0)
         bp = <char *>cnp.PyArray_DATA(B)
     if weight is not None:
