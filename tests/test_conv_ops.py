@@ -389,6 +389,23 @@ def test_batch_norm_under_vmap_equals_a_loop_in_first_and_second_gradients(relu,
     for name, u, v in zip("xw", hx, hy):
         np.testing.assert_allclose(u.numpy(), v.numpy(), err_msg=f"second order {name}", **tol)
 
+
+def test_batch_norm_under_nested_vmaps_equals_a_double_loop_in_first_gradients():
+    # two vmap levels flatten into the kernel's one leading axis; the weight is batched by
+    # the outer vmap only, so the inner examples share it
+    rng = np.random.default_rng(12)
+    xs = rng.standard_normal((2, 3, 4, 2, 3, 3)) * np.arange(1, 4)[None, :, None, None, None, None]
+    ws, c = rng.standard_normal((2, 2)), rng.standard_normal((2, 3, 4, 2, 3, 3))
+    x1, w1, x2, w2 = T(xs, grad=True), T(ws, grad=True), T(xs, grad=True), T(ws, grad=True)
+    inner = lambda x, w: F.batch_norm_relu(x, None, None, w, training=True)  # noqa: E731
+    batched = tgm.vmap(lambda x, w: tgm.vmap(inner, in_axes=(0, None))(x, w))(x1, w1)
+    looped = tgm.stack([tgm.stack([inner(x2[i][j], w2[i]) for j in range(3)]) for i in range(2)])
+    np.testing.assert_allclose(batched.numpy(), looped.numpy(), rtol=1e-12, atol=1e-12)
+    ga = tgm.grad((batched * T(c)).sum(), [x1, w1])
+    gb = tgm.grad((looped * T(c)).sum(), [x2, w2])
+    for name, u, v in zip("xw", ga, gb):
+        np.testing.assert_allclose(u.numpy(), v.numpy(), rtol=1e-12, atol=1e-12, err_msg=name)
+
 @FEW
 @given(st.sampled_from([((3, 4), (4,)), ((2, 2, 3), (2, 3)), ((2, 5), 5)]), st.booleans(),
        st.integers(0, 2 ** 31))
