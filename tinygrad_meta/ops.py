@@ -1796,7 +1796,7 @@ def _batch_norm_grads(o, g, relu_out, ins, params, needs):
     shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
     # first order, one float dtype (numpy, CuPy or tgm.compile's traced arrays): this
     # rule's arithmetic as one array kernel (all three gradients: each is a by-product of
-    # the input gradient's per-channel sums), under vmap once per example
+    # the input gradient's per-channel sums), under vmap one call for the whole batch
     if o.first_order and x.dtype.kind == "f" and all(a.dtype == x.dtype for a in (g,) + tuple(ins)):
         backward = _norm_pool_kernel(o.backend(x), "batch_norm_train_backward")
         grad_x, grad_weight, grad_bias = o.per_example(

@@ -96,6 +96,12 @@ class ProtoNet(MetaLearner):
 
     def logits(self, support_x, support_y, query_x):
         """Negative squared distances (T, Q, N) of each query embedding to each class prototype."""
+        support_x, weights, query_x = self._episode(support_x, support_y, query_x)
+        return self._prototype_logits(support_x, weights, query_x)
+
+    def _episode(self, support_x, support_y, query_x):
+        """(support_x, class weights (T, N, S) from ``class_counts``, query_x), the shapes
+        checked: what ``_prototype_logits`` takes, read from the labels' values."""
         like = self._like()
         support_x, query_x = (_tensor(v, like) for v in (support_x, query_x))
         support_y = support_y.numpy() if isinstance(support_y, Tensor) else np.asarray(support_y)
@@ -103,7 +109,7 @@ class ProtoNet(MetaLearner):
                 or support_x.shape[2:] != query_x.shape[2:] or support_y.shape != support_x.shape[:2]:
             raise ValueError(f"ProtoNet: support_x (T, S, ...) {support_x.shape}, support_y (T, S) "
                              f"{support_y.shape} and query_x (T, Q, ...) {query_x.shape} do not fit together")
-        return self._prototype_logits(support_x, class_counts(support_y)[1], query_x)
+        return support_x, class_counts(support_y)[1], query_x
 
     def _prototype_logits(self, support_x, weights, query_x):
         """``logits`` from the (T, N, S) class weights of ``class_counts``: the part that is
@@ -139,10 +145,8 @@ class ProtoNet(MetaLearner):
         if not (self.compile and self._like().device == "cpu"):
             return super().meta_step(task_batch)
         support_x, support_y, query_x, query_y = self._task_batch(task_batch)
-        if support_x.ndim < 3 or support_y.shape != support_x.shape[:2]:
-            self.logits(support_x, support_y, query_x)  # raises the shape error
         # the class structure is read from the labels' values, which a trace cannot follow
-        _, weights = class_counts(support_y.numpy())
+        support_x, weights, query_x = self._episode(support_x, support_y, query_x)
         if self._compiled_step is None:
             from ..compile import compile as compile_function
             self._compiled_step = compile_function(self._weighted_step, cache_size=4)
